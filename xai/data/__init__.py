@@ -1,0 +1,1 @@
+"""Real data: the photo manifest and Fashion-MNIST."""

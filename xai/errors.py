@@ -1,0 +1,36 @@
+"""Errors that the CLI and the studies report as one clear line."""
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class XaiError(Exception):
+    """A problem with the user's input or environment, reported without a traceback."""
+
+
+class UnknownNameError(XaiError, KeyError):
+    """A model, layer, class or image name that does not exist; suggests close matches."""
+
+    def __init__(self, kind: str, name: object, choices: Iterable[str], hint: str = ""):
+        self.kind, self.name = kind, name
+        choices = [str(c) for c in choices]
+        close = difflib.get_close_matches(str(name), choices, n=5, cutoff=0.5)
+        if not close:
+            # Substring matches catch the common case of a partial dotted name ("blocks.3").
+            close = [c for c in choices if str(name).lower() in c.lower()][:5]
+        msg = f"unknown {kind} {name!r}"
+        if close:
+            msg += f"; did you mean: {', '.join(close)}?"
+        elif len(choices) <= 12:
+            msg += f"; choose from: {', '.join(choices)}"
+        if hint:
+            msg += f" ({hint})"
+        super().__init__(msg)
+
+    def __str__(self) -> str:  # KeyError would otherwise quote the message
+        return self.args[0]
+
+
+class MissingDataError(XaiError):
+    """A data file or package that is not on this machine, with how to get it."""

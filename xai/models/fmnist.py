@@ -1,0 +1,266 @@
+"""Fashion-MNIST classifiers built from timm/torchvision architectures, trained here and cached.
+
+Each architecture is sized so that all five train in well under 20 minutes on two CPU cores while
+reaching >= 90 % test accuracy (CNNs) and >= 85 % (the ViT) with the ``full`` budget. The ``smoke``
+budget trains the same architectures on a small slice in seconds, for tests and CI builds.
+
+Checkpoints are keyed by architecture + training config + data hash + the code version below, stored
+as safetensors beside a JSON record that holds the weights' sha256: a corrupt or partial checkpoint
+fails that check and is retrained, never loaded.
+"""
+from __future__ import annotations
+
+import builtins
+import hashlib
+import json
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from ..data import fashion_mnist
+from ..errors import XaiError
+from ..io import atomic_write, atomic_write_json
+from ..paths import checkpoint_dir
+from . import ModelEntry, attach_normalization, register
+
+log = logging.getLogger(__name__)
+CODE_VERSION = 1  # bump when an architecture or the training loop changes meaning
+MEAN, STD = (0.2860,), (0.3530,)  # Fashion-MNIST training-set statistics
+
+
+def plain_cnn() -> nn.Module:
+    """Four 3x3 convolutions with ReLU, two max-pools, global average pool, linear head."""
+    return nn.Sequential(OrderedDict([
+        ("conv1", nn.Conv2d(1, 32, 3, padding=1)), ("relu1", nn.ReLU()),
+        ("conv2", nn.Conv2d(32, 32, 3, padding=1)), ("relu2", nn.ReLU()),
+        ("pool1", nn.MaxPool2d(2)),
+        ("conv3", nn.Conv2d(32, 64, 3, padding=1)), ("relu3", nn.ReLU()),
+        ("conv4", nn.Conv2d(64, 64, 3, padding=1)), ("relu4", nn.ReLU()),
+        ("pool2", nn.MaxPool2d(2)),
+        ("gap", nn.AdaptiveAvgPool2d(1)), ("flatten", nn.Flatten()),
+        ("fc", nn.Linear(64, 10)),
+    ]))
+
+
+def narrow_vgg() -> nn.Module:
+    """torchvision's VGG with batch norm, widths 32-64-128-128-256-256 and a global-pool head."""
+    from torchvision.models.vgg import VGG, make_layers
+
+    cfg = [32, "M", 64, "M", 128, 128, "M", 256, 256]
+    features = make_layers(cfg, batch_norm=True)
+    features[0] = nn.Conv2d(1, 32, 3, padding=1)
+    model = VGG(features, num_classes=10, init_weights=True)
+    model.avgpool = nn.AdaptiveAvgPool2d(1)
+    model.classifier = nn.Sequential(nn.Flatten(), nn.Dropout(0.2), nn.Linear(256, 10))
+    return model
+
+
+def resnet18_28px() -> nn.Module:
+    """torchvision's ResNet-18 with a 3x3 stride-2 stem and no max-pool: 28 px -> 14, 7, 4, 2."""
+    from torchvision.models import resnet18
+
+    model = resnet18(num_classes=10)
+    model.conv1 = nn.Conv2d(1, 64, 3, stride=2, padding=1, bias=False)
+    model.maxpool = nn.Identity()
+    return model
+
+
+def mobilenetv3() -> nn.Module:
+    """timm's MobileNetV3-Small, one input channel, stem stride 1 so 28 px keeps a 2x2 final map."""
+    import timm
+
+    model = timm.create_model("mobilenetv3_small_100", pretrained=False, in_chans=1, num_classes=10)
+    model.conv_stem.stride = (1, 1)
+    return model
+
+
+def small_vit() -> nn.Module:
+    """timm's VisionTransformer: 4 px patches on 28 px (7x7 tokens + class token), width 96, depth 4."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    return VisionTransformer(img_size=28, patch_size=4, in_chans=1, num_classes=10, embed_dim=96,
+                             depth=4, num_heads=3, mlp_ratio=3.0, global_pool="token")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int
+    train_size: int | None  # None: all 60,000
+    test_size: int | None  # None: all 10,000
+    batch_size: int = 128
+    lr: float = 3e-3
+    weight_decay: float = 0.05
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Arch:
+    build: Callable[[], nn.Module]
+    layers: list[str]  # shallow -> deep
+    description: str
+    epochs: int  # full budget
+
+
+ARCHS: dict[str, Arch] = {
+    "fmnist_cnn": Arch(plain_cnn, ["conv1", "conv2", "conv3", "conv4"], "plain CNN, 4 conv layers", 3),
+    "fmnist_vgg": Arch(narrow_vgg, ["features.2", "features.6", "features.13", "features.20", "features.23"],
+                       "torchvision VGG-BN, narrowed", 2),
+    "fmnist_resnet18": Arch(resnet18_28px, ["relu", "layer1", "layer2", "layer3", "layer4"],
+                            "torchvision ResNet-18, 28 px stem", 2),
+    "fmnist_mobilenetv3": Arch(mobilenetv3, ["bn1", "blocks.1", "blocks.3", "blocks.5", "conv_head"],
+                               "timm MobileNetV3-Small", 3),
+    "fmnist_vit": Arch(small_vit, ["blocks.0", "blocks.1", "blocks.2", "blocks.3"],
+                       "timm ViT, patch 4, width 96, depth 4", 5),
+}
+
+BUDGETS = ("full", "smoke")
+
+
+def train_config(name: str, budget: str) -> TrainConfig:
+    if budget == "full":
+        return TrainConfig(epochs=ARCHS[name].epochs, train_size=None, test_size=None)
+    if budget == "smoke":
+        return TrainConfig(epochs=1, train_size=2048, test_size=1000)
+    raise XaiError(f"unknown training budget {budget!r}; choose from {', '.join(BUDGETS)}")
+
+
+def checkpoint_key(name: str, cfg: TrainConfig) -> str:
+    blob = json.dumps({"arch": name, "cfg": asdict(cfg), "data": fashion_mnist.data_hash(), "code": CODE_VERSION},
+                      sort_keys=True)
+    return f"{name}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
+
+
+def _flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    mask = torch.rand(x.shape[0], generator=generator) < 0.5
+    x = x.clone()
+    x[mask] = x[mask].flip(-1)
+    return x
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 500) -> float:
+    model.eval()
+    device = next(model.parameters()).device
+    correct = 0
+    for i in range(0, len(images), batch_size):
+        out = model(images[i:i + batch_size].to(device))
+        correct += int((out.argmax(-1).cpu() == labels[i:i + batch_size]).sum())
+    return correct / len(images)
+
+
+def train(model: nn.Module, cfg: TrainConfig, *, progress: bool = True, desc: str = "") -> dict:
+    """Seeded AdamW + one-cycle training with horizontal flips. Returns accuracy and timings."""
+    from tqdm import tqdm
+
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    x_train, y_train = fashion_mnist.load("train")
+    x_test, y_test = fashion_mnist.load("test")
+    if cfg.train_size:
+        idx = torch.randperm(len(x_train), generator=gen)[: cfg.train_size]
+        x_train, y_train = x_train[idx], y_train[idx]
+    if cfg.test_size:
+        x_test, y_test = x_test[: cfg.test_size], y_test[: cfg.test_size]
+    device = next(model.parameters()).device
+    steps_per_epoch = (len(x_train) + cfg.batch_size - 1) // cfg.batch_size
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch)
+    loss_fn = nn.CrossEntropyLoss()
+    start = time.perf_counter()
+    bar = tqdm(total=cfg.epochs * steps_per_epoch, desc=desc or "train", disable=not progress, unit="batch")
+    for _epoch in range(cfg.epochs):
+        model.train()
+        order = torch.randperm(len(x_train), generator=gen)
+        for i in range(steps_per_epoch):
+            idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
+            xb = _flip(x_train[idx], gen).to(device)
+            loss = loss_fn(model(xb), y_train[idx].to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+    bar.close()
+    train_seconds = time.perf_counter() - start
+    acc = evaluate(model, x_test, y_test)
+    model.eval()
+    return {"test_accuracy": acc, "test_images": len(x_test), "train_images": len(x_train),
+            "train_seconds": round(train_seconds, 1), "final_loss": float(loss.item())}
+
+
+def _load_checkpoint(model: nn.Module, key: str) -> dict | None:
+    """The checkpoint's record if it exists and is intact, else None (and the broken files are removed)."""
+    from safetensors.torch import load_file
+
+    from ..data.sources import sha256
+
+    weights, record_path = checkpoint_dir() / f"{key}.safetensors", checkpoint_dir() / f"{key}.json"
+    if not weights.exists() and not record_path.exists():
+        return None
+    try:
+        record = json.loads(record_path.read_text())
+        if sha256(weights) != record["weights_sha256"]:
+            raise ValueError("sha256 mismatch")
+        model.load_state_dict(load_file(str(weights)), strict=True)
+        return record
+    except Exception as e:  # any damage at all: retrain rather than trust it
+        log.warning("checkpoint %s is corrupt or partial (%s); retraining", key, e)
+        weights.unlink(missing_ok=True)
+        record_path.unlink(missing_ok=True)
+        return None
+
+
+def _save_checkpoint(model: nn.Module, key: str, record: dict) -> None:
+    from safetensors.torch import save_file
+
+    from ..data.sources import sha256
+
+    weights = checkpoint_dir() / f"{key}.safetensors"
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    atomic_write(weights, lambda p: save_file(state, str(p)))
+    atomic_write_json(checkpoint_dir() / f"{key}.json", {**record, "weights_sha256": sha256(weights)})
+
+
+def trained(name: str, budget: str = "full", *, progress: bool = True) -> tuple[nn.Module, dict]:
+    """The trained network (without normalisation), from the cache or trained now."""
+    if name not in ARCHS:
+        raise XaiError(f"{name} is not a Fashion-MNIST architecture")
+    cfg = train_config(name, budget)
+    key = checkpoint_key(name, cfg)
+    torch.manual_seed(cfg.seed)
+    net = ARCHS[name].build()
+    record = _load_checkpoint(net, key)
+    if record is None:
+        # Train inside the normalising wrapper so the weights expect [0, 1] inputs like every entry.
+        attach_normalization(net, MEAN, STD)
+        from . import default_device
+
+        net.to(default_device())
+        record = {"arch": name, "budget": budget, "config": asdict(cfg), "key": key,
+                  "torch": torch.__version__, "device": str(default_device()),
+                  **train(net, cfg, progress=progress, desc=f"{name} ({budget})")}
+        _save_checkpoint(net, key, record)
+        net.cpu()
+        return net, record
+    attach_normalization(net, MEAN, STD)
+    return net, record
+
+
+def _entry(name: str, budget: str = "full", progress: bool = True) -> ModelEntry:
+    net, record = trained(name, budget, progress=progress)
+    return ModelEntry(
+        name=name, family="fmnist", model=net, input_size=(1, 28, 28), mean=MEAN, std=STD,
+        class_names=builtins.list(fashion_mnist.CLASSES), layers=builtins.list(ARCHS[name].layers),
+        interpolation="bilinear",
+        info={"arch": ARCHS[name].description, "weights": f"trained here ({budget} budget)", **record},
+    )
+
+
+for _name in ARCHS:
+    register(_name, "fmnist")(lambda _n=_name, **kw: _entry(_n, **kw))

@@ -1,0 +1,1 @@
+"""Figures, colormaps, overlays and the artifact store."""

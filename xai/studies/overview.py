@@ -1,0 +1,89 @@
+"""Chapter 1: the models and the data, as they are: predictions on every photo, training records."""
+from __future__ import annotations
+
+import torch
+
+from .. import models
+from ..data import fashion_mnist, images
+from ..profiles import Profile
+from ..render.store import Store, cache_key
+
+
+def photo_ids(profile: Profile) -> list[str]:
+    return list(profile.photos) if profile.photos is not None else list(images.manifest())
+
+
+def run(profile: Profile, store: Store) -> dict:
+    from ..render import figures
+
+    photos = photo_ids(profile)
+    rows = []
+    for pid in photos:
+        p = images.photo(pid)
+        img = images.load(pid)
+        rel = f"overview/photos/{pid}.webp"
+        key = cache_key("thumb", p.sha256, 1)
+        if not store.fresh(rel, key):
+            store.write_bytes(rel, figures.thumbnail_webp(img, 320), key)
+        rows.append({"id": pid, "label": p.label, "label_name": p.label_name, "note": p.note,
+                     "credit": p.credit, "source": p.source, "file": p.file, "thumbnail": rel,
+                     "size": list(img.shape[1:]), "predictions": {}})
+
+    model_rows = []
+    for name in profile.imagenet_models:
+        entry = models.load(name)
+        model_rows.append(_model_row(entry))
+        batch = torch.stack([entry.prepare(images.load(pid)) for pid in photos])
+        for row, top5 in zip(rows, entry.predict(batch, k=5)):
+            row["predictions"][name] = [{"index": i, "name": n, "p": round(q, 4)} for i, n, q in top5]
+            row.setdefault("correct", {})[name] = row["label"] is not None and top5[0][0] == row["label"]
+
+    for name in profile.fmnist_models:
+        entry = models.load(name, budget=profile.fmnist_budget)
+        model_rows.append(_model_row(entry))
+
+    x, y = fashion_mnist.load("test")
+    store.write_figure("overview/fmnist_samples.png", figures.fmnist_samples(x, y, fashion_mnist.CLASSES))
+    store.write_json("overview/photos.json", rows)
+    store.write_json("overview/models.json", model_rows)
+    store.write_text("overview/models.md", models_markdown(model_rows))
+    store.write_text("overview/photos.md", photos_markdown(rows, list(profile.imagenet_models)))
+    labelled = [r for r in rows if r["label"] is not None]
+    return {
+        "photos": len(rows),
+        "models": [m["name"] for m in model_rows],
+        "top1_correct": {n: sum(r["correct"][n] for r in labelled) for n in profile.imagenet_models},
+        "labelled_photos": len(labelled),
+    }
+
+
+def _model_row(entry: models.ModelEntry) -> dict:
+    params = sum(p.numel() for p in entry.model.parameters())
+    info = {k: v for k, v in entry.info.items() if k in
+            ("arch", "weights", "test_accuracy", "test_images", "train_images", "train_seconds", "budget", "config")}
+    return {"name": entry.name, "family": entry.family, "input_size": list(entry.input_size),
+            "parameters": params, "layers": entry.layers, "classes": entry.num_classes, **info}
+
+
+def models_markdown(rows: list[dict]) -> str:
+    lines = ["| model | family | architecture | input | parameters | weights | test accuracy |",
+             "| --- | --- | --- | --- | ---: | --- | ---: |"]
+    for r in rows:
+        acc = f"{r['test_accuracy']:.1%} ({r['test_images']:,} images)" if "test_accuracy" in r else "ImageNet-1k"
+        lines.append(f"| `{r['name']}` | {r['family']} | {r['arch']} | {'x'.join(map(str, r['input_size']))} "
+                     f"| {r['parameters'] / 1e6:.2f} M | {r['weights']} | {acc} |")
+    return "\n".join(lines) + "\n"
+
+
+def photos_markdown(rows: list[dict], model_names: list[str]) -> str:
+    head = "| photo | label | " + " | ".join(f"`{m}` top-1" for m in model_names) + " | credit |"
+    lines = [head, "| --- | --- | " + " | ".join("---" for _ in model_names) + " | --- |"]
+    for r in rows:
+        cells = []
+        for m in model_names:
+            top = r["predictions"][m][0]
+            mark = "" if r["label"] is None else (" ✓" if r["correct"][m] else " ✗")
+            cells.append(f"{top['name']} {top['p']:.2f}{mark}")
+        label = r["label_name"] or "— (no ImageNet class)"
+        lines.append(f"| {r['id']} | {label} | " + " | ".join(cells) + f" | {r['credit']} |")
+    return "\n".join(lines) + "\n"
