@@ -34,8 +34,12 @@ def _cmd_predict(args) -> None:
 
     from .data.images import resolve
 
+    from . import models
+
+    models.family(args.model)  # fail fast on bad input, before anything heavy loads
+    pictures = [resolve(i) for i in args.images]
     entry = _load(args.model, args)
-    batch = torch.stack([entry.prepare(resolve(i)) for i in args.images])
+    batch = torch.stack([entry.prepare(p) for p in pictures])
     for image, top in zip(args.images, entry.predict(batch, k=args.k)):
         print(image)
         for idx, name, p in top:

@@ -103,9 +103,11 @@ def load_file(path: str | Path, *, max_pixels: int = MAX_PIXELS) -> torch.Tensor
                 arr = _to_rgb_array(im)
     except XaiError:
         raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise XaiError(f"{path}: over the {max_pixels / 1e6:.0f} MP limit ({e})") from e
     except UnidentifiedImageError as e:
         raise XaiError(f"{path}: not an image file PIL can read") from e
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+    except (OSError, SyntaxError, ValueError) as e:
         raise XaiError(f"{path}: corrupt or truncated image ({e})") from e
     return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
 

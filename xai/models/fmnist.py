@@ -4,7 +4,7 @@ Each architecture is sized so that all five train in well under 20 minutes on tw
 reaching >= 90 % test accuracy (CNNs) and >= 85 % (the ViT) with the ``full`` budget. The ``smoke``
 budget trains the same architectures on a small slice in seconds, for tests and CI builds.
 
-Checkpoints are keyed by architecture + training config + data hash + the code version below, stored
+Checkpoints are keyed by architecture + training config + data hash + the architecture's version, stored
 as safetensors beside a JSON record that holds the weights' sha256: a corrupt or partial checkpoint
 fails that check and is retrained, never loaded.
 """
@@ -29,21 +29,22 @@ from ..paths import checkpoint_dir
 from . import ModelEntry, attach_normalization, register
 
 log = logging.getLogger(__name__)
-CODE_VERSION = 1  # bump when an architecture or the training loop changes meaning
 MEAN, STD = (0.2860,), (0.3530,)  # Fashion-MNIST training-set statistics
 
 
 def plain_cnn() -> nn.Module:
-    """Four 3x3 convolutions with ReLU, two max-pools, global average pool, linear head."""
+    """Four 3x3 conv + batch-norm + ReLU layers, two max-pools, global average pool, linear head.
+
+    Without batch norm this net needed many more epochs to pass 90 % (86 % after 3 epochs here).
+    """
+    def block(i: int, cin: int, cout: int) -> list[tuple[str, nn.Module]]:
+        return [(f"conv{i}", nn.Conv2d(cin, cout, 3, padding=1, bias=False)), (f"bn{i}", nn.BatchNorm2d(cout)),
+                (f"relu{i}", nn.ReLU())]
+
     return nn.Sequential(OrderedDict([
-        ("conv1", nn.Conv2d(1, 32, 3, padding=1)), ("relu1", nn.ReLU()),
-        ("conv2", nn.Conv2d(32, 32, 3, padding=1)), ("relu2", nn.ReLU()),
-        ("pool1", nn.MaxPool2d(2)),
-        ("conv3", nn.Conv2d(32, 64, 3, padding=1)), ("relu3", nn.ReLU()),
-        ("conv4", nn.Conv2d(64, 64, 3, padding=1)), ("relu4", nn.ReLU()),
-        ("pool2", nn.MaxPool2d(2)),
-        ("gap", nn.AdaptiveAvgPool2d(1)), ("flatten", nn.Flatten()),
-        ("fc", nn.Linear(64, 10)),
+        *block(1, 1, 32), *block(2, 32, 32), ("pool1", nn.MaxPool2d(2)),
+        *block(3, 32, 64), *block(4, 64, 64), ("pool2", nn.MaxPool2d(2)),
+        ("gap", nn.AdaptiveAvgPool2d(1)), ("flatten", nn.Flatten()), ("fc", nn.Linear(64, 10)),
     ]))
 
 
@@ -104,11 +105,12 @@ class Arch:
     layers: list[str]  # shallow -> deep
     description: str
     epochs: int  # full budget
+    version: int = 1  # bump when the architecture or its training changes meaning: old checkpoints retrain
 
 
 ARCHS: dict[str, Arch] = {
-    "fmnist_cnn": Arch(plain_cnn, ["conv1", "conv2", "conv3", "conv4"], "plain CNN, 4 conv layers", 3),
-    "fmnist_vgg": Arch(narrow_vgg, ["features.2", "features.6", "features.13", "features.20", "features.23"],
+    "fmnist_cnn": Arch(plain_cnn, ["relu1", "relu2", "relu3", "relu4"], "plain CNN, 4 conv layers", 3, version=2),
+    "fmnist_vgg": Arch(narrow_vgg, ["features.2", "features.6", "features.13", "features.17", "features.20"],
                        "torchvision VGG-BN, narrowed", 2),
     "fmnist_resnet18": Arch(resnet18_28px, ["relu", "layer1", "layer2", "layer3", "layer4"],
                             "torchvision ResNet-18, 28 px stem", 2),
@@ -125,12 +127,13 @@ def train_config(name: str, budget: str) -> TrainConfig:
     if budget == "full":
         return TrainConfig(epochs=ARCHS[name].epochs, train_size=None, test_size=None)
     if budget == "smoke":
-        return TrainConfig(epochs=1, train_size=2048, test_size=1000)
+        return TrainConfig(epochs=2, train_size=4096, test_size=1000)
     raise XaiError(f"unknown training budget {budget!r}; choose from {', '.join(BUDGETS)}")
 
 
 def checkpoint_key(name: str, cfg: TrainConfig) -> str:
-    blob = json.dumps({"arch": name, "cfg": asdict(cfg), "data": fashion_mnist.data_hash(), "code": CODE_VERSION},
+    blob = json.dumps({"arch": name, "cfg": asdict(cfg), "data": fashion_mnist.data_hash(),
+                       "code": ARCHS[name].version},
                       sort_keys=True)
     return f"{name}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
 
