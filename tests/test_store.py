@@ -1,0 +1,74 @@
+import importlib.machinery
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from xai.render.store import Store, cache_key
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_atomic_writes_keys_and_manifest(tmp_path):
+    store = Store(tmp_path, profile="smoke")
+    key = cache_key("a", {"steps": 3})
+    assert not store.fresh("x/result.json", key)
+    calls = []
+    value = store.cached_json("x/result.json", key, lambda: calls.append(1) or {"v": 1})
+    again = store.cached_json("x/result.json", key, lambda: calls.append(1) or {"v": 2})
+    assert value == again == {"v": 1} and len(calls) == 1
+    assert store.cached_json("x/result.json", cache_key("b"), lambda: {"v": 3}) == {"v": 3}
+    assert not list(tmp_path.rglob("*.part"))  # no temporary files left behind
+    with store.study("demo", seed=7) as summary:
+        summary["n"] = 2
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["profile"] == "smoke" and manifest["studies"]["demo"]["seed"] == 7
+    assert manifest["studies"]["demo"]["summary"] == {"n": 2}
+    assert manifest["environment"]["packages"]["torch"]
+    with pytest.raises(ValueError):
+        store.path("../outside.json")
+
+
+def test_interrupted_write_leaves_old_file(tmp_path):
+    store = Store(tmp_path)
+    store.write_text("a.txt", "old")
+
+    class Boom(Exception):
+        pass
+
+    def fail(_):
+        raise Boom
+
+    from xai.io import atomic_write
+
+    with pytest.raises(Boom):
+        atomic_write(tmp_path / "a.txt", fail)
+    assert (tmp_path / "a.txt").read_text() == "old" and not list(tmp_path.glob(".a.txt*"))
+
+
+def _fetch_module():
+    loader = importlib.machinery.SourceFileLoader("fetch_data", str(ROOT / "scripts" / "fetch-data"))
+    spec = importlib.util.spec_from_loader("fetch_data", loader)
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    return module
+
+
+def test_fetch_data_verifies_present_files(capsys):
+    assert _fetch_module().main() == 0
+    assert "verified" in capsys.readouterr().out
+
+
+def test_fetch_data_stops_with_what_is_missing(monkeypatch, tmp_path, capsys):
+    fetch = _fetch_module()
+    monkeypatch.setenv("XAI_CACHE", str(tmp_path))
+    # No system copy, no apt, no network: every way of getting the files fails.
+    for name in ("via_apt_download", "via_apt_install", "via_upstream"):
+        monkeypatch.setattr(fetch, name, lambda *a: False)
+    monkeypatch.setattr(fetch.FASHION_MNIST.__class__, "candidates",
+                        lambda self, rel: [tmp_path / "data" / self.directory.lstrip("/") / rel])
+    assert fetch.main() == 1
+    err = capsys.readouterr().err
+    assert "train-images-idx3-ubyte.gz: missing" in err and "data/baboon.jpg: missing" in err
+    assert "apt-get install opencv-doc dataset-fashion-mnist" in err
