@@ -1,0 +1,96 @@
+"""The book's own Sphinx extension: bound prose, generated figures, the distill look.
+
+Pages stay declarative: they name artifacts and conditions; this extension reads ``book/_generated``
+at build time and emits the HTML. A missing artifact, a missing key or a claim that no longer holds
+is a build error at the page and line that asked for it (see ``data.py`` for the rules).
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from sphinx.errors import SphinxError
+
+from . import bound, distill, figures
+from .data import Generated, generated_root
+
+STATIC = Path(__file__).resolve().parent.parent.parent / "_static"
+
+
+class BookDataFailed(SphinxError):
+    category = "Bound data"
+
+
+def _init_env(app, env=None, docnames=None) -> None:
+    env = env or app.env
+    for attr in ("xai_assets", "xai_not_computed"):
+        if not hasattr(env, attr):
+            setattr(env, attr, {})
+    if not hasattr(env, "xai_failures"):
+        env.xai_failures = set()
+
+
+def _builder_inited(app) -> None:
+    app.xai_generated = Generated(generated_root(app.srcdir))
+    _init_env(app)
+
+
+def _purge(app, env, docname) -> None:
+    _init_env(app, env)
+    env.xai_assets.pop(docname, None)
+    env.xai_not_computed.pop(docname, None)
+    env.xai_failures.discard(docname)
+
+
+def _merge(app, env, docnames, other) -> None:
+    _init_env(app, env)
+    for d in docnames:
+        if d in getattr(other, "xai_assets", {}):
+            env.xai_assets[d] = other.xai_assets[d]
+        if d in getattr(other, "xai_not_computed", {}):
+            env.xai_not_computed[d] = other.xai_not_computed[d]
+        if d in getattr(other, "xai_failures", set()):
+            env.xai_failures.add(d)
+
+
+def _outdated(app, env, added, changed, removed) -> list[str]:
+    """Pages whose data failed last time are read again, so an incremental build cannot hide the error."""
+    _init_env(app, env)
+    return sorted(d for d in env.xai_failures if d in env.found_docs)
+
+
+def _finished(app, exception) -> None:
+    failed = sorted(getattr(app.env, "xai_failures", ()))
+    if exception is None and failed and not (app.warningiserror or getattr(app, "keep_going", False)):
+        # -W already turns these into a failed build; without it they must still fail it.
+        raise BookDataFailed(f"bound data failed on {', '.join(failed)} (see the warnings above)")
+
+
+def _prune(app, exception) -> None:
+    """Drop what no page requests: source maps of the theme's bundles and its UI translations."""
+    if exception is not None or app.builder.format != "html":
+        return
+    static = Path(app.outdir) / "_static"
+    for p in static.rglob("*.map"):
+        p.unlink()
+    if app.config.language in (None, "en"):
+        shutil.rmtree(static / "locales", ignore_errors=True)
+
+
+def _static_path(app, config) -> None:
+    if str(STATIC) not in config.html_static_path:
+        config.html_static_path.append(str(STATIC))
+
+
+def setup(app):
+    app.connect("config-inited", _static_path)
+    app.connect("builder-inited", _builder_inited)
+    app.connect("env-purge-doc", _purge)
+    app.connect("env-merge-info", _merge)
+    app.connect("env-get-outdated", _outdated)
+    bound.setup(app)
+    figures.setup(app)
+    distill.setup(app)
+    app.connect("build-finished", _prune)
+    app.connect("build-finished", _finished, priority=900)
+    return {"version": "1", "parallel_read_safe": True, "parallel_write_safe": True, "env_version": 1}

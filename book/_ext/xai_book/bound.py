@@ -1,0 +1,238 @@
+"""Bound prose: values and claims read from the generated JSON at build time.
+
+``{res}`REF_OR_EXPR|FMT``            a value in running text (see ``data.py`` for references and formats)
+``:::{claim}`` + ``:let:``/``:when:``  a passage that is only true while ``:when:`` holds; the build
+                                        fails (naming the page, the expression and its values) otherwise
+``{generated} study/file.md``          a Markdown snippet a study wrote (tables), parsed as MyST
+``{study} NAME``                       the provenance note of a chapter, or the "not computed" notice
+"""
+from __future__ import annotations
+
+import html
+from typing import Any
+
+from docutils import nodes
+from docutils.parsers.rst import directives
+from docutils.statemachine import StringList
+from sphinx.util import logging
+from sphinx.util.docutils import SphinxDirective, SphinxRole
+
+from .data import (BookDataError, NotComputed, bind, evaluate, format_value, is_ref, names_in, parse_lets,
+                   split_format)
+
+logger = logging.getLogger(__name__)
+
+SCOPE = "xai_names"  # env.temp_data key: a stack of name scopes, innermost last (temp_data is per page)
+
+
+# -- nodes --------------------------------------------------------------------------------------------
+
+class xai_value(nodes.inline):
+    """A value from the generated JSON; ``ref`` keeps where it came from (shown on hover)."""
+
+
+class xai_claim(nodes.General, nodes.Element):
+    """A passage whose condition was checked against the generated JSON when the page was built."""
+
+
+def visit_value(self, node: xai_value) -> None:
+    self.body.append(f'<span class="xai-res" data-ref="{html.escape(node["ref"])}">')
+
+
+def depart_value(self, node: xai_value) -> None:
+    self.body.append("</span>")
+
+
+def visit_claim(self, node: xai_claim) -> None:
+    self.body.append(f'<div class="xai-claim" data-claim="{html.escape(node["when"])}">')
+
+
+def depart_claim(self, node: xai_claim) -> None:
+    self.body.append("</div>")
+
+
+# -- helpers shared by every directive that reads generated data ----------------------------------------
+
+def generated(env):
+    return env.app.xai_generated
+
+
+def fail(env, err: Exception, location) -> None:
+    """Report a data error at its page and line; the page stays outdated so the error cannot go stale."""
+    logger.warning(str(err), location=location, type="xai", subtype="data")
+    env.xai_failures.add(env.docname)
+
+
+def current_names(env) -> dict[str, Any]:
+    names: dict[str, Any] = {}
+    for scope in env.temp_data.get(SCOPE, []):
+        names.update(scope)
+    return names
+
+
+def not_computed_admonition(study: str, what: str) -> nodes.admonition:
+    node = nodes.admonition(classes=["xai-not-computed", "note"])
+    node += nodes.title(text="Not computed in this build")
+    para = nodes.paragraph()
+    para += nodes.Text(f"{what} comes from the ")
+    para += nodes.literal(text=study)
+    para += nodes.Text(" study, which this checkout does not have (it is not registered in ")
+    para += nodes.literal(text="xai.studies.STUDIES")
+    para += nodes.Text("). Once it is, ")
+    para += nodes.literal(text="make book")
+    para += nodes.Text(" computes it and this place shows the result.")
+    node += para
+    return node
+
+
+# -- {res} ----------------------------------------------------------------------------------------------
+
+class ResRole(SphinxRole):
+    """``{res}`saliency/summary.json:a.b|.3f``` or, inside a claim, ``{res}`name|.1%```."""
+
+    def run(self):
+        expr, fmt = split_format(self.text)
+        gen = generated(self.env)
+        try:
+            names = current_names(self.env)
+            value = gen.resolve(expr) if is_ref(expr) else evaluate(expr, names)
+            text = format_value(value, fmt)
+        except NotComputed as nc:
+            node = nodes.inline(text="not computed", classes=["xai-na"])
+            node["ids"] = []
+            self.env.xai_not_computed.setdefault(self.env.docname, set()).add(nc.study)
+            return [node], []
+        except BookDataError as err:
+            fail(self.env, err, self.get_location())
+            return [nodes.problematic(self.rawtext, self.rawtext)], []
+        node = xai_value(text, text, classes=["xai-res"])
+        node["ref"] = expr
+        return [node], []
+
+
+# -- {claim} ----------------------------------------------------------------------------------------------
+
+class ClaimDirective(SphinxDirective):
+    """A passage that states a result; ``:when:`` must hold on the generated data or the build fails."""
+
+    has_content = True
+    option_spec = {
+        "let": directives.unchanged,
+        "when": directives.unchanged_required,
+        # Only check and show the passage for these profiles (it names models or photos only they have).
+        "profiles": directives.unchanged,
+    }
+
+    def run(self):
+        when = self.options.get("when")
+        if not when:
+            fail(self.env, BookDataError("a claim needs `:when: EXPRESSION`"), self.get_location())
+            return []
+        gen = generated(self.env)
+        try:
+            profiles = (self.options.get("profiles") or "").replace(",", " ").split()
+            if profiles and gen.profile not in profiles:
+                return []
+            names = bind(gen, parse_lets(self.options.get("let", "")), current_names(self.env))
+            holds = evaluate(when, names)
+        except NotComputed as nc:
+            # The passage is about results this build does not have: leave it out, the chapter says why.
+            self.env.xai_not_computed.setdefault(self.env.docname, set()).add(nc.study)
+            return []
+        except BookDataError as err:
+            fail(self.env, err, self.get_location())
+            return []
+        if not holds:
+            used = names_in(when)
+            shown = {k: v for k, v in names.items() if k in used}
+            values = ", ".join(f"{k} = {_short(v)}" for k, v in shown.items())
+            fail(self.env, BookDataError(
+                f"claim no longer holds: `{when}` is false ({values or 'no bound names'}); rewrite the "
+                f"passage for the new results or find out why they changed"), self.get_location())
+            return []
+        node = xai_claim()
+        node["when"] = when
+        self.env.temp_data.setdefault(SCOPE, []).append(names)
+        try:
+            self.state.nested_parse(self.content, self.content_offset, node)
+        finally:
+            self.env.temp_data[SCOPE].pop()
+        return [node]
+
+
+def _short(v: Any) -> str:
+    s = repr(v)
+    return s if len(s) <= 80 else s[:77] + "..."
+
+
+# -- {generated} ------------------------------------------------------------------------------------------
+
+class GeneratedDirective(SphinxDirective):
+    """Include a Markdown snippet that a study wrote (``{generated} overview/models.md``)."""
+
+    required_arguments = 1
+    has_content = False
+
+    def run(self):
+        rel = self.arguments[0]
+        gen = generated(self.env)
+        try:
+            path = gen.path(rel)
+        except NotComputed as nc:
+            return [not_computed_admonition(nc.study, "This table")]
+        except BookDataError as err:
+            fail(self.env, err, self.get_location())
+            return []
+        self.env.note_dependency(str(path))
+        container = nodes.container(classes=["xai-generated"])
+        lines = path.read_text().splitlines()
+        self.state.nested_parse(StringList(lines, source=str(path)), 0, container)
+        return container.children
+
+
+# -- {study} ----------------------------------------------------------------------------------------------
+
+class StudyDirective(SphinxDirective):
+    """Top of a chapter: where its results come from, or that they are not part of this build."""
+
+    required_arguments = 1
+
+    def run(self):
+        study = self.arguments[0]
+        gen = generated(self.env)
+        try:
+            gen.check_study(study)
+            record = gen.manifest["studies"][study]
+            env_info = gen.manifest.get("environment", {})
+        except NotComputed:
+            return [not_computed_admonition(study, "This chapter's figures and results")]
+        except BookDataError as err:
+            fail(self.env, err, self.get_location())
+            return []
+        self.env.note_dependency(str(gen.root / "manifest.json"))
+        commit = (env_info.get("git_commit") or "")[:10]
+        dirty = " (with local changes)" if env_info.get("git_dirty") else ""
+        seconds = record.get("seconds")
+        note = nodes.sidebar(classes=["margin", "xai-provenance"])
+        para = nodes.paragraph()
+        para += nodes.Text("Results on this page: ")
+        para += nodes.literal(text=f"xai.studies.{study}")
+        para += nodes.Text(f", {gen.profile} profile, seed {record.get('seed')}")
+        if seconds is not None:
+            para += nodes.Text(f", {seconds:,.0f} s to compute")
+        if commit:
+            para += nodes.Text(", commit ")
+            para += nodes.literal(text=commit)
+            para += nodes.Text(dirty)
+        para += nodes.Text(".")
+        note += para
+        return [note]
+
+
+def setup(app) -> None:
+    app.add_node(xai_value, html=(visit_value, depart_value))
+    app.add_node(xai_claim, html=(visit_claim, depart_claim))
+    app.add_role("res", ResRole())
+    app.add_directive("claim", ClaimDirective)
+    app.add_directive("generated", GeneratedDirective)
+    app.add_directive("study", StudyDirective)

@@ -1,0 +1,286 @@
+/* The book's interactive figures, citation cards and value cards. No dependencies, nothing fetched.
+ * Figures are rendered complete on the server (real <img alt>, captions); this only swaps what they
+ * show when a reader moves a control. */
+(function () {
+  "use strict";
+
+  function readData(root) {
+    var el = root.querySelector("script.xai-data");
+    return el ? JSON.parse(el.textContent) : null;
+  }
+
+  function setImage(img, rec) {
+    img.src = rec.src;
+    img.alt = rec.alt;
+    img.width = rec.w;
+    img.height = rec.h;
+    img.classList.toggle("xai-pixel", !!rec.pixel);
+  }
+
+  function matches(rec, want) {
+    for (var k in want) {
+      if (Object.prototype.hasOwnProperty.call(want, k) && rec.k[k] !== want[k]) return false;
+    }
+    return true;
+  }
+
+  /* Controls: radio groups, selects and sliders, each bound to one key of the records. */
+  function readControls(root) {
+    var state = {};
+    root.querySelectorAll(".xai-controls [data-axis]").forEach(function (c) {
+      var axis = c.getAttribute("data-axis");
+      if (c.tagName === "FIELDSET") {
+        var on = c.querySelector("input:checked");
+        if (on) state[axis] = on.value;
+      } else if (c.type === "range") {
+        state[axis] = JSON.parse(c.getAttribute("data-stops"))[+c.value].v;
+      } else {
+        state[axis] = c.value;
+      }
+    });
+    return state;
+  }
+
+  function writeControls(root, state) {
+    root.querySelectorAll(".xai-controls [data-axis]").forEach(function (c) {
+      var axis = c.getAttribute("data-axis");
+      if (!(axis in state)) return;
+      if (c.tagName === "FIELDSET") {
+        c.querySelectorAll("input").forEach(function (i) { i.checked = i.value === state[axis]; });
+      } else if (c.type === "range") {
+        var stops = JSON.parse(c.getAttribute("data-stops"));
+        for (var i = 0; i < stops.length; i++) if (stops[i].v === state[axis]) c.value = i;
+        var label = stops[+c.value].label;
+        c.setAttribute("aria-valuetext", label);
+        var out = c.parentNode.querySelector("output");
+        if (out) out.textContent = label;
+      } else {
+        c.value = state[axis];
+      }
+    });
+  }
+
+  /* A control moved to a value that has no record with the others: take the other keys from the
+   * first record that has the new value, so the figure never goes blank. */
+  function settle(records, state, changed) {
+    if (records.some(function (r) { return matches(r, state); })) return state;
+    var keep = {};
+    keep[changed] = state[changed];
+    var r = records.find(function (x) { return matches(x, keep); });
+    if (!r) return state;
+    var next = {};
+    for (var k in state) next[k] = r.k[k];
+    return next;
+  }
+
+  function onControls(root, handler) {
+    root.querySelectorAll(".xai-controls [data-axis]").forEach(function (c) {
+      var axis = c.getAttribute("data-axis");
+      c.addEventListener(c.type === "range" ? "input" : "change", function () { handler(axis); });
+    });
+  }
+
+  function initExplorer(root) {
+    var data = readData(root);
+    if (!data) return;
+    var grid = root.querySelector(".xai-grid");
+    var rowKey = grid.getAttribute("data-row");
+    var colKey = grid.getAttribute("data-col");
+    function render(changed) {
+      var state = readControls(root);
+      if (changed) state = settle(data.records, state, changed);
+      writeControls(root, state);
+      grid.querySelectorAll(".xai-cell").forEach(function (cell) {
+        var want = Object.assign({}, state);
+        if (rowKey) want[rowKey] = cell.getAttribute("data-rv");
+        if (colKey) want[colKey] = cell.getAttribute("data-cv");
+        var rec = data.records.find(function (r) { return matches(r, want); });
+        var img = cell.querySelector("img");
+        var note = cell.querySelector(".xai-note");
+        if (!rec) {
+          cell.classList.add("xai-missing");
+          if (img) img.hidden = true;
+          if (note) note.textContent = "";
+          return;
+        }
+        if (!img) {
+          img = document.createElement("img");
+          img.decoding = "async";
+          cell.textContent = "";
+          cell.appendChild(img);
+          note = document.createElement("p");
+          note.className = "xai-note";
+          cell.appendChild(note);
+        }
+        cell.classList.remove("xai-missing");
+        img.hidden = false;
+        setImage(img, rec);
+        note.textContent = rec.note || "";
+      });
+      root.setAttribute("data-state", JSON.stringify(state));
+    }
+    onControls(root, render);
+  }
+
+  function initChannels(root) {
+    var data = readData(root);
+    if (!data) return;
+    var grid = root.querySelector(".xai-channel-grid");
+    var detail = root.querySelector(".xai-channel-detail");
+    var big = detail.querySelector(".xai-channel-big");
+    var note = detail.querySelector(".xai-note");
+    var exemplars = detail.querySelector(".xai-exemplars");
+
+    function show(i) {
+      var rec = data.records[i];
+      setImage(big, rec);
+      note.textContent = rec.note;
+      exemplars.textContent = "";
+      rec.exemplars.forEach(function (e) {
+        var img = document.createElement("img");
+        img.decoding = "async";
+        setImage(img, e);
+        exemplars.appendChild(img);
+      });
+      grid.querySelectorAll(".xai-channel").forEach(function (b) {
+        var on = +b.getAttribute("data-i") === i;
+        b.classList.toggle("xai-active", on);
+        b.setAttribute("aria-pressed", on ? "true" : "false");
+      });
+    }
+
+    function bind(button) {
+      var i = +button.getAttribute("data-i");
+      button.addEventListener("mouseenter", function () { show(i); });
+      button.addEventListener("focus", function () { show(i); });
+      button.addEventListener("click", function () { show(i); });
+    }
+
+    function build(state) {
+      grid.textContent = "";
+      data.records.forEach(function (rec, i) {
+        if (!matches(rec, state)) return;
+        var b = document.createElement("button");
+        b.type = "button";
+        b.className = "xai-channel";
+        b.setAttribute("data-i", i);
+        var img = document.createElement("img");
+        img.decoding = "async";
+        setImage(img, rec);
+        b.appendChild(img);
+        grid.appendChild(b);
+        bind(b);
+      });
+      var first = grid.querySelector(".xai-channel");
+      if (first) show(+first.getAttribute("data-i"));
+    }
+
+    grid.querySelectorAll(".xai-channel").forEach(bind);
+    grid.addEventListener("keydown", function (ev) {
+      var buttons = Array.prototype.slice.call(grid.querySelectorAll(".xai-channel"));
+      var at = buttons.indexOf(document.activeElement);
+      if (at < 0) return;
+      var cols = getComputedStyle(grid).gridTemplateColumns.split(" ").length || 1;
+      var step = { ArrowRight: 1, ArrowLeft: -1, ArrowDown: cols, ArrowUp: -cols }[ev.key];
+      if (ev.key === "Home") step = -at;
+      if (ev.key === "End") step = buttons.length - 1 - at;
+      if (step === undefined) return;
+      ev.preventDefault();
+      var to = Math.max(0, Math.min(buttons.length - 1, at + step));
+      buttons[to].focus();
+    });
+    onControls(root, function (changed) {
+      var state = settle(data.records, readControls(root), changed);
+      writeControls(root, state);
+      build(state);
+      root.setAttribute("data-state", JSON.stringify(state));
+    });
+  }
+
+  /* Hover cards: citations (the entry sphinxcontrib-bibtex puts in the link's title) and bound
+   * values (the reference they were read from). Shown on hover and keyboard focus; Esc hides. */
+  var card = null;
+  var cardOwner = null;
+
+  function showCard(owner, html) {
+    if (!card) {
+      card = document.createElement("div");
+      card.className = "xai-card";
+      card.id = "xai-card";
+      card.setAttribute("role", "tooltip");
+      document.body.appendChild(card);
+    }
+    card.innerHTML = html;
+    card.hidden = false;
+    cardOwner = owner;
+    owner.setAttribute("aria-describedby", "xai-card");
+    var r = owner.getBoundingClientRect();
+    var width = Math.min(384, window.innerWidth - 16);
+    card.style.maxWidth = width + "px";
+    var left = Math.max(8, Math.min(window.scrollX + r.left, window.scrollX + window.innerWidth - width - 8));
+    card.style.left = left + "px";
+    card.style.top = window.scrollY + r.bottom + 6 + "px";
+  }
+
+  function hideCard() {
+    if (card) card.hidden = true;
+    if (cardOwner) cardOwner.removeAttribute("aria-describedby");
+    cardOwner = null;
+  }
+
+  function escapeHtml(s) {
+    return s.replace(/[&<>"']/g, function (c) {
+      return { "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c];
+    });
+  }
+
+  function cardFor(el, html) {
+    el.addEventListener("mouseenter", function () { showCard(el, html); });
+    el.addEventListener("focus", function () { showCard(el, html); });
+    el.addEventListener("mouseleave", hideCard);
+    el.addEventListener("blur", hideCard);
+  }
+
+  function initCitations() {
+    document.querySelectorAll("a[title]").forEach(function (a) {
+      var label = a.closest(".citation-ref, span[id^='id']");
+      var href = a.getAttribute("href") || "";
+      if (!label && !/(^|\/)references\.html#/.test(href)) return;
+      var entry = a.getAttribute("title");
+      a.removeAttribute("title");  // our card replaces the browser's tooltip
+      a.classList.add("xai-cite");
+      cardFor(a, '<p class="xai-card-kicker">Reference</p><p>' + escapeHtml(entry) + "</p>");
+    });
+  }
+
+  function initValues() {
+    document.querySelectorAll(".xai-res[data-ref]").forEach(function (v) {
+      v.tabIndex = 0;
+      cardFor(v, '<p class="xai-card-kicker">Computed value</p><p>read from <code>' +
+        escapeHtml(v.getAttribute("data-ref")) + "</code> when this page was built</p>");
+    });
+  }
+
+  /* Screen-width figures reach from the text column to the right edge of the window. */
+  function fitScreenFigures() {
+    document.querySelectorAll(".xai-screen").forEach(function (f) {
+      var parent = f.parentElement.getBoundingClientRect();
+      var room = document.documentElement.clientWidth - parent.left - 16;
+      f.style.setProperty("--xai-screen-width", Math.max(parent.width, room) + "px");
+    });
+  }
+
+  function init() {
+    document.querySelectorAll("[data-xai=explorer]").forEach(initExplorer);
+    document.querySelectorAll("[data-xai=channels]").forEach(initChannels);
+    initCitations();
+    initValues();
+    fitScreenFigures();
+    window.addEventListener("resize", fitScreenFigures);
+    document.addEventListener("keydown", function (ev) { if (ev.key === "Escape") hideCard(); });
+    document.documentElement.classList.add("xai-js");
+  }
+
+  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", init);
+  else init();
+})();
