@@ -156,14 +156,23 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch
     return correct / len(images)
 
 
-def train(model: nn.Module, cfg: TrainConfig, *, progress: bool = True, desc: str = "") -> dict:
-    """Seeded AdamW + one-cycle training with horizontal flips. Returns accuracy and timings."""
+def train(model: nn.Module, cfg: TrainConfig, *, progress: bool = True, desc: str = "",
+          data: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+          hflip: bool = True) -> dict:
+    """Seeded AdamW + one-cycle training with horizontal flips. Returns accuracy and timings.
+
+    ``data = (x_train, y_train, x_test, y_test)`` trains on other images than Fashion-MNIST's own (the
+    Clever Hans sets); ``hflip=False`` turns the flips off for data whose left and right differ on purpose.
+    """
     from tqdm import tqdm
 
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    x_train, y_train = fashion_mnist.load("train")
-    x_test, y_test = fashion_mnist.load("test")
+    if data is None:
+        x_train, y_train = fashion_mnist.load("train")
+        x_test, y_test = fashion_mnist.load("test")
+    else:
+        x_train, y_train, x_test, y_test = data
     if cfg.train_size:
         idx = torch.randperm(len(x_train), generator=gen)[: cfg.train_size]
         x_train, y_train = x_train[idx], y_train[idx]
@@ -181,7 +190,7 @@ def train(model: nn.Module, cfg: TrainConfig, *, progress: bool = True, desc: st
         order = torch.randperm(len(x_train), generator=gen)
         for i in range(steps_per_epoch):
             idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
-            xb = _flip(x_train[idx], gen).to(device)
+            xb = (_flip(x_train[idx], gen) if hflip else x_train[idx]).to(device)
             loss = loss_fn(model(xb), y_train[idx].to(device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
