@@ -1,0 +1,371 @@
+"""Attribution methods: hand-computed values on fixed-weight models, properties, captum agreement, errors."""
+from collections import OrderedDict
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from xai import attribution as A
+from xai.errors import UnknownNameError, XaiError
+from xai.metrics import completeness_gap
+
+
+def _frozen(m: nn.Module) -> nn.Module:
+    m.eval()
+    for p in m.parameters():
+        p.requires_grad_(False)
+    return m
+
+
+def linear_model(seed=0, c=1, h=4, w=4, classes=3):
+    torch.manual_seed(seed)
+    return _frozen(nn.Sequential(nn.Flatten(), nn.Linear(c * h * w, classes)))
+
+
+def conv_gap_linear(seed=0, cin=2, k=3, classes=4):
+    """One conv + global average pool + linear: Grad-CAM has a closed form on it."""
+    torch.manual_seed(seed)
+    return _frozen(nn.Sequential(OrderedDict([
+        ("conv", nn.Conv2d(cin, k, 3, padding=1)), ("relu", nn.ReLU()),
+        ("gap", nn.AdaptiveAvgPool2d(1)), ("flatten", nn.Flatten()), ("fc", nn.Linear(k, classes)),
+    ])))
+
+
+class ReLU6MLP(nn.Module):
+    def __init__(self, seed=0, d=6, hidden=(8, 7), classes=3, act=nn.ReLU6):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.l1, self.l2, self.l3 = nn.Linear(d, hidden[0]), nn.Linear(*hidden), nn.Linear(hidden[1], classes)
+        self.a1, self.a2 = act(), act()
+        with torch.no_grad():  # pre-activations spread over (-4, 10) so both ends of ReLU6 are hit
+            for layer in (self.l1, self.l2):
+                layer.weight.mul_(6)
+
+    def forward(self, x):
+        return self.l3(self.a2(self.l2(self.a1(self.l1(x.flatten(1))))))
+
+
+# -- hand-computed values -------------------------------------------------------------------------
+
+def test_gradient_and_gradient_x_input_of_a_linear_model():
+    m = linear_model()
+    x = torch.rand(2, 1, 4, 4)
+    t = torch.tensor([2, 0])
+    W = m[1].weight
+    g = A.gradient(m, x, t)
+    expected = torch.stack([W[2], W[0]]).view(2, 1, 4, 4)
+    assert torch.allclose(g, expected, atol=1e-6)
+    assert torch.allclose(A.gradient_x_input(m, x, t), expected * x, atol=1e-6)
+
+
+def test_gradient_of_softmax_and_log_softmax_by_hand():
+    m = linear_model(classes=3)
+    x = torch.rand(1, 1, 4, 4)
+    W = m[1].weight
+    p = m(x).softmax(-1)[0]
+    mean_w = (p[:, None] * W).sum(0)
+    # d p_t / dx = p_t (W_t - sum_j p_j W_j);  d log p_t / dx = W_t - sum_j p_j W_j
+    assert torch.allclose(A.gradient(m, x, 1, output="log_softmax").flatten(), W[1] - mean_w, atol=1e-6)
+    assert torch.allclose(A.gradient(m, x, 1, output="softmax").flatten(), p[1] * (W[1] - mean_w), atol=1e-6)
+
+
+def test_gradient_through_a_relu_by_hand():
+    torch.manual_seed(1)
+    m = _frozen(nn.Sequential(nn.Flatten(), nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 2)))
+    x = torch.rand(1, 1, 2, 2)
+    W1, b1, W2 = m[1].weight, m[1].bias, m[3].weight
+    active = (W1 @ x.flatten() + b1 > 0).float()
+    expected = W1.T @ (active * W2[1])
+    assert torch.allclose(A.gradient(m, x, 1).flatten(), expected, atol=1e-6)
+
+
+def test_grad_cam_closed_form_on_conv_gap_linear():
+    m = conv_gap_linear()
+    x = torch.rand(3, 2, 5, 5)
+    t = torch.tensor([0, 3, 1])
+    acts = m.relu(m.conv(x))  # layer "relu": the map the linear head averages
+    W = m.fc.weight
+    hw = 25
+    # d logit_c / d A_kij = W_ck / hw everywhere, so Grad-CAM = relu(sum_k W_ck A_k) / hw (the original CAM)
+    expected = F.relu(torch.einsum("bk,bkij->bij", W[t], acts) / hw)[:, None]
+    cam = A.grad_cam(m, x, t, layer="relu")
+    assert cam.shape == (3, 1, 5, 5)
+    assert torch.allclose(cam, expected, atol=1e-6)
+    cf = A.counterfactual_grad_cam(m, x, t, layer="relu")
+    assert torch.allclose(cf, F.relu(-torch.einsum("bk,bkij->bij", W[t], acts) / hw)[:, None], atol=1e-6)
+    # Layer-CAM: relu(sum_k relu(W_ck / hw) A_k)
+    lc = A.layer_cam(m, x, t, layer="relu")
+    assert torch.allclose(lc, torch.einsum("bk,bkij->bij", F.relu(W[t]) / hw, acts)[:, None], atol=1e-6)
+    # Grad-CAM++ with a spatially constant gradient g: alpha = g^2 / (2 g^2 + S_k g^3), w_k = hw alpha relu(g)
+    g = W[t] / hw
+    s = acts.sum((2, 3))
+    alpha = torch.where(g != 0, g**2 / (2 * g**2 + s * g**3 + 1e-6), torch.zeros_like(g))
+    pp = F.relu(torch.einsum("bk,bkij->bij", hw * alpha * F.relu(g), acts))[:, None]
+    assert torch.allclose(A.grad_cam_pp(m, x, t, layer="relu"), pp, atol=1e-6)
+
+
+def test_score_cam_by_hand():
+    m = conv_gap_linear(cin=1, k=3)
+    x = torch.rand(1, 1, 5, 5)
+    acts = m.conv(x)[0]  # before the ReLU: no channel is constant
+    terms = []
+    for k in range(3):
+        a = acts[k]
+        mask = (a - a.min()) / (a.max() - a.min())
+        terms.append(m(x * mask).softmax(-1)[0, 2] * a)
+    out = A.score_cam(m, x, 2, layer="conv", internal_batch_size=2)
+    assert torch.allclose(out[0, 0], F.relu(sum(terms)), atol=1e-6)
+    top = int(acts.flatten(1).var(1).argmax())  # max_channels=1 keeps the most varying channel
+    top1 = A.score_cam(m, x, 2, layer="conv", max_channels=1)
+    assert torch.allclose(top1[0, 0], F.relu(terms[top]), atol=1e-6)
+
+
+def test_occlusion_of_a_linear_model_by_hand():
+    m = linear_model(c=1, h=4, w=4, classes=2)
+    x = torch.rand(1, 1, 4, 4)
+    W = m[1].weight[1].view(4, 4)
+    out = A.occlusion(m, x, 1, window=2, stride=2)  # non-overlapping: each pixel gets its window's drop
+    contrib = (W * x[0, 0]).view(2, 2, 2, 2).sum((1, 3))  # window sums of w * x
+    expected = contrib.repeat_interleave(2, 0).repeat_interleave(2, 1)
+    assert torch.allclose(out[0, 0], expected, atol=1e-5)
+
+
+def test_noise_gradients_on_a_quadratic_model():
+    """f = (w.x)^2 / 2: E[grad] = grad at x, Var[grad] = w^2 sigma^2 |w|^2, E[grad^2] = grad^2 + Var."""
+    class Quad(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.tensor([0.5, -1.0, 2.0, 0.25]), requires_grad=False)
+
+        def forward(self, x):
+            s = x.flatten(1) @ self.w
+            return torch.stack([0.5 * s**2, -s], 1)
+
+    m = Quad()
+    x = torch.tensor([[0.0, 0.2, 1.0, 0.6]]).view(1, 1, 2, 2)
+    noise, n = 0.1, 4000
+    sigma = noise * 1.0  # the image's range is 1
+    w = m.w
+    grad = (x.flatten() @ w) * w
+    var = w**2 * sigma**2 * (w**2).sum()
+    sg = A.smoothgrad(m, x, 0, samples=n, noise=noise, internal_batch_size=500).flatten()
+    vg = A.vargrad(m, x, 0, samples=n, noise=noise, internal_batch_size=500).flatten()
+    sq = A.smoothgrad_sq(m, x, 0, samples=n, noise=noise, internal_batch_size=500).flatten()
+    assert torch.allclose(sg, grad, atol=4 * (var / n).sqrt().max())
+    assert torch.allclose(vg, var, rtol=0.1)
+    assert torch.allclose(sq, grad**2 + var, rtol=0.1)
+    # seeded: the same call gives the same answer; batching does not change it beyond rounding
+    assert torch.equal(A.smoothgrad(m, x, 0, samples=8, seed=3), A.smoothgrad(m, x, 0, samples=8, seed=3))
+
+
+# -- properties on real models --------------------------------------------------------------------
+
+def test_integrated_gradients_completeness_on_a_trained_model(fmnist_cnn_smoke):
+    from xai.data import fashion_mnist
+
+    images = fashion_mnist.load("test")[0]
+    for i, kind in enumerate(("black", "blur", "uniform")):
+        x = images[i:i + 1]
+        ref = A.baseline(x, kind)
+        attr = A.integrated_gradients(fmnist_cnn_smoke, x, 3, steps=256, baseline_kind=kind,
+                                      internal_batch_size=256)
+        gap = completeness_gap(fmnist_cnn_smoke, x, 3, attr, ref)
+        assert (gap < 0.01).all(), (kind, gap)
+
+
+def test_guided_backprop_on_relu6_mlp_by_hand():
+    m = _frozen(ReLU6MLP())
+    x = torch.rand(2, 1, 2, 3) * 4 - 1
+    W1, b1, W2, b2, W3 = m.l1.weight, m.l1.bias, m.l2.weight, m.l2.bias, m.l3.weight
+    t = 1
+    gbp = A.guided_backprop(m, x, t)
+    dec = A.deconvolution(m, x, t)
+    grad = A.gradient(m, x, t)
+    for i in range(2):
+        z1 = W1 @ x[i].flatten() + b1
+        z2 = W2 @ z1.clamp(0, 6) + b2
+        m1, m2 = ((z1 > 0) & (z1 < 6)).float(), ((z2 > 0) & (z2 < 6)).float()
+        g2 = W3[t]
+        guided = W1.T @ (m1 * F.relu(W2.T @ (m2 * F.relu(g2))))
+        deconv = W1.T @ F.relu(W2.T @ F.relu(g2))
+        plain = W1.T @ (m1 * (W2.T @ (m2 * g2)))
+        assert torch.allclose(gbp[i].flatten(), guided, atol=1e-5)
+        assert torch.allclose(dec[i].flatten(), deconv, atol=1e-5)
+        assert torch.allclose(grad[i].flatten(), plain, atol=1e-5)
+    assert not torch.allclose(gbp, grad, atol=1e-3)
+    saturated = [((m.l1(x.flatten(1)) >= 6).any()), ((m.l1(x.flatten(1)) <= 0).any())]
+    assert all(saturated), "the test input must reach both ends of ReLU6"
+
+
+def test_guided_backprop_clamps_at_every_relu6_of_efficientnet(lite0):
+    """On EfficientNet-Lite (ReLU6 everywhere) the gradient entering every activation from above is
+    rectified: the gradient at each ReLU6's input is >= 0 under guided backprop, not under the plain one."""
+    from xai.data import images
+
+    x = lite0.prepare(images.load("chelsea"))[None]
+    acts = [mod for mod in lite0.model.modules() if isinstance(mod, nn.ReLU6)]
+    assert len(acts) > 30
+
+    def run(method):
+        grads = []
+
+        def hook(_m, inputs):
+            inputs[0].register_hook(lambda g: grads.append(g))
+        handles = [a.register_forward_pre_hook(hook) for a in acts]
+        try:
+            out = A.attribute(method, lite0, x, 281)
+        finally:
+            for h in handles:
+                h.remove()
+        return out, grads
+
+    gbp, gbp_grads = run("guided_backprop")
+    plain, plain_grads = run("gradient")
+    assert len(gbp_grads) == len(acts) == len(plain_grads)
+    assert all(bool((g >= 0).all()) for g in gbp_grads)
+    assert sum(bool((g < 0).any()) for g in plain_grads) == len(acts)
+    assert not torch.allclose(gbp, plain)
+    # captum's GuidedBackprop hooks nn.ReLU only: on this model it silently is the plain gradient
+    from captum.attr import GuidedBackprop
+
+    assert torch.allclose(GuidedBackprop(lite0.model).attribute(x, target=281), plain, atol=1e-6)
+
+
+def test_guided_backprop_and_deconv_agree_with_captum_on_relu(fmnist_cnn_smoke):
+    from captum.attr import Deconvolution, GuidedBackprop
+
+    from xai.data import fashion_mnist
+
+    x = fashion_mnist.load("test")[0][:3]
+    t = torch.tensor([0, 5, 9])
+    ours = A.guided_backprop(fmnist_cnn_smoke, x, t)
+    theirs = GuidedBackprop(fmnist_cnn_smoke.model).attribute(x, target=t)
+    assert torch.allclose(ours, theirs, atol=1e-6, rtol=1e-5)
+    assert torch.allclose(A.deconvolution(fmnist_cnn_smoke, x, t),
+                          Deconvolution(fmnist_cnn_smoke.model).attribute(x, target=t), atol=1e-6, rtol=1e-5)
+
+
+def test_guided_backprop_sees_functional_relu():
+    class Functional(ReLU6MLP):
+        def forward(self, x):
+            return self.l3(torch.relu(self.l2(F.relu(self.l1(x.flatten(1))))))
+
+    m = _frozen(Functional(act=nn.Identity))
+    x = torch.rand(1, 1, 2, 3)
+    _, seen = A.modified_gradient(m, x, 0, "guided")
+    assert seen == {"ReLU": 2}
+
+
+@pytest.mark.parametrize("act,name", [(nn.GELU, "GELU"), (nn.SiLU, "SiLU"), (nn.Hardswish, "Hardswish")])
+def test_guided_methods_refuse_smooth_activations(act, name):
+    m = _frozen(ReLU6MLP(act=act))
+    x = torch.rand(1, 1, 2, 3)
+    for method in ("guided_backprop", "deconvolution", "guided_grad_cam"):
+        with pytest.raises(XaiError, match=f"not applicable.*{name}"):
+            A.attribute(method, m, x, 0)
+
+
+def test_guided_backprop_refuses_a_model_without_rectifiers():
+    with pytest.raises(XaiError, match="no ReLU"):
+        A.guided_backprop(linear_model(), torch.rand(1, 1, 4, 4), 0)
+
+
+def test_grad_cam_agrees_with_captum_and_pytorch_grad_cam(fmnist_cnn_smoke):
+    """captum's LayerGradCam (then upsampled) within 1e-5; pytorch-grad-cam (min-max normalised by
+    it, resized with OpenCV) within 0.02 after the same normalisation."""
+    from captum.attr import LayerAttribution, LayerGradCam
+
+    from xai.data import fashion_mnist
+
+    m = fmnist_cnn_smoke.model
+    x = fashion_mnist.load("test")[0][:3]
+    t = torch.tensor([1, 2, 7])
+    ours = A.grad_cam(fmnist_cnn_smoke, x, t, layer="relu4")
+    theirs = LayerGradCam(m, m.relu4).attribute(x, target=t, relu_attributions=True)
+    theirs = LayerAttribution.interpolate(theirs, (28, 28), interpolate_mode="bilinear")
+    assert torch.allclose(ours, theirs, atol=1e-5, rtol=1e-4)
+
+    from pytorch_grad_cam import GradCAM, GradCAMPlusPlus, LayerCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    def minmax(a):
+        a = a - a.amin((-2, -1), keepdim=True)
+        return a / a.amax((-2, -1), keepdim=True).clamp_min(1e-7)
+
+    for ours_name, cls in (("grad_cam", GradCAM), ("grad_cam_pp", GradCAMPlusPlus), ("layer_cam", LayerCAM)):
+        mine = minmax(A.attribute(ours_name, fmnist_cnn_smoke, x, t, layer="relu3")[:, 0])
+        with cls(model=m, target_layers=[m.relu3]) as cam:
+            # the model's parameters are frozen: the graph has to start at the input
+            ref = torch.from_numpy(cam(input_tensor=x.clone().requires_grad_(True), targets=[ClassifierOutputTarget(int(c)) for c in t]))
+        assert (mine - ref).abs().max() < 0.02, ours_name
+
+
+def test_every_method_runs_with_batch_order_kept(fmnist_cnn_smoke):
+    from xai.data import fashion_mnist
+
+    x = fashion_mnist.load("test")[0][:3]
+    t = torch.tensor([0, 4, 8])
+    fast = {"smoothgrad": dict(samples=4), "smoothgrad_sq": dict(samples=4), "vargrad": dict(samples=4),
+            "integrated_gradients": dict(steps=8), "occlusion": dict(window=7, stride=7)}
+    for name, method in A.METHODS.items():
+        opts = {**fast.get(name, {}), **({"layer": "relu3"} if method.needs_layer else {})}
+        together = method(fmnist_cnn_smoke, x, t, **opts)
+        alone = method(fmnist_cnn_smoke, x[2:], t[2:], **opts) if name not in fast else None
+        assert together.shape == (3, 1, 28, 28), name
+        assert torch.isfinite(together).all(), name
+        if not method.signed:
+            assert (together >= 0).all(), name
+        if alone is not None:
+            assert torch.allclose(together[2:], alone, atol=1e-5, rtol=1e-4), name
+
+
+# -- ViT and CAM layer choice -----------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def vit():
+    from xai import models
+
+    return models.load("fmnist_vit", budget="smoke", device="cpu", progress=False)
+
+
+def test_cam_on_vit_tokens_and_last_block_not_applicable(vit):
+    from xai.data import fashion_mnist
+
+    x = fashion_mnist.load("test")[0][:2]
+    cam = A.grad_cam(vit, x, 1, layer="blocks.2")
+    assert cam.shape == (2, 1, 28, 28) and cam.sum() > 0
+    with pytest.raises(XaiError, match="not applicable.*class token"):
+        A.grad_cam(vit, x, 1, layer="blocks.3")
+    assert A.default_layer(vit, x[:1]) == "blocks.2"
+    with pytest.raises(XaiError, match="not applicable.*GELU"):
+        A.guided_backprop(vit, x, 1)
+
+
+# -- bad input ----------------------------------------------------------------------------------------
+
+def test_clear_errors(fmnist_cnn_smoke, lite0):
+    x = torch.rand(1, 1, 28, 28)
+    with pytest.raises(XaiError, match="out of range.*10 classes"):
+        A.gradient(fmnist_cnn_smoke, x, 10)
+    with pytest.raises(XaiError, match="out of range"):
+        A.grad_cam(fmnist_cnn_smoke.model, x, -1, layer="conv4")  # a bare module: classes found by probing
+    with pytest.raises(XaiError, match="2 targets for a batch of 1"):
+        A.gradient(fmnist_cnn_smoke, x, [1, 2])
+    with pytest.raises(XaiError, match="takes images of size 3x224x224"):
+        A.gradient(lite0, torch.rand(1, 3, 200, 200), 1)
+    with pytest.raises(XaiError, match=r"\[B, C, H, W\]"):
+        A.gradient(fmnist_cnn_smoke, torch.rand(1, 28, 28), 1)
+    with pytest.raises(UnknownNameError, match="did you mean: grad_cam"):
+        A.attribute("gradcam", fmnist_cnn_smoke, x, 1)
+    with pytest.raises(UnknownNameError, match="layer"):
+        A.grad_cam(fmnist_cnn_smoke, x, 1, layer="conv9")
+    with pytest.raises(XaiError, match="unknown output"):
+        A.gradient(fmnist_cnn_smoke, x, 1, output="prob")
+    with pytest.raises(XaiError, match="unknown baseline"):
+        A.integrated_gradients(fmnist_cnn_smoke, x, 1, baseline_kind="grey")
+    mlp = linear_model()
+    with pytest.raises(XaiError, match="not applicable.*no spatial"):
+        A.grad_cam(mlp, torch.rand(1, 1, 4, 4), 0, layer="1")
+    with pytest.raises(XaiError, match="CAM methods are not applicable"):
+        A.grad_cam(mlp, torch.rand(1, 1, 4, 4), 0)

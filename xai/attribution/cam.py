@@ -1,0 +1,196 @@
+"""The CAM family at any named layer: Grad-CAM, Grad-CAM++, Score-CAM, Layer-CAM, counterfactual Grad-CAM,
+and Guided Grad-CAM.
+
+As in pytorch-grad-cam, one base class does the work (capture the layer, differentiate the target's
+logit, weight, rectify, upsample) and each variant overrides only :meth:`CAM.weights`. Maps come back
+as ``[B, 1, H, W]`` at input resolution (bilinear upsampling), unnormalised: scaling for display is the
+renderer's business.
+
+A ViT layer's tokens are laid on their patch grid (:func:`xai.layers.to_spatial`). A layer whose
+spatial positions cannot move the prediction (a ViT's last block, read only through its class token)
+or that has no spatial extent at all makes the method not applicable, with an error that says so.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import XaiError
+from ..layers import capture, num_prefix_tokens, resolve, to_spatial
+from ._common import Target, check_positive, finish, prepare, unwrap
+
+
+class CAM:
+    """A class-activation map: ``relu(sum_k w_k A_k)`` at ``layer``, upsampled to the input."""
+
+    name = "grad_cam"
+    uses_gradients = True
+
+    def __call__(self, model, inputs: torch.Tensor, target: Target, *, layer: str | None = None,
+                 **options) -> torch.Tensor:
+        module, x, t = prepare(model, inputs, target)
+        layer = layer if layer is not None else default_layer(model, x[:1])
+        acts, grads = layer_activations(module, x, t, layer, gradients=self.uses_gradients, method=self.name)
+        with torch.no_grad():
+            w = self.weights(acts, grads, module=module, inputs=x, targets=t, **options)
+            cam = (w * acts).sum(1, keepdim=True) if w.dim() == 4 else torch.einsum("bc,bchw->bhw", w, acts)[:, None]
+            cam = F.relu(cam)
+            cam = F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return finish(cam, inputs)
+
+    def weights(self, acts: torch.Tensor, grads: torch.Tensor | None, **context) -> torch.Tensor:
+        """Channel weights ``[B, C]`` (or per-position ``[B, C, h, w]``). Grad-CAM: the mean gradient."""
+        return grads.mean(dim=(2, 3))
+
+
+class GradCAM(CAM):
+    """Grad-CAM (Selvaraju et al. 2017)."""
+
+
+class CounterfactualGradCAM(CAM):
+    """Counterfactual Grad-CAM (Selvaraju et al. 2017, sec. 3): negated gradients, so the map shows
+    regions whose removal would raise the target's score."""
+
+    name = "counterfactual_grad_cam"
+
+    def weights(self, acts, grads, **context):
+        return -grads.mean(dim=(2, 3))
+
+
+class GradCAMPlusPlus(CAM):
+    """Grad-CAM++ (Chattopadhay et al. 2018), eq. 19 with the exponential-output simplification as in
+    the paper's and pytorch-grad-cam's implementations."""
+
+    name = "grad_cam_pp"
+
+    def weights(self, acts, grads, **context):
+        g2 = grads.pow(2)
+        g3 = g2 * grads
+        denom = 2 * g2 + acts.sum(dim=(2, 3), keepdim=True) * g3
+        alpha = torch.where(grads != 0, g2 / (denom + 1e-6), torch.zeros_like(g2))
+        return (alpha * F.relu(grads)).sum(dim=(2, 3))
+
+
+class LayerCAM(CAM):
+    """Layer-CAM (Jiang et al. 2021): each position weighted by its own positive gradient."""
+
+    name = "layer_cam"
+
+    def weights(self, acts, grads, **context):
+        return F.relu(grads)
+
+
+class ScoreCAM(CAM):
+    """Score-CAM (Wang et al. 2020): each channel's upsampled, min-max normalised activation masks the
+    input, and its weight is the target's softmax probability on the masked image (as in the authors'
+    code; pytorch-grad-cam instead takes a softmax of logits across channels).
+
+    ``max_channels`` keeps the channels whose upsampled maps vary most (the "Faster Score-CAM" rule);
+    None uses every channel. ``internal_batch_size`` bounds the masked images per forward pass.
+    """
+
+    name = "score_cam"
+    uses_gradients = False
+
+    def weights(self, acts, grads, *, module: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
+                max_channels: int | None = None, internal_batch_size: int = 32, **context):
+        check_positive("internal_batch_size", internal_batch_size)
+        b, c = acts.shape[:2]
+        up = F.interpolate(acts, size=inputs.shape[-2:], mode="bilinear", align_corners=False)
+        flat = up.flatten(2)
+        lo, hi = flat.amin(2), flat.amax(2)
+        masks = (up - lo[..., None, None]) / (hi - lo).clamp_min(1e-8)[..., None, None]
+        w = torch.zeros(b, c, device=acts.device)
+        for i in range(b):
+            keep = torch.arange(c, device=acts.device)
+            if max_channels is not None:
+                check_positive("max_channels", max_channels)
+                keep = flat[i].var(1).topk(min(max_channels, c)).indices
+            keep = keep[(hi[i, keep] - lo[i, keep]) > 0]  # a constant map masks nothing
+            for j in range(0, len(keep), internal_batch_size):
+                ks = keep[j:j + internal_batch_size]
+                masked = inputs[i:i + 1] * masks[i, ks, None]
+                w[i, ks] = module(masked).softmax(-1)[:, targets[i]]
+        return w
+
+
+def layer_activations(module: nn.Module, x: torch.Tensor, t: torch.Tensor, layer: str, *,
+                      gradients: bool = True, method: str = "CAM") -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A layer's activations ``[B, C, h, w]`` and the gradients of the target logits with respect to them."""
+    resolve(module, layer)
+    prefix = num_prefix_tokens(module)
+    with torch.enable_grad() if gradients else torch.no_grad():
+        x = x.clone().requires_grad_(gradients)  # frozen parameters: the graph must start at the input
+        acts, out = capture(module, x, [layer], truncate=not gradients)
+        raw = acts[layer]
+        try:
+            spatial = to_spatial(raw, prefix)
+        except XaiError as e:
+            raise XaiError(f"{method} is not applicable at layer {layer!r}: {e}") from e
+        if not gradients:
+            return spatial.detach(), None
+        if not raw.requires_grad:
+            raise XaiError(f"{method} is not applicable at layer {layer!r}: its output does not depend on the input")
+        score = out.gather(1, t[:, None]).sum()
+        (g,) = torch.autograd.grad(score, raw, allow_unused=True)
+    if g is None or not bool(to_spatial(g, prefix).ne(0).any()):
+        raise XaiError(f"{method} is not applicable at layer {layer!r}: the prediction does not depend on its "
+                       f"spatial positions (e.g. a ViT's last block, which reaches the head only through its "
+                       f"class token); choose an earlier layer")
+    return spatial.detach(), to_spatial(g, prefix).detach()
+
+
+def default_layer(model, x: torch.Tensor, candidates: Sequence[str] | None = None) -> str:
+    """The deepest layer (of ``candidates``; default: the entry's layers of interest, else every module)
+    whose spatial positions move the top prediction: the usual Grad-CAM choice, found by measuring."""
+    module, _, _ = unwrap(model)
+    if candidates is None:
+        candidates = getattr(model, "layers", None) or [n for n, _ in module.named_modules() if n]
+    prefix = num_prefix_tokens(module)
+    x = x.detach().to(next(module.parameters()).device)
+    order: list[str] = []
+    outs: dict[str, torch.Tensor] = {}
+    handles = []
+    for name in candidates:
+        def hook(_m, _i, out, name=name):
+            out = out[0] if isinstance(out, (tuple, list)) else out
+            if name not in outs and isinstance(out, torch.Tensor) and out.dim() in (3, 4) and out.requires_grad:
+                outs[name] = out
+                order.append(name)
+        handles.append(resolve(module, name).register_forward_hook(hook))
+    try:
+        with torch.enable_grad():
+            xr = x.clone().requires_grad_(True)
+            logits = module(xr)
+            score = logits.max(1).values.sum()
+            grads = torch.autograd.grad(score, [outs[n] for n in order], allow_unused=True) if order else []
+    finally:
+        for h in handles:
+            h.remove()
+    for name, g in reversed(list(zip(order, grads))):
+        if g is None:
+            continue
+        try:
+            if to_spatial(g, prefix).ne(0).any():
+                return name
+        except XaiError:
+            continue
+    raise XaiError("no layer of this model has spatial positions that move its prediction; "
+                   "CAM methods are not applicable")
+
+
+grad_cam = GradCAM()
+grad_cam_pp = GradCAMPlusPlus()
+score_cam = ScoreCAM()
+layer_cam = LayerCAM()
+counterfactual_grad_cam = CounterfactualGradCAM()
+
+
+def guided_grad_cam(model, inputs: torch.Tensor, target: Target, *, layer: str | None = None) -> torch.Tensor:
+    """Guided Grad-CAM: guided backprop times the upsampled Grad-CAM map (Selvaraju et al. 2017)."""
+    from .guided import guided_backprop
+
+    return guided_backprop(model, inputs, target) * grad_cam(model, inputs, target, layer=layer)
