@@ -4,6 +4,16 @@
 (function () {
   "use strict";
 
+  /* sphinx-book-theme hides the in-page TOC column while margin notes are on screen and assumes that
+   * column exists; this book has none (the margin is for notes), so give its script an empty one.
+   * This file is deferred, so it runs before the theme's DOMContentLoaded handlers. */
+  if (!document.querySelector("div.bd-sidebar-secondary")) {
+    var stub = document.createElement("div");
+    stub.className = "bd-sidebar-secondary";
+    stub.hidden = true;
+    document.body.appendChild(stub);
+  }
+
   function readData(root) {
     var el = root.querySelector("script.xai-data");
     return el ? JSON.parse(el.textContent) : null;

@@ -67,11 +67,12 @@ def _finished(app, exception) -> None:
 
 
 def _prune(app, exception) -> None:
-    """Drop what no page requests: source maps of the theme's bundles and its UI translations."""
+    """Drop what no page requests: source maps of the theme's bundles, its UI translations, and the
+    template macros the themes leave among the static files."""
     if exception is not None or app.builder.format != "html":
         return
     static = Path(app.outdir) / "_static"
-    for p in static.rglob("*.map"):
+    for p in [*static.rglob("*.map"), *static.glob("*webpack-macros.html")]:
         p.unlink()
     if app.config.language in (None, "en"):
         shutil.rmtree(static / "locales", ignore_errors=True)

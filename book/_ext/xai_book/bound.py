@@ -23,6 +23,7 @@ from .data import (BookDataError, NotComputed, bind, evaluate, format_value, is_
 logger = logging.getLogger(__name__)
 
 SCOPE = "xai_names"  # env.temp_data key: a stack of name scopes, innermost last (temp_data is per page)
+SOURCES = "xai_sources"  # the same stack, holding what each name was bound to (shown on hover)
 
 
 # -- nodes --------------------------------------------------------------------------------------------
@@ -63,11 +64,28 @@ def fail(env, err: Exception, location) -> None:
     env.xai_failures.add(env.docname)
 
 
-def current_names(env) -> dict[str, Any]:
+def current_names(env, key: str = SCOPE) -> dict[str, Any]:
     names: dict[str, Any] = {}
-    for scope in env.temp_data.get(SCOPE, []):
+    for scope in env.temp_data.get(key, []):
         names.update(scope)
     return names
+
+
+def provenance(env, expr: str) -> str:
+    """The expression with the references its names were bound to: what a reader sees on hover."""
+    if is_ref(expr):
+        return expr
+    sources = current_names(env, SOURCES)
+    seen: list[str] = []
+    todo = sorted(names_in(expr))
+    while todo:  # names bound to expressions over other names: follow them to the files
+        n = todo.pop(0)
+        if n in sources and n not in seen:
+            seen.append(n)
+            if not is_ref(sources[n]):
+                todo += sorted(names_in(sources[n]))
+    used = [f"{n} = {sources[n]}" for n in seen]
+    return expr + (" where " + "; ".join(used) if used else "")
 
 
 def not_computed_admonition(study: str, what: str) -> nodes.admonition:
@@ -106,7 +124,7 @@ class ResRole(SphinxRole):
             fail(self.env, err, self.get_location())
             return [nodes.problematic(self.rawtext, self.rawtext)], []
         node = xai_value(text, text, classes=["xai-res"])
-        node["ref"] = expr
+        node["ref"] = provenance(self.env, expr)
         return [node], []
 
 
@@ -133,7 +151,8 @@ class ClaimDirective(SphinxDirective):
             profiles = (self.options.get("profiles") or "").replace(",", " ").split()
             if profiles and gen.profile not in profiles:
                 return []
-            names = bind(gen, parse_lets(self.options.get("let", "")), current_names(self.env))
+            lets = parse_lets(self.options.get("let", ""))
+            names = bind(gen, lets, current_names(self.env))
             holds = evaluate(when, names)
         except NotComputed as nc:
             # The passage is about results this build does not have: leave it out, the chapter says why.
@@ -153,10 +172,12 @@ class ClaimDirective(SphinxDirective):
         node = xai_claim()
         node["when"] = when
         self.env.temp_data.setdefault(SCOPE, []).append(names)
+        self.env.temp_data.setdefault(SOURCES, []).append(dict(lets))
         try:
             self.state.nested_parse(self.content, self.content_offset, node)
         finally:
             self.env.temp_data[SCOPE].pop()
+            self.env.temp_data[SOURCES].pop()
         return [node]
 
 
