@@ -31,7 +31,8 @@ def _init_env(app, env=None, docnames=None) -> None:
 
 
 def _builder_inited(app) -> None:
-    app.xai_generated = Generated(generated_root(app.srcdir))
+    app.xai_generated = Generated(generated_root(app.srcdir),
+                                  on_read=lambda path: app.env.note_dependency(str(path)))
     _init_env(app)
 
 
@@ -54,9 +55,10 @@ def _merge(app, env, docnames, other) -> None:
 
 
 def _outdated(app, env, added, changed, removed) -> list[str]:
-    """Pages whose data failed last time are read again, so an incremental build cannot hide the error."""
+    """Pages whose data failed last time are read again, so an incremental build cannot hide the error;
+    so are pages that showed a "not computed" notice, since the study may exist now."""
     _init_env(app, env)
-    return sorted(d for d in env.xai_failures if d in env.found_docs)
+    return sorted(d for d in env.xai_failures | set(env.xai_not_computed) if d in env.found_docs)
 
 
 def _finished(app, exception) -> None:

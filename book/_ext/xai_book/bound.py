@@ -204,7 +204,6 @@ class GeneratedDirective(SphinxDirective):
         except BookDataError as err:
             fail(self.env, err, self.get_location())
             return []
-        self.env.note_dependency(str(path))
         container = nodes.container(classes=["xai-generated"])
         lines = path.read_text().splitlines()
         self.state.nested_parse(StringList(lines, source=str(path)), 0, container)
@@ -230,7 +229,6 @@ class StudyDirective(SphinxDirective):
         except BookDataError as err:
             fail(self.env, err, self.get_location())
             return []
-        self.env.note_dependency(str(gen.root / "manifest.json"))
         commit = (env_info.get("git_commit") or "")[:10]
         dirty = " (with local changes)" if env_info.get("git_dirty") else ""
         seconds = record.get("seconds")

@@ -114,8 +114,10 @@ def parse_ref(text: str) -> Ref:
 class Generated:
     """Read-only view of one build's generated folder, with the study rules described above."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, on_read=None):
         self.root = root
+        # Called with every file a page reads, so that Sphinx re-reads the page when the file changes.
+        self.on_read = on_read or (lambda path: None)
         self._cache: dict[str, Any] = {}
         self._manifest: dict | None = None
         self._registered = registered_studies()
@@ -123,6 +125,7 @@ class Generated:
     # -- study status ---------------------------------------------------------------------------
     @property
     def manifest(self) -> dict:
+        self.on_read(self.root / "manifest.json")
         if self._manifest is None:
             path = self.root / "manifest.json"
             if not path.is_file():
@@ -162,11 +165,12 @@ class Generated:
         if not p.is_file():
             hint = f"; study {study!r} ran but did not write it" if study else ""
             raise BookDataError(f"missing artifact {p}{hint} (profile {self.profile!r})")
+        self.on_read(p)
         return p
 
     def load(self, rel: str) -> Any:
+        p = self.path(rel)
         if rel not in self._cache:
-            p = self.path(rel)
             try:
                 self._cache[rel] = json.loads(p.read_text())
             except json.JSONDecodeError as e:

@@ -35,7 +35,6 @@ class BylineDirective(SphinxDirective):
         except BookDataError as err:
             fail(self.env, err, self.get_location())
             return []
-        self.env.note_dependency(str(gen.root / "manifest.json"))
         environment = manifest.get("environment", {})
         commit = environment.get("git_commit") or ""
         date = _commit_date(commit) or str(manifest.get("updated", ""))[:10]
@@ -129,7 +128,6 @@ class EnvironmentTable(SphinxDirective):
         except BookDataError as err:
             fail(self.env, err, self.get_location())
             return []
-        self.env.note_dependency(str(gen.root / "manifest.json"))
         rows = [["profile", gen.profile], ["python", str(env.get("python"))],
                 ["platform", str(env.get("platform"))], ["processor", str(env.get("processor"))],
                 ["CPU threads", str(env.get("cpu_threads"))], ["GPU", str(env.get("cuda") or "none")]]

@@ -53,7 +53,6 @@ def use_asset(directive: SphinxDirective, rel: str) -> dict[str, Any]:
 
     env = directive.env
     src = generated(env).path(rel)
-    env.note_dependency(str(src))
     dest = site_path(Path(src).relative_to(generated(env).root).as_posix())
     env.xai_assets.setdefault(env.docname, {})[dest] = str(src)
     with Image.open(src) as im:
@@ -163,8 +162,6 @@ class GeneratedFigure(SphinxDirective):
         if not ref:
             raise BookDataError(f"{self.name} needs `:data: file.json[:key.path]` (a list of objects)")
         value = gen.resolve(ref) if is_ref(ref) else evaluate(ref, current_names(self.env))
-        if is_ref(ref):
-            self.env.note_dependency(str(gen.path(ref.split(":", 1)[0])))
         if not isinstance(value, list) or not all(isinstance(r, dict) for r in value):
             raise BookDataError(f"{ref} must be a list of objects for {self.name}")
         where = self.options.get("where")
