@@ -1,0 +1,19 @@
+"""Shortcut learning ("Clever Hans"): markers, poisoned training sets, a reliance detector, SpRAy.
+
+* :mod:`.markers`: spurious signals as exact alpha blends (opaque square, watermark, lightness gradient).
+* :mod:`.poisoned`: training sets with markers planted on chosen classes, and small CNNs trained on them.
+* :mod:`.detector`: :func:`detect_shortcut`, whether a model relies on a marker or region, with evidence.
+* :mod:`.spray`: spectral relevance analysis of one class's attribution maps.
+"""
+from __future__ import annotations
+
+from .detector import ShortcutReport, detect_shortcut, fill_region
+from .markers import Marker, box_region, cross, lightness_gradient, ring, square, stamp, watermark
+from .poisoned import Plant, PoisonSpec, class_index, poison, small_cnn, standard_specs, trained
+from .spray import SprayResult, adjusted_rand_index, spray
+
+__all__ = [
+    "Marker", "box_region", "cross", "lightness_gradient", "ring", "square", "stamp", "watermark",
+    "Plant", "PoisonSpec", "class_index", "poison", "small_cnn", "standard_specs", "trained",
+    "ShortcutReport", "detect_shortcut", "fill_region", "SprayResult", "adjusted_rand_index", "spray",
+]
