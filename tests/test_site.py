@@ -457,7 +457,13 @@ WIDGET_PAGE = """# Widgets
 ```{study} demo
 ```
 
+```{bind}
+summary = demo/summary.json
+scores = summary["scores"]
+```
+
 The demo has {res}`demo/summary.json:count` records and its best score is {res}`demo/summary.json:scores.b|.2f`.
+Together they make {res}`scores["a"] + scores["b"]|.2f`; the larger is {res}`argmax(scores)`.
 
 :::{claim}
 :let: s = demo/summary.json:scores
@@ -466,7 +472,8 @@ B beats A: {res}`s["b"]|.2f` against {res}`s["a"]|.2f`.
 :::
 
 ```{xai-explorer}
-:data: demo/maps.json
+:let: maps = demo/maps.json
+:data: [dict(m, threshold=m["threshold"]) for m in maps if m["area"] > 0]
 :select: model
 :slider: threshold
 :columns: method
@@ -565,6 +572,9 @@ def test_widgets_render_numbered_captioned_and_bound(widget_site):
     assert "Figure 1" in html and "Figure 2" in html and "Figure 3" in html
     assert "The demo has <span class=\"xai-res\" data-ref=\"demo/summary.json:count\">15</span>" in html
     assert "0.75</span> against <span" in html
+    assert "make <span class=\"xai-res\" data-ref=\"scores[&quot;a&quot;] + scores[&quot;b&quot;] where scores = " \
+           "summary[&quot;scores&quot;]; summary = demo/summary.json\">1.00</span>" in html
+    assert ">b</span>." in html
     assert "<math" in html and not re.search(r"<script[^>]*mathjax", html, re.I)
     assert html.count('data-xai="explorer"') == 1 and html.count('data-xai="channels"') == 1
 
@@ -660,6 +670,21 @@ Hidden.
 :::
 
 Value: {res}`nosuchstudy/a.json:b`.
+
+```{bind}
+y = nosuchstudy/a.json:c
+z = y * 2
+```
+
+:::{claim}
+:when: z > 1
+Also hidden.
+:::
+
+```{xai-figure} nosuchstudy/fig.png
+:alt: never shown
+Never shown either.
+```
 """,
 }
 
@@ -704,5 +729,6 @@ def test_a_study_this_checkout_lacks_shows_a_notice_instead(failing_build):
     _, html = failing_build
     page = (html / "book" / "unregistered.html").read_text()
     assert "Not computed in this build" in page and "nosuchstudy" in page
-    assert "Hidden." not in page
+    assert "Hidden." not in page and "Also hidden." not in page and "Never shown" not in page
+    assert page.count("Not computed in this build") == 2  # the chapter notice and the figure's
     assert 'class="xai-na"' in page

@@ -1,6 +1,7 @@
 """Bound prose: values and claims read from the generated JSON at build time.
 
 ``{res}`REF_OR_EXPR|FMT``            a value in running text (see ``data.py`` for references and formats)
+``{bind}`` with ``name = REF_OR_EXPR`` lines   names for the rest of the page
 ``:::{claim}`` + ``:let:``/``:when:``  a passage that is only true while ``:when:`` holds; the build
                                         fails (naming the page, the expression and its values) otherwise
 ``{generated} study/file.md``          a Markdown snippet a study wrote (tables), parsed as MyST
@@ -17,7 +18,7 @@ from docutils.statemachine import StringList
 from sphinx.util import logging
 from sphinx.util.docutils import SphinxDirective, SphinxRole
 
-from .data import (BookDataError, NotComputed, bind, evaluate, format_value, is_ref, names_in, parse_lets,
+from .data import (Absent, BookDataError, NotComputed, bind, evaluate, format_value, is_ref, names_in, parse_lets,
                    split_format)
 
 logger = logging.getLogger(__name__)
@@ -186,6 +187,29 @@ def _short(v: Any) -> str:
     return s if len(s) <= 80 else s[:77] + "..."
 
 
+# -- {bind} -------------------------------------------------------------------------------------------------
+
+class BindDirective(SphinxDirective):
+    """Names for the rest of the page, one ``name = REF_OR_EXPR`` per line of content."""
+
+    has_content = True
+
+    def run(self):
+        gen = generated(self.env)
+        try:
+            lets = parse_lets("\n".join(self.content))
+            names = bind(gen, lets, current_names(self.env), keep_absent=True)
+        except BookDataError as err:
+            fail(self.env, err, self.get_location())
+            return []
+        for n, v in names.items():
+            if isinstance(v, Absent):
+                self.env.xai_not_computed.setdefault(self.env.docname, set()).add(v.study)
+        self.env.temp_data.setdefault(SCOPE, []).append({n: names[n] for n, _ in lets})
+        self.env.temp_data.setdefault(SOURCES, []).append(dict(lets))
+        return []
+
+
 # -- {generated} ------------------------------------------------------------------------------------------
 
 class GeneratedDirective(SphinxDirective):
@@ -253,5 +277,6 @@ def setup(app) -> None:
     app.add_node(xai_claim, html=(visit_claim, depart_claim))
     app.add_role("res", ResRole())
     app.add_directive("claim", ClaimDirective)
+    app.add_directive("bind", BindDirective)
     app.add_directive("generated", GeneratedDirective)
     app.add_directive("study", StudyDirective)

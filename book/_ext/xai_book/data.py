@@ -274,12 +274,23 @@ def names_in(text: str) -> set[str]:
     return {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)} - bound
 
 
+class Absent:
+    """The value of a name bound to a study this checkout does not have: using it is NotComputed."""
+
+    def __init__(self, study: str):
+        self.study = study
+
+
 def evaluate(text: str, names: dict[str, Any]) -> Any:
     code = compile_expression(text)
-    unknown = names_in(text) - set(names) - set(SAFE_FUNCTIONS)
+    used = names_in(text)
+    unknown = used - set(names) - set(SAFE_FUNCTIONS)
     if unknown:
         raise BookDataError(f"expression {text!r} uses unbound name(s) {', '.join(sorted(unknown))} "
                             f"(bound here: {', '.join(sorted(names)) or 'none'})")
+    for n in sorted(used):
+        if isinstance(names.get(n), Absent):
+            raise NotComputed(names[n].study)
     try:
         # One namespace as globals: comprehensions and lambdas look names up there, not in locals.
         return eval(code, {"__builtins__": {}, **SAFE_FUNCTIONS, **names})  # noqa: S307 - AST-checked above
@@ -304,10 +315,18 @@ def parse_lets(text: str) -> list[tuple[str, str]]:
     return out
 
 
-def bind(gen: Generated, lets: list[tuple[str, str]], outer: dict[str, Any] | None = None) -> dict[str, Any]:
+def bind(gen: Generated, lets: list[tuple[str, str]], outer: dict[str, Any] | None = None, *,
+         keep_absent: bool = False) -> dict[str, Any]:
+    """Evaluate ``lets`` in order. With ``keep_absent``, a name whose study is not in this checkout is
+    bound to :class:`Absent` (page-level bindings), so that only the passages that use it give way."""
     names = dict(outer or {})
     for name, value in lets:
-        names[name] = gen.resolve(value) if is_ref(value) else evaluate(value, names)
+        try:
+            names[name] = gen.resolve(value) if is_ref(value) else evaluate(value, names)
+        except NotComputed as nc:
+            if not keep_absent:
+                raise
+            names[name] = Absent(nc.study)
     return names
 
 

@@ -27,8 +27,8 @@ from sphinx.util import logging
 from sphinx.util.docutils import SphinxDirective
 from sphinx.util.osutil import relative_uri
 
-from .bound import current_names, fail, generated, not_computed_admonition
-from .data import BookDataError, NotComputed, evaluate, is_ref, template
+from .bound import SCOPE, SOURCES, current_names, fail, generated, not_computed_admonition
+from .data import BookDataError, NotComputed, bind, evaluate, is_ref, parse_lets, template
 
 logger = logging.getLogger(__name__)
 
@@ -111,6 +111,7 @@ class GeneratedFigure(SphinxDirective):
         "name": directives.unchanged,
         "width": lambda v: directives.choice(v, WIDTHS),
         "class": directives.class_option,
+        "let": directives.unchanged,  # names for this figure's other options and caption, as in claims
     }
     what = "This figure"
 
@@ -122,14 +123,28 @@ class GeneratedFigure(SphinxDirective):
             fail(self.env, BookDataError(f"{self.name} needs a caption (the directive's content)"),
                  self.get_location())
             return []
+        lets = parse_lets(self.options.get("let", ""))
+        pushed = False
         try:
-            markup = self.widget()
+            if lets:
+                names = bind(generated(self.env), lets, current_names(self.env))
+                self.env.temp_data.setdefault(SCOPE, []).append(names)
+                self.env.temp_data.setdefault(SOURCES, []).append(dict(lets))
+                pushed = True
+            return self._run()
         except NotComputed as nc:
             self.env.xai_not_computed.setdefault(self.env.docname, set()).add(nc.study)
             return [not_computed_admonition(nc.study, self.what)]
         except BookDataError as err:
             fail(self.env, err, self.get_location())
             return []
+        finally:
+            if pushed:
+                self.env.temp_data[SCOPE].pop()
+                self.env.temp_data[SOURCES].pop()
+
+    def _run(self):
+        markup = self.widget()
         width = self.options.get("width", "text")
         fig = nodes.figure(classes=["xai-figure", f"xai-{width}", *self.options.get("class", [])])
         fig += nodes.raw("", markup, format="html")
@@ -137,9 +152,7 @@ class GeneratedFigure(SphinxDirective):
         self.state.nested_parse(self.content, self.content_offset, body)
         first = body[0] if len(body) else None
         if not isinstance(first, nodes.paragraph):
-            fail(self.env, BookDataError(f"{self.name}: the caption must start with a paragraph"),
-                 self.get_location())
-            return []
+            raise BookDataError(f"{self.name}: the caption must start with a paragraph")
         fig += nodes.caption(first.rawsource, "", *first.children)
         if len(body) > 1:
             fig += nodes.legend("", *body[1:])
