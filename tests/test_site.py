@@ -499,6 +499,13 @@ Channels of two layers with their exemplars.
 A static figure, {numref}`fig-demo` is the explorer.
 ```
 
+```{xai-table}
+:let: maps = demo/maps.json
+:data: [m for m in maps if m["threshold"] == 0.5]
+:columns: model=Model, method=Method, area=Area|.0%, area * 2=Doubled|.2f
+Areas at threshold 0.5.
+```
+
 $$
 \\alpha_k^c = \\frac{1}{Z}\\sum_{i,j} \\frac{\\partial y^c}{\\partial A^k_{ij}}
 $$
@@ -576,6 +583,9 @@ def test_widgets_render_numbered_captioned_and_bound(widget_site):
            "summary[&quot;scores&quot;]; summary = demo/summary.json\">1.00</span>" in html
     assert ">b</span>." in html
     assert "<math" in html and not re.search(r"<script[^>]*mathjax", html, re.I)
+    table = html.split('class="xai-table')[1].split("</table>")[0]
+    assert "Table 1" in table and "Areas at threshold 0.5." in table
+    assert table.count("<tr") == 1 + 5 and "<p>Doubled</p>" in table and "<p>50%</p>" in table and "<p>1.00</p>" in table
     assert html.count('data-xai="explorer"') == 1 and html.count('data-xai="channels"') == 1
 
 

@@ -10,6 +10,7 @@ the server, with real ``<img alt>``; ``xai.js`` only swaps what is shown.
                     pickers, a Grad-CAM threshold, a feature-visualization step.
 ``{xai-channels}``  a layer's channels as a grid; hover or focus one to enlarge it with its dataset
                     exemplars.
+``{xai-table}``     a numbered table whose rows are records and whose cells are formatted values.
 
 Images are copied into the site under ``_generated/`` and PNG/JPEG become WebP on the way.
 """
@@ -446,8 +447,85 @@ class ChannelsDirective(GeneratedFigure):
         return "".join(parts)
 
 
+# -- {xai-table} ----------------------------------------------------------------------------------------
+
+class TableDirective(GeneratedFigure):
+    """A numbered table whose rows are records: ``:columns: key=Header|fmt, key=Header``.
+
+    A column key may be an expression over the record's keys (``p_pred - p_true=Margin|.2f``).
+    """
+
+    option_spec = {
+        **GeneratedFigure.option_spec,
+        "data": directives.unchanged_required,
+        "where": directives.unchanged,
+        "columns": directives.unchanged_required,
+    }
+    what = "This table"
+
+    def _run(self):
+        from .data import format_value, split_format
+
+        records = self.records()
+        columns = []
+        for part in _split_columns(self.options["columns"]):
+            expr, _, header = part.partition("=")
+            header, fmt = split_format(header) if header else (expr.strip(), None)
+            columns.append((expr.strip(), header.strip() or expr.strip(), fmt))
+        table = nodes.table(classes=["xai-table", f"xai-{self.options.get('width', 'text')}"])
+        title = nodes.Element()
+        self.state.nested_parse(self.content, self.content_offset, title)
+        if not title.children or not isinstance(title[0], nodes.paragraph):
+            raise BookDataError(f"{self.name}: the caption must be a paragraph")
+        table += nodes.title(title[0].rawsource, "", *title[0].children)
+        group = nodes.tgroup(cols=len(columns))
+        table += group
+        for _ in columns:
+            group += nodes.colspec(colwidth=1)
+        head, body = nodes.thead(), nodes.tbody()
+        group += head
+        group += body
+        row = nodes.row()
+        for _, header, _ in columns:
+            row += nodes.entry("", nodes.paragraph(text=header))
+        head += row
+        for r in records:
+            row = nodes.row()
+            names = {**current_names(self.env), **_identifiers(r)}
+            for expr, _, fmt in columns:
+                value = r[expr] if expr in r else evaluate(expr, names)
+                row += nodes.entry("", nodes.paragraph(text=format_value(value, fmt)))
+            body += row
+        if "name" in self.options:
+            self.add_name(table)
+        else:
+            table["ids"].append(f"xai-table-{self.env.new_serialno('xai-table')}")
+        return [table]
+
+
+def _split_columns(text: str) -> list[str]:
+    """Split on commas outside brackets and quotes."""
+    out, depth, quote, cur = [], 0, None, ""
+    for ch in text:
+        if quote:
+            quote = None if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            out.append(cur)
+            cur = ""
+            continue
+        cur += ch
+    return [c.strip() for c in out + [cur] if c.strip()]
+
+
 def setup(app) -> None:
     app.add_directive("xai-figure", FigureDirective)
     app.add_directive("xai-explorer", ExplorerDirective)
     app.add_directive("xai-channels", ChannelsDirective)
+    app.add_directive("xai-table", TableDirective)
     app.connect("build-finished", write_assets)
