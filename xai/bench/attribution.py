@@ -1,0 +1,209 @@
+"""Our attribution methods against captum's and pytorch-grad-cam's, on one model, batch and device.
+
+Each anchor is called the way its documentation shows, with the same model object (it takes [0, 1]
+images and normalises inside), the same images and the same targets (the model's top-1 class). Where
+an anchor's default would not fit in memory (captum's one-batch Integrated Gradients and NoiseTunnel)
+it gets the same number of images per forward pass as ours; the call is recorded in the results.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from unittest import mock
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..attribution import METHODS, attribute
+from ..layers import resolve
+from .measure import Timing, agreement, time_sides
+
+# The methods of the issue, in the order of the report.
+COMPARED = ("gradient", "integrated_gradients", "smoothgrad", "grad_cam", "grad_cam_pp", "score_cam", "occlusion")
+SMOOTHGRAD_NOISE = 0.15
+ANCHOR_SEED_OFFSET = 7919
+
+
+@dataclass
+class Anchor:
+    library: str
+    call: str  # how the anchor was called, for the report
+    fn: Callable[[], torch.Tensor | np.ndarray]
+    normalise: bool = False  # the anchor returns per-image min-max scaled maps; compare ours scaled alike
+
+
+@dataclass
+class Comparison:
+    method: str
+    options: dict
+    anchors: list[Anchor] = field(default_factory=list)
+    stochastic: bool = False
+
+
+def bench_inputs(entry, size: int, batch: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """``batch`` real photos (manifest order, repeated if needed) at ``size`` px and the model's top-1 classes."""
+    from ..data import images
+
+    ids = list(images.manifest())
+    chosen = [ids[i % len(ids)] for i in range(batch)]
+    x = torch.stack([entry.prepare(images.load(i)) for i in chosen])
+    if x.shape[-1] != size or x.shape[-2] != size:
+        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
+    x = x.to(entry.device)
+    with torch.no_grad():
+        t = entry.model(x).argmax(1)
+    return x, t, chosen
+
+
+@contextmanager
+def _quiet_grad_cam():
+    """pytorch-grad-cam's Score-CAM draws a tqdm bar per image; silence it (it only costs the anchor)."""
+    import tqdm
+
+    with mock.patch.object(tqdm, "tqdm", lambda it, *a, **k: it):
+        yield
+
+
+def _grad_cam_library(cls_name: str, module: nn.Module, layer: str, x: torch.Tensor, t: torch.Tensor,
+                      needs_grad: bool) -> np.ndarray:
+    import pytorch_grad_cam
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    cls = getattr(pytorch_grad_cam, cls_name)
+    targets = [ClassifierOutputTarget(int(c)) for c in t]
+    # Our models' parameters are frozen, so a graph exists only if the input asks for gradients.
+    inp = x.clone().requires_grad_(True) if needs_grad else x
+    # The context manager removes the library's hooks, so they never slow the other side down.
+    with cls(model=module, target_layers=[resolve(module, layer)]) as cam, _quiet_grad_cam():
+        return cam(input_tensor=inp, targets=targets)
+
+
+def comparisons(module: nn.Module, x: torch.Tensor, t: torch.Tensor, cfg) -> list[Comparison]:
+    """Every compared method with its options and its anchors, as zero-argument calls."""
+    from captum.attr import IntegratedGradients, LayerAttribution, LayerGradCam, NoiseTunnel, Occlusion, Saliency
+
+    b = x.shape[0]
+    ibs = cfg.internal_batch_size
+    layer = cfg.cam_layer
+    span = float((x.flatten(1).amax(1) - x.flatten(1).amin(1)).mean())
+    noise_sd = SMOOTHGRAD_NOISE * span
+    window, stride = cfg.occlusion_window, cfg.occlusion_stride
+
+    def captum_grad_cam():
+        attr = LayerGradCam(module, resolve(module, layer)).attribute(x, target=t, relu_attributions=True)
+        return LayerAttribution.interpolate(attr, tuple(x.shape[-2:]), "bilinear")
+
+    def pgc(name: str, needs_grad: bool):
+        return lambda: _grad_cam_library(name, module, layer, x, t, needs_grad)
+
+    return [
+        Comparison("gradient", {}, [Anchor(
+            "captum", "Saliency(model).attribute(x, target, abs=False)",
+            lambda: Saliency(module).attribute(x, target=t, abs=False))]),
+        Comparison("integrated_gradients", {"steps": cfg.ig_steps, "baseline_kind": "black",
+                                            "internal_batch_size": ibs}, [Anchor(
+            "captum", f"IntegratedGradients(model).attribute(x, baselines=0, target, n_steps={cfg.ig_steps}, "
+                      f"internal_batch_size={ibs})",
+            lambda: IntegratedGradients(module).attribute(x, baselines=torch.zeros_like(x), target=t,
+                                                          n_steps=cfg.ig_steps, internal_batch_size=ibs))]),
+        Comparison("smoothgrad", {"samples": cfg.smoothgrad_samples, "noise": SMOOTHGRAD_NOISE,
+                                  "internal_batch_size": ibs, "seed": cfg.seed}, [Anchor(
+            "captum", f"NoiseTunnel(Saliency(model)).attribute(x, nt_type='smoothgrad', "
+                      f"nt_samples={cfg.smoothgrad_samples}, nt_samples_batch_size={max(1, ibs // b)}, "
+                      f"stdevs={noise_sd:.3f}, target, abs=False)",
+            lambda: NoiseTunnel(Saliency(module)).attribute(
+                x, nt_type="smoothgrad", nt_samples=cfg.smoothgrad_samples, nt_samples_batch_size=max(1, ibs // b),
+                stdevs=noise_sd, target=t, abs=False))], stochastic=True),
+        Comparison("grad_cam", {"layer": layer}, [
+            Anchor("pytorch-grad-cam", f"GradCAM(model, target_layers=[{layer}])(x, targets)",
+                   pgc("GradCAM", True), normalise=True),
+            Anchor("captum", f"LayerGradCam(model, {layer}).attribute(x, target, relu_attributions=True), "
+                             "upsampled bilinearly", captum_grad_cam)]),
+        Comparison("grad_cam_pp", {"layer": layer}, [Anchor(
+            "pytorch-grad-cam", f"GradCAMPlusPlus(model, target_layers=[{layer}])(x, targets)",
+            pgc("GradCAMPlusPlus", True), normalise=True)]),
+        Comparison("score_cam", {"layer": layer, "internal_batch_size": ibs}, [Anchor(
+            "pytorch-grad-cam", f"ScoreCAM(model, target_layers=[{layer}])(x, targets) (its batch size: 16)",
+            pgc("ScoreCAM", False), normalise=True)]),
+        Comparison("occlusion", {"window": window, "stride": stride, "fill": "black", "internal_batch_size": ibs},
+                   [Anchor("captum", f"Occlusion(model).attribute(x, sliding_window_shapes=(3, {window}, {window}), "
+                                     f"strides=(3, {stride}, {stride}), baselines=0, target)",
+                           lambda: Occlusion(module).attribute(
+                               x, sliding_window_shapes=(x.shape[1], window, window),
+                               strides=(x.shape[1], stride, stride), baselines=0, target=t))]),
+    ]
+
+
+def run(entry, cfg, peak_flops: float, log: Callable[[str], None] = print) -> dict:
+    """Time and compare every method of :data:`COMPARED` against its anchors."""
+    device = entry.device
+    module = entry.model
+    x, t, photo_ids = bench_inputs(entry, cfg.image_size, cfg.batch)
+    b = x.shape[0]
+
+    def reseed():
+        # Anchors draw noise from the global generator; seeded apart from ours (our methods take their
+        # own generator seeded cfg.seed), so no noise sample is shared and agreement is not flattered.
+        torch.manual_seed(cfg.seed + ANCHOR_SEED_OFFSET)
+        np.random.seed(cfg.seed + ANCHOR_SEED_OFFSET)
+
+    rows = []
+    for comp in comparisons(module, x, t, cfg):
+        method = METHODS[comp.method]
+
+        def ours(comp=comp):
+            return attribute(comp.method, module, x, t, **comp.options)
+
+        sides = {"ours": ours, **{a.library: a.fn for a in comp.anchors}}
+        timings, outputs = time_sides(sides, cfg.repeats, device, before=reseed)
+        row = {"method": comp.method, "label": method.label, "options": comp.options,
+               "ours": timings["ours"].summary(b, peak_flops), "anchors": []}
+        for a in comp.anchors:
+            tm: Timing = timings[a.library]
+            row["anchors"].append({
+                "library": a.library, "call": a.call, "timing": tm.summary(b, peak_flops),
+                "speedup": tm.median / timings["ours"].median,
+                "agreement": agreement(_cam_2d(outputs["ours"], outputs[a.library]), outputs[a.library],
+                                       normalise=a.normalise),
+                **_map_agreement(method.kind, outputs["ours"], outputs[a.library]),
+            })
+        if comp.stochastic:
+            # What agreement two draws of the noise give: the ceiling for any SmoothGrad anchor.
+            other = attribute(comp.method, module, x, t, **{**comp.options, "seed": cfg.seed + 1})
+            row["self_agreement"] = agreement(outputs["ours"], other)
+            row.update({f"self_{k}": v for k, v in _map_agreement(method.kind, outputs["ours"], other).items()})
+        rows.append(row)
+        log("bench: " + _line(row))
+    return {"model": entry.name, "image_size": cfg.image_size, "batch": b, "photos": photo_ids,
+            "targets": [int(c) for c in t], "cam_layer": cfg.cam_layer, "repeats": cfg.repeats, "rows": rows}
+
+
+def _map_agreement(kind: str, ours: torch.Tensor, anchor) -> dict:
+    """For multi-channel attributions, also the agreement of the 2-D maps the book draws from them
+    (:func:`xai.render.maps.saliency_map`): pixel noise in one colour channel matters less there."""
+    from ..render.maps import saliency_map
+
+    anchor = torch.as_tensor(anchor)
+    if ours.dim() != 4 or ours.shape[1] == 1 or anchor.shape != ours.shape:
+        return {}
+    return {"map_agreement": agreement(saliency_map(ours, kind), saliency_map(anchor.to(ours), kind))}
+
+
+def _cam_2d(ours: torch.Tensor, anchor) -> torch.Tensor:
+    """pytorch-grad-cam returns ``[B, H, W]``, ours ``[B, 1, H, W]``: drop our channel axis to match."""
+    if ours.dim() == 4 and ours.shape[1] == 1 and np.ndim(anchor) == 3:
+        return ours[:, 0]
+    return ours
+
+
+def _line(row: dict) -> str:
+    parts = [f"{row['method']}: ours {row['ours']['per_second']:.2f} img/s"]
+    for a in row["anchors"]:
+        ag = a["agreement"]
+        rho = f"{ag['spearman_mean']:.3f}" if ag["spearman_mean"] is not None else "n/a"
+        parts.append(f"{a['library']} {a['timing']['per_second']:.2f} img/s (x{a['speedup']:.2f}, rho {rho}, "
+                     f"max|d| {ag['max_abs_diff']:.2g})")
+    return "; ".join(parts)
