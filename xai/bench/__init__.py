@@ -82,8 +82,8 @@ CONFIGS: dict[str, BenchConfig] = {
     "full": BenchConfig(),
     "quick": BenchConfig(batch=4, ig_steps=16, smoothgrad_samples=8, occlusion_stride=28, featvis_channels=4,
                          featvis_steps=32),
-    "smoke": BenchConfig(image_size=64, batch=2, ig_steps=4, smoothgrad_samples=4, cam_layer="blocks.2",
-                         occlusion_window=16, occlusion_stride=16, internal_batch_size=8, repeats=3,
+    "smoke": BenchConfig(image_size=64, batch=2, ig_steps=4, smoothgrad_samples=4, cam_layer="blocks.1",
+                         occlusion_window=32, occlusion_stride=32, internal_batch_size=8, repeats=3,
                          featvis_layers=("blocks.1", "blocks.3"), featvis_channels=2, featvis_size=32,
                          featvis_model_size=64, featvis_steps=4, matmul_size=512, threads=1),
 }

@@ -1,0 +1,191 @@
+"""`make bench PROFILE=smoke` runs and writes its files, with agreement numbers that make sense.
+
+Benchmarks are not timed tests: nothing here asserts a speed.
+"""
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from xai import bench
+from xai.bench import measure, report
+from xai.bench.attribution import COMPARED
+from xai.bench.e2e import ASIDE_SUFFIX, set_aside
+from xai.errors import UnknownNameError, XaiError
+from xai.paths import REPO
+
+# Pairs that run the same algorithm on both sides: their outputs must match to float precision.
+SAME_ALGORITHM = {("gradient", "captum"), ("integrated_gradients", "captum"), ("occlusion", "captum"),
+                  ("grad_cam", "captum"), ("grad_cam", "pytorch-grad-cam"), ("grad_cam_pp", "pytorch-grad-cam")}
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    md = out / "BENCH.md"
+    env = {**os.environ, "XAI_GENERATED": str(out / "generated"), "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "bench"), "--profile", "smoke", "--markdown", str(md)],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    gen = out / "generated"
+    return {"results": json.loads((gen / bench.RESULTS).read_text()), "figure": gen / bench.FIGURE, "markdown": md,
+            "stdout": proc.stdout, "generated": gen}
+
+
+def _finite_positive(v) -> bool:
+    return isinstance(v, (int, float)) and math.isfinite(v) and v > 0
+
+
+def test_smoke_writes_results_figure_and_markdown(smoke):
+    from PIL import Image
+
+    r = smoke["results"]
+    assert r["profile"] == "smoke"
+    with Image.open(smoke["figure"]) as im:
+        assert im.format == "PNG" and im.width > 400 and im.height > 200
+    text = smoke["markdown"].read_text()
+    for heading in ("## Targets", "## Attribution", "## Feature visualization", "## End to end"):
+        assert heading in text
+    for row in r["attribution"]["rows"]:
+        assert f"| {row['label']} |" in text
+    # The repository's BENCHMARKS.md is only for the full profile; smoke must not overwrite it.
+    assert not (smoke["generated"] / bench.STORE_MARKDOWN).exists()
+    assert r["machine"]["cpu"] and r["machine"]["cpu_count"] >= 1
+    assert r["machine"]["torch_threads"] == 1
+
+
+def test_every_method_is_compared_with_its_anchors(smoke):
+    rows = smoke["results"]["attribution"]["rows"]
+    assert [row["method"] for row in rows] == list(COMPARED)
+    for row in rows:
+        assert len(row["ours"]["seconds"]) == bench.config("smoke").repeats
+        assert _finite_positive(row["ours"]["per_second"]) and row["ours"]["flops"] > 0
+        assert row["anchors"], row["method"]
+        for a in row["anchors"]:
+            assert _finite_positive(a["speedup"]) and _finite_positive(a["timing"]["per_second"])
+            assert a["timing"]["flops"] > 0 and _finite_positive(a["timing"]["fraction_of_peak"])
+            ag = a["agreement"]
+            assert ag["images"] == smoke["results"]["attribution"]["batch"]
+            assert math.isfinite(ag["max_abs_diff"]) and ag["max_abs_diff"] >= 0
+            assert -1 <= ag["spearman_min"] <= ag["spearman_mean"] <= 1
+
+
+def test_same_algorithms_agree_to_float_precision(smoke):
+    seen = set()
+    for row in smoke["results"]["attribution"]["rows"]:
+        for a in row["anchors"]:
+            pair = (row["method"], a["library"])
+            if pair not in SAME_ALGORITHM:
+                continue
+            seen.add(pair)
+            ag = a["agreement"]
+            assert ag["constant_maps"] == 0, pair
+            assert ag["spearman_min"] > 0.99, (pair, ag)
+            assert ag["rel_max_abs_diff"] < 1e-3, (pair, ag)
+    assert seen == SAME_ALGORITHM
+
+
+def test_differing_algorithms_still_point_the_same_way(smoke):
+    rows = {row["method"]: row for row in smoke["results"]["attribution"]["rows"]}
+    sg = rows["smoothgrad"]
+    # Independent noise draws: agreement is limited by the samples, but a sign or axis error would make it <= 0.
+    assert sg["self_agreement"]["spearman_mean"] > 0
+    assert sg["anchors"][0]["agreement"]["spearman_mean"] > 0
+    assert sg["anchors"][0]["map_agreement"]["spearman_mean"] > 0
+    # Score-CAM's channel weights differ by design (probability vs softmax over channels), not its maps' sense.
+    assert rows["score_cam"]["anchors"][0]["agreement"]["spearman_mean"] > 0
+
+
+def test_featvis_reports_speed_and_final_activations(smoke):
+    fv = smoke["results"]["featvis"]
+    cfg = bench.config("smoke")
+    assert fv["units"] == cfg.featvis_channels * len(cfg.featvis_layers)
+    assert _finite_positive(fv["speedup"])
+    for side in ("ours", "lucent"):
+        assert _finite_positive(fv[side]["per_second"]) and fv[side]["flops"] > 0
+    assert len(fv["lucent_unit_seconds"]) == fv["units"]
+    for layer in cfg.featvis_layers:
+        acts = fv["final_activation"][layer]
+        assert len(acts["ours"]) == len(acts["lucent"]) == cfg.featvis_channels
+        assert all(math.isfinite(v) for v in acts["ours"] + acts["lucent"])
+
+
+def test_physical_reference_and_targets(smoke):
+    r = smoke["results"]
+    assert _finite_positive(r["peak"]["gflops_per_s"])
+    mf = r["model_flops"]
+    # Backward to the input costs about one more forward (no weight gradients): between 1.5x and 3.5x.
+    assert 1.5 < mf["forward_backward_per_image"] / mf["forward_per_image"] < 3.5
+    whats = {t["what"]: t for t in r["targets"]}
+    for method, library, _ in report.SPEED_TARGETS:
+        assert isinstance(whats[f"{method} vs {library}"]["met"], bool)
+    assert isinstance(whats["feature visualization vs lucent"]["met"], bool)
+    assert whats["warm rebuild, full profile"]["met"] is None  # e2e is opt-in and was not run
+
+
+def test_agreement_measures():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(3, 2, 8, 8))
+    same = measure.agreement(a, a)
+    assert same["max_abs_diff"] == 0 and same["spearman_min"] == pytest.approx(1)
+    flipped = measure.agreement(a, -a)
+    assert flipped["spearman_mean"] == pytest.approx(-1)
+    # Min-max scaling makes an affine rescaling of the anchor invisible.
+    scaled = measure.agreement(a, 3 * a + 1, normalise=True)
+    assert scaled["max_abs_diff"] < 1e-12
+    with_constant = measure.agreement(np.zeros((2, 4)), np.stack([np.zeros(4), np.arange(4.0)]))
+    assert with_constant["constant_maps"] == 2 and with_constant["spearman_mean"] is None
+    with pytest.raises(ValueError):
+        measure.agreement(a, a[:2])
+
+
+def test_time_sides_warms_up_counts_flops_and_alternates():
+    calls = []
+    w = torch.randn(16, 16)
+
+    def side(name):
+        def fn():
+            calls.append(name)
+            return w @ w
+        return fn
+
+    timings, outputs = measure.time_sides({"a": side("a"), "b": side("b")}, 3, torch.device("cpu"))
+    assert calls == ["a", "b", "a", "b", "b", "a", "a", "b"]  # warm-ups, then rounds in rotating order
+    assert timings["a"].flops == timings["b"].flops == 2 * 16 ** 3
+    assert len(timings["a"].seconds) == 3 and torch.equal(outputs["a"], w @ w)
+
+
+def test_set_aside_restores_on_failure_and_keeps_new_on_success(tmp_path):
+    d = tmp_path / "generated"
+    d.mkdir()
+    (d / "old.txt").write_text("old")
+    with pytest.raises(RuntimeError):
+        with set_aside([d, tmp_path / "absent"]):
+            assert not d.exists()
+            d.mkdir()
+            (d / "partial.txt").write_text("partial")
+            raise RuntimeError("build failed")
+    assert (d / "old.txt").read_text() == "old" and not (d / "partial.txt").exists()
+    with set_aside([d]):
+        d.mkdir()
+        (d / "new.txt").write_text("new")
+    assert sorted(p.name for p in d.iterdir()) == ["new.txt"]
+    assert not (tmp_path / ("generated" + ASIDE_SUFFIX)).exists()
+    (tmp_path / ("generated" + ASIDE_SUFFIX)).mkdir()
+    with pytest.raises(XaiError, match="did not finish"):
+        with set_aside([d]):
+            pass
+    assert (d / "new.txt").exists()
+
+
+def test_bad_names_are_clear_errors(capsys):
+    with pytest.raises(UnknownNameError, match="smoke"):
+        bench.config("smok")
+    assert bench.main(["--profile", "smoke", "--only", "atribution"]) == 1
+    assert "did you mean: attribution" in capsys.readouterr().err
