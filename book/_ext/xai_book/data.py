@@ -262,8 +262,8 @@ def compile_expression(text: str):
             raise BookDataError(f"expression {text!r} uses {type(node).__name__}, which bound expressions may not use "
                                 "(names, literals, arithmetic, comparisons, calls of "
                                 f"{', '.join(sorted(k for k in SAFE_FUNCTIONS if k[0].islower()))})")
-        if isinstance(node, ast.Name) and node.id.startswith("_"):
-            raise BookDataError(f"expression {text!r}: names may not start with '_'")
+        if isinstance(node, ast.Name) and node.id.startswith("__"):
+            raise BookDataError(f"expression {text!r}: names may not start with '__'")
     return compile(tree, "<claim>", "eval")
 
 
