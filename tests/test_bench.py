@@ -189,3 +189,46 @@ def test_bad_names_are_clear_errors(capsys):
         bench.config("smok")
     assert bench.main(["--profile", "smoke", "--only", "atribution"]) == 1
     assert "did you mean: attribution" in capsys.readouterr().err
+
+
+def test_e2e_builds_cold_then_warm(tmp_path, monkeypatch):
+    from xai.bench import e2e
+
+    caches = [tmp_path / "generated", tmp_path / "checkpoints"]
+    for c in caches:
+        c.mkdir()
+        (c / "stale").write_text("x")
+    seen = []
+
+    def fake_build(profile, log=print):
+        # The first build of a profile must find every cache empty; the second, the first one's output.
+        seen.append((profile, [sorted(p.name for p in c.iterdir()) if c.exists() else None for c in caches]))
+        for c in caches:
+            c.mkdir(exist_ok=True)
+            (c / "built").write_text(profile)
+        return 1.0
+
+    monkeypatch.setattr(e2e, "cold_paths", lambda: caches)
+    monkeypatch.setattr(e2e, "build_seconds", fake_build)
+    out = e2e.run(["quick", "full"], log=lambda _: None)
+    assert seen == [("quick", [None, None]), ("quick", [["built"], ["built"]]),
+                    ("full", [None, None]), ("full", [["built"], ["built"]])]
+    assert out["full"]["cold_s"] == 1.0 and out["full"]["warm_s"] == 1.0
+    assert [(c / "built").read_text() for c in caches] == ["full", "full"]
+
+
+def test_report_copes_with_partial_results(smoke):
+    import matplotlib.pyplot as plt
+
+    for missing in ("attribution", "featvis"):
+        partial = {k: v for k, v in smoke["results"].items() if k != missing}
+        partial["targets"] = report.targets(partial)
+        text = report.markdown(partial)
+        assert "## Targets" in text and ("## Attribution" in text) == (missing != "attribution")
+        plt.close(report.figure(partial))
+    cpu_only = {**smoke["results"]["machine"], "gpu": None}  # the cold-build target depends on the device
+    e2e = {**smoke["results"], "machine": cpu_only,
+           "e2e": {"full": {"cold_s": 3000.0, "warm_s": 75.0, "started": "now", "cleared": []}}}
+    met = {t["what"]: t["met"] for t in report.targets(e2e)}
+    assert met["warm rebuild, full profile"] is False and met["cold build, full profile (CPU)"] is True
+    assert "| full | 50.0 min | 75 s |" in report.markdown(e2e)

@@ -26,9 +26,7 @@ from torch import nn
 from ..featvis import evaluate, objectives, render
 from ..featvis.param import FFTParam
 from ..featvis.transforms import standard
-from .measure import time_sides
-
-WARMUP_STEPS = 2
+from .measure import count_flops, time_sides
 
 
 @contextmanager
@@ -106,12 +104,16 @@ def run(entry, cfg, peak_flops: float, log: Callable[[str], None] = print) -> di
         return {layer: lucent_render_units(module, layer, units, size, model_size, steps, seed,
                                            unit_seconds if record else None) for layer in layers}
 
-    warm = min(WARMUP_STEPS, steps)
-    timings, outputs = time_sides({"ours": ours, "lucent": lucent}, cfg.featvis_repeats, device,
-                                  warmups={"ours": lambda: ours(warm), "lucent": lambda: lucent(warm, False)})
-    # The warm-ups ran `warm` steps per unit; the FLOPs of a unit-step are the same in the full run.
-    for tm in timings.values():
-        tm.flops = round(tm.flops * steps / warm) if warm else 0
+    # Warm-ups of one and two steps, which also give each side's FLOPs as fixed + per_step * steps
+    # (the fixed part: our final scoring pass; a full-length warm-up would double lucent's long run).
+    flops = {}
+    for name, fn in (("ours", ours), ("lucent", lambda s: lucent(s, False))):
+        _, one = count_flops(lambda: fn(1))
+        _, two = count_flops(lambda: fn(2))
+        flops[name] = (one - (two - one)) + (two - one) * steps
+    timings, outputs = time_sides({"ours": ours, "lucent": lucent}, cfg.featvis_repeats, device, warmup=False)
+    for name, tm in timings.items():
+        tm.flops = flops[name]
     per_layer = {}
     ours_all, lucent_all = [], []
     for layer in layers:

@@ -73,23 +73,22 @@ class Timing:
 
 def time_sides(sides: dict[str, Callable[[], object]], repeats: int, device: torch.device,
                before: Callable[[], None] | None = None,
-               warmups: dict[str, Callable[[], object]] | None = None) -> tuple[dict[str, Timing], dict[str, object]]:
+               warmup: bool = True) -> tuple[dict[str, Timing], dict[str, object]]:
     """Time every side ``repeats`` times after one warm-up call each, which also counts its FLOPs.
 
     The sides alternate within each round and the order rotates between rounds, so a slow phase of a
     shared machine falls on both sides rather than on whichever ran second. ``before`` runs ahead of
-    every call, untimed (e.g. reseeding). ``warmups`` replaces a side's warm-up call by a cheaper one
-    (its FLOPs are then the caller's to scale). Returns the timings and each side's last output.
+    every call, untimed (e.g. reseeding). With ``warmup=False`` the caller has warmed the sides up and
+    fills in their FLOPs. Returns the timings and each side's last output.
     """
     timings = {name: Timing() for name in sides}
     outputs: dict[str, object] = {}
-    for name, fn in sides.items():
-        if before:
-            before()
-        out, timings[name].flops = count_flops((warmups or {}).get(name, fn))
-        if name not in (warmups or {}):
-            outputs[name] = out
-        sync(device)
+    if warmup:
+        for name, fn in sides.items():
+            if before:
+                before()
+            outputs[name], timings[name].flops = count_flops(fn)
+            sync(device)
     names = list(sides)
     for r in range(repeats):
         for name in names[r % len(names):] + names[:r % len(names)]:
@@ -104,7 +103,13 @@ def time_sides(sides: dict[str, Callable[[], object]], repeats: int, device: tor
 
 
 def matmul_peak(device: torch.device, size: int = 2048, seconds: float = 1.0) -> dict:
-    """The machine's float32 matmul rate (best of a few rounds): the roofline our methods are held to."""
+    """The machine's float32 matmul rate (best of a few rounds): the roofline our methods are held to.
+
+    On a GPU the matrices are at least 8192 wide, as smaller ones leave it partly idle. cuDNN may run
+    convolutions in TF32 (PyTorch's default) while this peak is measured in float32: the result says so.
+    """
+    if device.type == "cuda":
+        size = max(size, 8192)
     a = torch.randn(size, size, device=device)
     b = torch.randn(size, size, device=device)
     flops_per = 2 * size ** 3
@@ -122,8 +127,10 @@ def matmul_peak(device: torch.device, size: int = 2048, seconds: float = 1.0) ->
             if elapsed >= seconds / rounds:
                 break
         best = max(best, n * flops_per / elapsed)
+    cuda = device.type == "cuda"
     return {"gflops_per_s": best / 1e9, "matrix": size, "dtype": "float32",
-            "tf32": bool(device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32)}
+            "matmul_tf32": bool(cuda and torch.backends.cuda.matmul.allow_tf32),
+            "conv_tf32": bool(cuda and torch.backends.cudnn.allow_tf32)}
 
 
 def machine(device: torch.device) -> dict:
