@@ -7,7 +7,6 @@ import math
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -30,8 +29,8 @@ def smoke(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     md = out / "BENCH.md"
     env = {**os.environ, "XAI_GENERATED": str(out / "generated"), "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "bench"), "--profile", "smoke", "--markdown", str(md)],
-                          env=env, capture_output=True, text=True, timeout=300)
+    cmd = [sys.executable, str(REPO / "scripts" / "bench"), "--profile", "smoke", "--markdown", str(md)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     gen = out / "generated"
     return {"results": json.loads((gen / bench.RESULTS).read_text()), "figure": gen / bench.FIGURE, "markdown": md,

@@ -12,8 +12,8 @@ Sections (``scripts/bench --profile P [--only SECTION ...] [--e2e]``):
   forward(+backward), against which every timed side's FLOPs per second are a fraction of peak.
 
 Each comparison runs in one process on one model, input batch and device (CUDA when present), with a
-warm-up call per side (which also counts its FLOPs) and the sides interleaved over repeated runs;
-times are medians. Sizes per profile are in :data:`CONFIGS` (``full`` is the issue's specification).
+warm-up call per side (on the first ``warmup_batch`` images; it also counts the FLOPs, scaled to the
+batch) and the sides interleaved over repeated runs; times are medians. Sizes per profile are in :data:`CONFIGS` (``full`` is the issue's specification).
 
 Outputs (paths relative to the artifact store, ``book/_generated/``):
 
@@ -64,6 +64,7 @@ class BenchConfig:
     occlusion_stride: int = 14
     internal_batch_size: int = 32  # images per forward pass, ours (and anchors whose default would not fit)
     repeats: int = 3
+    warmup_batch: int = 2  # images in each side's warm-up call (which also counts its FLOPs)
     featvis_layers: tuple[str, ...] = ("blocks.3", "blocks.5")
     featvis_channels: int = 16
     featvis_size: int = 128

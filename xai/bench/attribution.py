@@ -150,15 +150,22 @@ def run(entry, cfg, peak_flops: float, log: Callable[[str], None] = print) -> di
         torch.manual_seed(cfg.seed + ANCHOR_SEED_OFFSET)
         np.random.seed(cfg.seed + ANCHOR_SEED_OFFSET)
 
+    # Warm-ups run on the first few images only (the long methods would otherwise cost a fourth more);
+    # every method's work is per image, so their FLOPs scale to the batch.
+    wb = min(cfg.warmup_batch, b)
+    warm_comps = comparisons(module, x[:wb], t[:wb], cfg)
     rows = []
-    for comp in comparisons(module, x, t, cfg):
+    for comp, warm in zip(comparisons(module, x, t, cfg), warm_comps):
         method = METHODS[comp.method]
 
-        def ours(comp=comp):
+        def ours(comp=comp, x=x, t=t):
             return attribute(comp.method, module, x, t, **comp.options)
 
         sides = {"ours": ours, **{a.library: a.fn for a in comp.anchors}}
-        timings, outputs = time_sides(sides, cfg.repeats, device, before=reseed)
+        warmups = {"ours": lambda comp=comp: ours(comp, x[:wb], t[:wb]), **{a.library: a.fn for a in warm.anchors}}
+        timings, outputs = time_sides(sides, cfg.repeats, device, before=reseed, warmup=warmups)
+        for tm in timings.values():
+            tm.flops = round(tm.flops * b / wb)
         row = {"method": comp.method, "label": method.label, "options": comp.options,
                "ours": timings["ours"].summary(b, peak_flops), "anchors": []}
         for a in comp.anchors:

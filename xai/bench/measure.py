@@ -73,21 +73,23 @@ class Timing:
 
 def time_sides(sides: dict[str, Callable[[], object]], repeats: int, device: torch.device,
                before: Callable[[], None] | None = None,
-               warmup: bool = True) -> tuple[dict[str, Timing], dict[str, object]]:
+               warmup: bool | dict[str, Callable[[], object]] = True) -> tuple[dict[str, Timing], dict[str, object]]:
     """Time every side ``repeats`` times after one warm-up call each, which also counts its FLOPs.
 
     The sides alternate within each round and the order rotates between rounds, so a slow phase of a
     shared machine falls on both sides rather than on whichever ran second. ``before`` runs ahead of
-    every call, untimed (e.g. reseeding). With ``warmup=False`` the caller has warmed the sides up and
-    fills in their FLOPs. Returns the timings and each side's last output.
+    every call, untimed (e.g. reseeding). ``warmup`` may instead give a cheaper warm-up call per side
+    (the FLOPs recorded are then that call's, for the caller to scale), or be False when the caller
+    has warmed up and counts FLOPs itself. Returns the timings and each side's last timed output.
     """
     timings = {name: Timing() for name in sides}
     outputs: dict[str, object] = {}
     if warmup:
-        for name, fn in sides.items():
+        calls = warmup if isinstance(warmup, dict) else sides
+        for name in sides:
             if before:
                 before()
-            outputs[name], timings[name].flops = count_flops(fn)
+            outputs[name], timings[name].flops = count_flops(calls[name])
             sync(device)
     names = list(sides)
     for r in range(repeats):

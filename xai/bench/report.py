@@ -145,8 +145,9 @@ def markdown(results: dict) -> str:
 
     fv = results.get("featvis")
     if fv:
+        layers = ", ".join(f"`{x}`" for x in fv["layers"])
         lines += ["", "## Feature visualization", "",
-                  f"{fv['units']} units ({len(fv['channels'])} channels of {', '.join(f'`{x}`' for x in fv['layers'])}) "
+                  f"{fv['units']} units ({len(fv['channels'])} channels of {layers}) "
                   f"of {fv['model']}, {fv['size']} px Fourier images, {fv['steps']} steps, model input "
                   f"{fv['model_size']} px; ours renders each layer's units as one batch, lucent one unit per "
                   f"`render_vis` call. {fv['repeats']} timed run(s) per side. Final activation: each unit's "
@@ -168,8 +169,8 @@ def markdown(results: dict) -> str:
         for p, v in e2e.items():
             lines.append(f"| {p} | {_seconds(v['cold_s'])} | {_seconds(v['warm_s'])} | {v['started']} |")
     else:
-        lines.append("Not measured in this run: `scripts/bench --e2e quick full` builds the book cold and warm "
-                     "(about an hour on a 2-core CPU).")
+        lines.append("Not measured in this run: `scripts/bench --only e2e` builds the book cold and warm for the "
+                     "quick and full profiles (as long as those builds take; `--e2e-profiles quick` for one).")
     return "\n".join(lines) + "\n"
 
 
