@@ -693,7 +693,14 @@ Also hidden.
 
 ```{xai-figure} nosuchstudy/fig.png
 :alt: never shown
-Never shown either.
+:name: fig-absent
+The caption stays, so that {numref}`fig-absent` still resolves.
+```
+
+```{xai-figure} demo/none.png
+:alt: never shown
+:let: q = nosuchstudy/a.json:q
+A caption with a value {res}`q|.2f` from the absent study.
 ```
 """,
 }
@@ -739,6 +746,8 @@ def test_a_study_this_checkout_lacks_shows_a_notice_instead(failing_build):
     _, html = failing_build
     page = (html / "book" / "unregistered.html").read_text()
     assert "Not computed in this build" in page and "nosuchstudy" in page
-    assert "Hidden." not in page and "Also hidden." not in page and "Never shown" not in page
-    assert page.count("Not computed in this build") == 2  # the chapter notice and the figure's
+    assert "Hidden." not in page and "Also hidden." not in page and "never shown" not in page
+    assert "The caption stays" in page and 'href="#fig-absent"' in page
+    assert 'A caption with a value <span class="xai-na">not computed</span> from the absent study' in page
+    assert page.count("Not computed in this build") == 3  # the chapter notice and two figures'
     assert 'class="xai-na"' in page

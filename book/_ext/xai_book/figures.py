@@ -29,7 +29,7 @@ from sphinx.util.docutils import SphinxDirective
 from sphinx.util.osutil import relative_uri
 
 from .bound import SCOPE, SOURCES, current_names, fail, generated, not_computed_admonition
-from .data import BookDataError, NotComputed, bind, evaluate, is_ref, parse_lets, template
+from .data import Absent, BookDataError, NotComputed, bind, evaluate, is_ref, parse_lets, template
 
 logger = logging.getLogger(__name__)
 
@@ -128,14 +128,18 @@ class GeneratedFigure(SphinxDirective):
         pushed = False
         try:
             if lets:
-                names = bind(generated(self.env), lets, current_names(self.env))
+                # Names of an absent study stay bound (as Absent), so the caption shows them as such.
+                names = bind(generated(self.env), lets, current_names(self.env), keep_absent=True)
                 self.env.temp_data.setdefault(SCOPE, []).append(names)
                 self.env.temp_data.setdefault(SOURCES, []).append(dict(lets))
                 pushed = True
+                absent = [names[n] for n, _ in lets if isinstance(names[n], Absent)]
+                if absent:
+                    raise NotComputed(absent[0].study)
             return self._run()
         except NotComputed as nc:
             self.env.xai_not_computed.setdefault(self.env.docname, set()).add(nc.study)
-            return [not_computed_admonition(nc.study, self.what)]
+            return [self._placeholder(nc.study)]
         except BookDataError as err:
             fail(self.env, err, self.get_location())
             return []
@@ -144,11 +148,18 @@ class GeneratedFigure(SphinxDirective):
                 self.env.temp_data[SCOPE].pop()
                 self.env.temp_data[SOURCES].pop()
 
+    def _placeholder(self, study: str) -> nodes.figure:
+        """The figure's number, label and caption, holding the notice instead of the widget, so that
+        cross-references to it still resolve."""
+        return self._figure(not_computed_admonition(study, self.what))
+
     def _run(self):
-        markup = self.widget()
+        return [self._figure(nodes.raw("", self.widget(), format="html"))]
+
+    def _figure(self, content: nodes.Node) -> nodes.figure:
         width = self.options.get("width", "text")
         fig = nodes.figure(classes=["xai-figure", f"xai-{width}", *self.options.get("class", [])])
-        fig += nodes.raw("", markup, format="html")
+        fig += content
         body = nodes.Element()
         self.state.nested_parse(self.content, self.content_offset, body)
         first = body[0] if len(body) else None
@@ -161,7 +172,7 @@ class GeneratedFigure(SphinxDirective):
             self.add_name(fig)
         else:
             fig["ids"].append(f"xai-fig-{self.env.new_serialno('xai-fig')}")
-        return [fig]
+        return fig
 
     # shared by the widgets
     def first_of_page(self) -> bool:
