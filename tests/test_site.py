@@ -749,5 +749,5 @@ def test_a_study_this_checkout_lacks_shows_a_notice_instead(failing_build):
     assert "Hidden." not in page and "Also hidden." not in page and "never shown" not in page
     assert "The caption stays" in page and 'href="#fig-absent"' in page
     assert 'A caption with a value <span class="xai-na">not computed</span> from the absent study' in page
-    assert page.count("Not computed in this build") == 3  # the chapter notice and two figures'
+    assert page.count("Not computed in this build") == 3  # the chapter notice and two figures
     assert 'class="xai-na"' in page
