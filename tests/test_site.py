@@ -751,3 +751,16 @@ def test_a_study_this_checkout_lacks_shows_a_notice_instead(failing_build):
     assert 'A caption with a value <span class="xai-na">not computed</span> from the absent study' in page
     assert page.count("Not computed in this build") == 3  # the chapter notice and two figures
     assert 'class="xai-na"' in page
+
+
+def test_an_incremental_rebuild_without_W_still_fails_on_the_same_pages(failing_build):
+    """The failing pages are read again on the next build (nothing changed on disk), and bound-data
+    errors fail the build even when warnings are not errors."""
+    _, html = failing_build
+    root = html.parent.parent
+    env = {**os.environ, "XAI_GENERATED": str(root / "book" / "_generated")}
+    again = subprocess.run([str(JUPYTER_BOOK), "build", str(root)], env=env, capture_output=True, text=True,
+                           timeout=600)
+    log = again.stdout + again.stderr
+    assert again.returncode != 0
+    assert "bound data failed on book/false_claim, book/missing_file, book/missing_key, book/not_run" in log
