@@ -124,8 +124,9 @@ def test_sanity_check_detects_randomization(fmnist_cnn_smoke):
         "gradient": lambda net: R.saliency_map(A.gradient(net, x, t), "sensitivity"),
         "edge_detector": lambda net: R.saliency_map(x, "positive"),
     }
-    curves = M.sanity_curves(fmnist_cnn_smoke.model, explain, seed=0)
-    grad, blind = curves["gradient"], curves["edge_detector"]
+    result = M.sanity_curves(fmnist_cnn_smoke.model, explain, seed=0)
+    grad, blind = result.curves["gradient"], result.curves["edge_detector"]
+    assert result.units == [r["unit"] for r in grad] and len(result.first_maps["gradient"]) == len(grad) + 1
     assert [r["unit"] for r in grad][0] == "fc" and [r["unit"] for r in grad][-1] == "conv1"
     # against 1.0 for the trained model itself: randomizing the head alone already scrambles the map
     per_depth = [np.mean(r["spearman_abs"]) for r in grad]

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 from .faithfulness import (MODES, SUBSTRATES, auc, centre_map, completeness_gap, perturbation_curves, pixel_order,
                            random_map, substrate)
-from .sanity import (cascading_randomization, randomization_units, randomize_, sanity_curves, similarities,
-                     spearman, ssim)
+from .sanity import (SanityResult, cascading_randomization, randomization_units, randomize_, sanity_curves,
+                     similarities, spearman, ssim)
 
 __all__ = [
     "MODES", "SUBSTRATES", "auc", "centre_map", "completeness_gap", "perturbation_curves", "pixel_order",
-    "random_map", "substrate", "cascading_randomization", "randomization_units", "randomize_", "sanity_curves",
-    "similarities", "spearman", "ssim",
+    "random_map", "substrate", "SanityResult", "cascading_randomization", "randomization_units", "randomize_",
+    "sanity_curves", "similarities", "spearman", "ssim",
 ]

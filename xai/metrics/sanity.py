@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -117,25 +118,39 @@ def similarities(original: torch.Tensor, randomized: torch.Tensor) -> dict[str, 
     }
 
 
+@dataclass
+class SanityResult:
+    """``curves[method]``: one row per depth, ``{"unit", "depth", "spearman_abs": [...], ...}`` with one
+    value per image (or ``"error"``); ``units``: the randomized units in order; ``first_maps[method]``:
+    the first image's map for the trained model and after each depth (for figures)."""
+
+    curves: dict[str, list[dict]]
+    units: list[str]
+    first_maps: dict[str, list[torch.Tensor | None]]
+
+
 def sanity_curves(model: nn.Module, explain: dict[str, Callable[[nn.Module], torch.Tensor]],
-                  seed: int = 0) -> dict[str, list[dict]]:
+                  seed: int = 0) -> SanityResult:
     """Similarity to the trained model's map at each randomization depth, per method.
 
     ``explain`` maps a method name to ``f(model) -> [B, H, W]`` maps (the images and targets are the
-    caller's). Returns ``{method: [{"unit": name, "depth": k, "spearman_abs": [...], ...}, ...]}`` with
-    one value per image; a method that fails on a randomized model (e.g. a gradient that vanished
-    everywhere) records the error for that depth rather than stopping the test.
+    caller's). A method that fails on a randomized model records the error for that depth rather than
+    stopping the test.
     """
     originals = {name: f(model) for name, f in explain.items()}
-    curves: dict[str, list[dict]] = {name: [] for name in explain}
+    result = SanityResult({name: [] for name in explain}, [], {name: [m[0]] for name, m in originals.items()})
     for depth, (unit, net) in enumerate(cascading_randomization(model, seed), start=1):
+        result.units.append(unit)
         for name, f in explain.items():
             row: dict = {"unit": unit, "depth": depth}
             try:
-                sims = similarities(originals[name], f(net))
+                maps = f(net)
+                sims = similarities(originals[name], maps)
                 row.update({k: [None if np.isnan(v) else round(float(v), 5) for v in vals]
                             for k, vals in sims.items()})
+                result.first_maps[name].append(maps[0])
             except XaiError as e:
                 row["error"] = str(e)
-            curves[name].append(row)
-    return curves
+                result.first_maps[name].append(None)
+            result.curves[name].append(row)
+    return result

@@ -1,0 +1,369 @@
+"""Chapter 4, are the maps faithful? Deletion / insertion AUC per method and model, the IG completeness gap,
+and cascading-randomization sanity checks.
+
+The maps are the saliency study's (same options, same cache), so this study mostly pays for the
+perturbation forwards. Deletion and insertion score the target's softmax probability; AUCs are
+averaged over images with a 95 % Student-t confidence interval (``ci95`` is the half-width). Two
+image-blind baselines sit in the table as methods: ``random`` (uniform noise) and ``centre`` (a centred
+Gaussian, sigma = a quarter of the side).
+
+Artifacts (under ``faithfulness/``):
+
+``results.json``
+    ``metrics``: ``["deletion_zero", "deletion_blur", "insertion_zero", "insertion_blur"]`` (lower is
+    better for deletion, higher for insertion); ``steps``; ``rows`` (methods, then ``random``, ``centre``).
+    ``images.<model>``: photo ids or Fashion-MNIST test indices (strings).
+    ``table.<model>.<row>.<metric>``: ``mean``, ``ci95``, ``n``; a method that does not apply to a
+    model has ``table.<model>.<method>.not_applicable`` (reason) instead.
+    ``curves.<model>.<row>.<metric>``: the mean curve (``steps + 1`` values).
+    ``best.<model>.<metric>``: the best method (baselines excluded).
+    ``beats_random.<model>.<metric>``: ``count`` of methods whose mean beats the random map's, ``of``.
+    ``completeness.models.<model>``: ``steps``, ``baseline``, ``gap_mean``, ``gap_median``, ``gap_max``,
+    ``n`` (relative gap of the gallery's Integrated Gradients); ``completeness.sweep``: ``model``, ``steps``,
+    ``gap_mean``, ``gap_max`` (same images, more and more steps); ``completeness.sweep_imagenet`` likewise on
+    one photo of the first ImageNet model.
+    ``sanity.<model>``: ``units`` (randomized top to bottom, cumulatively), ``images``, ``layer`` (CAM),
+    ``figure``, ``not_applicable.<method>``, ``seconds``, ``methods.<method>``: ``spearman_abs``,
+    ``spearman_signed``, ``ssim`` (mean over images per depth; None where undefined), ``errors``
+    (``<depth>: reason``). ``sanity_maps``: ``figure`` (first image, methods x depths), ``model``, ``image``.
+    ``timings.<model>``: ``maps_seconds_per_image.<method>``, ``perturbation_seconds`` (all curves),
+    ``sanity_seconds``.
+``table.md`` (deletion with black, insertion from blur, per model), ``table_full.md`` (all four),
+``curves.webp``, ``sanity/<model>.webp``, ``sanity_maps.webp``, ``parts/*.json`` (cached pieces).
+"""
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import torch
+
+from .. import attribution, models
+from ..errors import XaiError
+from ..metrics import auc, centre_map, completeness_gap, perturbation_curves, random_map, sanity_curves
+from ..profiles import Profile
+from ..render import maps as R
+from ..render.store import Store, cache_key
+from . import saliency
+from .saliency import Batch, all_maps, fmnist_batch, fmnist_indices, model_id, photo_batch
+
+STUDY = "faithfulness"
+CODE_VERSION = 1
+METRICS = ("deletion_zero", "deletion_blur", "insertion_zero", "insertion_blur")
+BASELINE_ROWS = ("random", "centre")
+
+DEFAULTS = {
+    "photos": 8,  # ImageNet photos (first N of the profile's)
+    "imagenet_models": None,  # None: the profile's
+    "fmnist_images": 100,
+    "steps": 16,
+    "internal_batch_size": 32,  # perturbed images per forward pass (ImageNet models)
+    "fmnist_internal_batch_size": 256,
+    "completeness_steps": [8, 16, 32, 64, 128, 256],
+    "completeness_imagenet_steps": [8, 16, 32, 64],
+    "sanity_models": None,  # None: the first ImageNet model and every Fashion-MNIST model
+    "sanity_photos": 2,
+    "sanity_fmnist_images": 8,
+    "sanity_methods": ["gradient", "gradient_x_input", "smoothgrad", "integrated_gradients", "guided_backprop",
+                       "grad_cam", "guided_grad_cam"],
+    "sanity_smoothgrad_samples": 8,
+    "sanity_ig_steps": 16,
+}
+
+
+def option(profile: Profile, key: str):
+    return profile.option(STUDY, key, DEFAULTS[key])
+
+
+def ci95(values: np.ndarray) -> dict:
+    from scipy.stats import t
+
+    v = np.asarray(values, dtype=float)
+    n = len(v)
+    half = float(t.ppf(0.975, n - 1) * v.std(ddof=1) / math.sqrt(n)) if n > 1 else None
+    return {"mean": round(float(v.mean()), 4), "ci95": None if half is None else round(half, 4), "n": n}
+
+
+def _ibs(profile: Profile, entry: models.ModelEntry) -> int:
+    return option(profile, "fmnist_internal_batch_size" if entry.family == "fmnist" else "internal_batch_size")
+
+
+def _imagenet_models(profile: Profile) -> list[str]:
+    chosen = option(profile, "imagenet_models")
+    return list(profile.imagenet_models if chosen is None else [m for m in chosen if m in profile.imagenet_models])
+
+
+def _batch(entry: models.ModelEntry, profile: Profile, n_photos: int, n_fmnist: int) -> Batch:
+    if entry.family == "imagenet":
+        ids = saliency.photo_ids(profile)
+        return photo_batch(entry, ids[:n_photos] if n_photos else ids)
+    return fmnist_batch(entry, fmnist_indices(n_fmnist))
+
+
+# -- deletion / insertion -------------------------------------------------------------------------------------------
+
+def _faithfulness_of(entry: models.ModelEntry, b: Batch, names: list[str], profile: Profile) -> dict:
+    maps, _layer = all_maps(entry, b, profile, names)
+    shape = tuple(b.x.shape[:1]) + tuple(b.x.shape[-2:])
+    rows = {n: m.maps for n, m in maps.items() if m.maps is not None}
+    rows["random"] = random_map(shape, seed=profile.seed)
+    rows["centre"] = centre_map(shape)
+    steps, ibs = option(profile, "steps"), _ibs(profile, entry)
+    table, curves = {}, {}
+    start = time.perf_counter()
+    for row, m in rows.items():
+        table[row], curves[row] = {}, {}
+        for metric in METRICS:
+            mode, sub = metric.split("_")
+            c = perturbation_curves(entry, b.x, b.targets, m, mode=mode, substrate_kind=sub, steps=steps,
+                                    internal_batch_size=ibs, seed=profile.seed)
+            table[row][metric] = ci95(auc(c).numpy())
+            curves[row][metric] = [round(float(v), 4) for v in c.mean(0)]
+    for n, m in maps.items():
+        if m.maps is None:
+            table[n] = {"not_applicable": m.error}
+    seconds = time.perf_counter() - start
+    return {"images": b.ids, "table": table, "curves": curves,
+            "timings": {"maps_seconds_per_image": {n: round(m.seconds_per_image, 4) for n, m in maps.items()},
+                        "perturbation_seconds": round(seconds, 2)},
+            "completeness": _completeness_of(entry, b, maps.get("integrated_gradients"), profile)}
+
+
+def _completeness_of(entry: models.ModelEntry, b: Batch, ig, profile: Profile) -> dict | None:
+    """The relative completeness gap of the gallery's IG maps (their sum is the attributions' total)."""
+    if ig is None or ig.maps is None:
+        return None
+    opts = saliency.method_options(profile, "integrated_gradients", entry)
+    ref = attribution.baseline(b.x, opts["baseline_kind"], seed=opts["seed"])
+    gap = completeness_gap(entry, b.x, b.targets, ig.maps, ref).numpy()
+    gap = gap[np.isfinite(gap)]
+    return {"steps": opts["steps"], "baseline": opts["baseline_kind"], "n": int(len(gap)),
+            "gap_mean": round(float(gap.mean()), 5), "gap_median": round(float(np.median(gap)), 5),
+            "gap_max": round(float(gap.max()), 5)}
+
+
+def completeness_sweep(entry: models.ModelEntry, b: Batch, steps: list[int], profile: Profile) -> dict:
+    opts = saliency.method_options(profile, "integrated_gradients", entry)
+    ref = attribution.baseline(b.x, opts["baseline_kind"], seed=opts["seed"])
+    means, maxes = [], []
+    for s in steps:
+        attr = attribution.integrated_gradients(entry, b.x, b.targets, **{**opts, "steps": s})
+        gap = completeness_gap(entry, b.x, b.targets, attr, ref).numpy()
+        means.append(round(float(np.nanmean(gap)), 5))
+        maxes.append(round(float(np.nanmax(gap)), 5))
+    return {"model": entry.name, "images": b.ids, "baseline": opts["baseline_kind"], "steps": list(steps),
+            "gap_mean": means, "gap_max": maxes}
+
+
+# -- sanity checks --------------------------------------------------------------------------------------------
+
+def _sanity_options(profile: Profile, name: str, entry: models.ModelEntry) -> dict:
+    opts = saliency.method_options(profile, name, entry)
+    if name in ("smoothgrad", "smoothgrad_sq", "vargrad"):
+        opts["samples"] = option(profile, "sanity_smoothgrad_samples")
+    if name == "integrated_gradients":
+        opts["steps"] = option(profile, "sanity_ig_steps")
+    return opts
+
+
+def _sanity_of(entry: models.ModelEntry, b: Batch, names: list[str], profile: Profile, store: Store,
+               with_maps: bool) -> dict:
+    layer = saliency.cam_layer(entry, b.x)
+    explain, not_applicable = {}, {}
+    for name in names:
+        m = attribution.get(name)
+        opts = {**_sanity_options(profile, name, entry), **({"layer": layer} if m.needs_layer else {})}
+        try:  # a method that never applies to this model is left out, with its reason
+            m(entry, b.x[:1], b.targets[:1], **opts)
+        except XaiError as e:
+            not_applicable[name] = str(e)
+            continue
+        explain[name] = (lambda net, m=m, opts=opts: R.saliency_map(m(net, b.x, b.targets, **opts), m.kind))
+    start = time.perf_counter()
+    result = sanity_curves(entry.model, explain, seed=profile.seed)
+    methods = {}
+    for name, rows in result.curves.items():
+        methods[name] = {k: [None if "error" in r or all(v is None for v in r[k]) else
+                             round(float(np.nanmean([v for v in r[k] if v is not None])), 4) for r in rows]
+                         for k in ("spearman_abs", "spearman_signed", "ssim")}
+        methods[name]["errors"] = {str(r["depth"]): r["error"] for r in rows if "error" in r}
+    out = {"units": result.units, "images": b.ids, "layer": layer, "methods": methods,
+           "not_applicable": not_applicable, "seconds": round(time.perf_counter() - start, 2)}
+    out["figure"] = _sanity_figure(entry.name, out, store)
+    if with_maps:
+        out["maps_figure"] = _sanity_maps_figure(out, result.first_maps, store)
+    return out
+
+
+def _sanity_figure(name: str, res: dict, store: Store) -> str:
+    import matplotlib.pyplot as plt
+
+    x = ["trained"] + res["units"]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    for method, curves in res["methods"].items():
+        label = attribution.get(method).label
+        for ax, key in zip(axes, ("spearman_abs", "ssim")):
+            ax.plot(range(len(x)), [1.0] + [np.nan if v is None else v for v in curves[key]], marker="o", ms=3,
+                    label=label)
+    for ax, ylabel in zip(axes, ("Spearman rank correlation (|map|)", "SSIM")):
+        ax.set_xticks(range(len(x)))
+        ax.set_xticklabels(x, rotation=60, ha="right", fontsize=6)
+        ax.set_ylabel(ylabel, fontsize=8)
+        ax.set_ylim(-0.2 if ylabel.startswith("Spearman") else 0, 1.05)
+        ax.grid(alpha=0.3)
+        ax.set_xlabel("randomized down to (cumulative, from the output)", fontsize=7)
+    axes[1].legend(fontsize=6, loc="upper right")
+    fig.suptitle(name, fontsize=9)
+    fig.tight_layout()
+    rel = f"{STUDY}/sanity/{name}.webp"
+    store.write_figure(rel, fig, dpi=100)
+    return rel
+
+
+def _sanity_maps_figure(res: dict, first: dict, store: Store) -> str:
+    import matplotlib.pyplot as plt
+
+    methods = [m for m in res["methods"]]
+    cols = ["trained"] + res["units"]
+    fig, axes = plt.subplots(len(methods), len(cols), figsize=(1.15 * len(cols), 1.2 * len(methods)), squeeze=False)
+    for r, method in enumerate(methods):
+        kind = attribution.get(method).kind
+        for c, col in enumerate(cols):
+            ax = axes[r, c]
+            m = first[method][c]
+            if m is None:
+                R.blank(ax, "error")
+            else:
+                R.draw(ax, m, signed=R.is_signed(kind),
+                       title=col if r == 0 else "", fontsize=6)
+            if c == 0:
+                ax.set_ylabel(attribution.get(method).label, fontsize=7)
+    fig.subplots_adjust(wspace=0.03, hspace=0.08)
+    rel = f"{STUDY}/sanity_maps.webp"
+    store.write_figure(rel, fig, dpi=100)
+    return rel
+
+
+# -- tables and figures ----------------------------------------------------------------------------------------
+
+def _cell(v: dict) -> str:
+    if "mean" not in v:
+        return "n/a"
+    return f"{v['mean']:.3f} ± {v['ci95']:.3f}" if v["ci95"] is not None else f"{v['mean']:.3f}"
+
+
+def table_markdown(results: dict, metrics: tuple[str, ...]) -> str:
+    model_names = list(results["table"])
+    heads = {"deletion_zero": "deletion, black ↓", "deletion_blur": "deletion, blur ↓",
+             "insertion_zero": "insertion, black ↑", "insertion_blur": "insertion, blur ↑"}
+    head = "| method | " + " | ".join(f"`{m}` {heads[k]}" for m in model_names for k in metrics) + " |"
+    lines = [head, "| --- | " + " | ".join("---:" for _ in model_names for _ in metrics) + " |"]
+    for row in results["rows"]:
+        label = attribution.get(row).label if row in attribution.METHODS else f"*{row} map (baseline)*"
+        cells = []
+        for m in model_names:
+            r = results["table"][m].get(row)
+            for k in metrics:
+                cells.append("—" if r is None else ("n/a" if "not_applicable" in r else _cell(r[k])))
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def curves_figure(results: dict, model: str, store: Store) -> str:
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    steps = results["steps"]
+    x = np.linspace(0, 1, steps + 1)
+    for row, curves in results["curves"][model].items():
+        style = {"ls": "--", "color": "0.4"} if row in BASELINE_ROWS else {}
+        label = attribution.get(row).label if row in attribution.METHODS else f"{row} (baseline)"
+        axes[0].plot(x, curves["deletion_zero"], label=label, lw=1, **style)
+        axes[1].plot(x, curves["insertion_blur"], label=label, lw=1, **style)
+    axes[0].set(xlabel="fraction of pixels replaced by black", ylabel="p(target)", title="deletion")
+    axes[1].set(xlabel="fraction of pixels restored from blur", ylabel="p(target)", title="insertion")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=5.5, ncol=2)
+    fig.suptitle(model, fontsize=9)
+    fig.tight_layout()
+    rel = f"{STUDY}/curves.webp"
+    store.write_figure(rel, fig, dpi=100)
+    return rel
+
+
+def run(profile: Profile, store: Store) -> dict:
+    names = saliency.method_names(profile)
+    n_photos, n_fmnist = option(profile, "photos"), option(profile, "fmnist_images")
+    entries = {n: saliency.load(n, profile) for n in [*_imagenet_models(profile), *profile.fmnist_models]}
+    results: dict = {"metrics": list(METRICS), "steps": option(profile, "steps"), "rows": names + list(BASELINE_ROWS),
+                     "images": {}, "table": {}, "curves": {}, "best": {}, "beats_random": {},
+                     "completeness": {"models": {}}, "sanity": {}, "timings": {}}
+    for name, entry in entries.items():
+        b = _batch(entry, profile, n_photos, n_fmnist)
+        key = cache_key(STUDY, CODE_VERSION, "faithfulness", model_id(entry), b.keys, names, results["steps"],
+                        _ibs(profile, entry), {n: saliency.method_options(profile, n, entry) for n in names},
+                        profile.seed)
+        part = store.cached_json(f"{STUDY}/parts/faithfulness_{name}.json", key,
+                                 lambda e=entry, b=b: _faithfulness_of(e, b, names, profile))
+        results["images"][name] = part["images"]
+        results["table"][name] = part["table"]
+        results["curves"][name] = part["curves"]
+        results["timings"][name] = part["timings"]
+        if part["completeness"]:
+            results["completeness"]["models"][name] = part["completeness"]
+        applicable = [n for n in names if "mean" in part["table"][n].get("deletion_zero", {})]
+        results["best"][name] = {
+            k: (min if k.startswith("deletion") else max)(applicable, key=lambda n: part["table"][n][k]["mean"])
+            for k in METRICS} if applicable else {}
+        rnd = part["table"]["random"]
+        results["beats_random"][name] = {
+            k: {"count": sum((part["table"][n][k]["mean"] < rnd[k]["mean"]) if k.startswith("deletion")
+                             else (part["table"][n][k]["mean"] > rnd[k]["mean"]) for n in applicable),
+                "of": len(applicable)} for k in METRICS}
+
+    fm = [n for n in entries if entries[n].family == "fmnist"]
+    if fm:
+        e = entries[fm[0]]
+        b = fmnist_batch(e, fmnist_indices(min(10, n_fmnist)))
+        steps = option(profile, "completeness_steps")
+        key = cache_key(STUDY, CODE_VERSION, "sweep", model_id(e), b.keys, steps,
+                        saliency.method_options(profile, "integrated_gradients", e))
+        results["completeness"]["sweep"] = store.cached_json(f"{STUDY}/parts/sweep.json", key,
+                                                             lambda: completeness_sweep(e, b, steps, profile))
+    im = [n for n in entries if entries[n].family == "imagenet"]
+    if im:
+        e = entries[im[0]]
+        b = photo_batch(e, saliency.photo_ids(profile)[:1])
+        steps = option(profile, "completeness_imagenet_steps")
+        key = cache_key(STUDY, CODE_VERSION, "sweep", model_id(e), b.keys, steps,
+                        saliency.method_options(profile, "integrated_gradients", e))
+        results["completeness"]["sweep_imagenet"] = store.cached_json(
+            f"{STUDY}/parts/sweep_imagenet.json", key, lambda: completeness_sweep(e, b, steps, profile))
+
+    sanity_models = option(profile, "sanity_models")
+    if sanity_models is None:
+        sanity_models = list(profile.imagenet_models[:1]) + list(profile.fmnist_models)
+    sanity_methods = [n for n in option(profile, "sanity_methods") if n in names]
+    for i, name in enumerate(m for m in sanity_models if m in entries or m in profile.imagenet_models):
+        entry = entries.get(name) or saliency.load(name, profile)
+        b = _batch(entry, profile, option(profile, "sanity_photos"), option(profile, "sanity_fmnist_images"))
+        key = cache_key(STUDY, CODE_VERSION, "sanity", model_id(entry), b.keys, sanity_methods,
+                        {n: _sanity_options(profile, n, entry) for n in sanity_methods}, profile.seed, i == 0)
+        res = store.cached_json(f"{STUDY}/parts/sanity_{name}.json", key,
+                                lambda e=entry, b=b, maps=(i == 0): _sanity_of(e, b, sanity_methods, profile, store,
+                                                                                maps))
+        results["sanity"][name] = res
+        results["timings"].setdefault(name, {})["sanity_seconds"] = res["seconds"]
+        if "maps_figure" in res:
+            results["sanity_maps"] = {"figure": res["maps_figure"], "model": name, "image": res["images"][0]}
+
+    store.write_text(f"{STUDY}/table.md", table_markdown(results, ("deletion_zero", "insertion_blur")))
+    store.write_text(f"{STUDY}/table_full.md", table_markdown(results, METRICS))
+    if results["table"]:
+        results["curves_figure"] = curves_figure(results, next(iter(results["table"])), store)
+    store.write_json(f"{STUDY}/results.json", results)
+    return {"models": list(results["table"]), "rows": len(results["rows"]),
+            "best_deletion": {m: b.get("deletion_zero") for m, b in results["best"].items()},
+            "sanity_models": list(results["sanity"])}

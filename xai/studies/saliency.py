@@ -1,0 +1,457 @@
+"""Chapter 2, saliency maps: every method on every model, the choices behind a map, side by side.
+
+Each map explains the model's own top-1 class (what it answered, right or wrong). CAM methods use the
+deepest of the entry's layers whose spatial positions move the prediction
+(:func:`xai.attribution.default_layer`). Maps are drawn by :mod:`xai.render.maps` (its clipping rule,
+colormaps and overlays); the 2-D map of each method follows its kind (:data:`xai.attribution.KINDS`).
+
+Attribution maps are cached per (model weights, image, target, method, options, code version) under
+``.cache/attributions``, with the seconds they took; :mod:`xai.studies.faithfulness` reuses them.
+
+Artifacts (under ``saliency/``):
+
+``results.json``
+    ``methods.<method>``: ``label``, ``kind``, ``family``, ``cite``, ``options`` (as run, per family).
+    ``imagenet.models``, ``imagenet.photos``: what was computed.
+    ``imagenet.cam_layer.<model>``: the CAM layer used.
+    ``imagenet.targets.<model>.<photo>``: ``index``, ``name``, ``p`` (the explained top-1 class) and
+    ``correct`` (null for a photo without an ImageNet label).
+    ``imagenet.gallery.<photo>``: figure path (rows: methods, columns: models).
+    ``imagenet.not_applicable.<model>.<method>``: the reason a method gave no map (absent if it did).
+    ``fmnist.models``, ``fmnist.images`` (test-set indices), ``fmnist.labels``, ``fmnist.cam_layer.<model>``,
+    ``fmnist.targets.<model>`` (list of ``index``, ``name``, ``p``, ``correct``), ``fmnist.gallery.<model>``,
+    ``fmnist.not_applicable.<model>.<method>``.
+    ``timings.<model>.<method>``: ``seconds_per_image`` (wall clock of the batched call / images),
+    ``images``, ``device``; measured when the map was computed, so a cached rerun reports the original.
+    ``logit_vs_softmax.<model>.<photo>``: ``p`` (top-1 probability), ``spearman_softmax``,
+    ``spearman_log_softmax`` (rank correlation of the |gradient| maps with the logit's); figure path in
+    ``logit_vs_softmax.figure``.
+    ``choices``: ``figure``, ``model``, ``photo``: sign, channel aggregation and smoothing side by side.
+``gallery/<photo>.webp``, ``fmnist/<model>.webp``, ``logit_vs_softmax.webp``, ``choices.webp``,
+``parts/*.json`` (cached pieces).
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .. import attribution, models
+from ..data import fashion_mnist, images
+from ..errors import XaiError
+from ..io import atomic_write
+from ..paths import cache_dir
+from ..profiles import Profile
+from ..render import maps as R
+from ..render.store import Store, cache_key
+from .overview import photo_ids
+
+STUDY = "saliency"
+NOISE_METHODS = ("smoothgrad", "smoothgrad_sq", "vargrad")
+CODE_VERSION = 1  # bump when how maps are computed or cached changes meaning
+
+# Per-study knobs and their defaults (the full profile); profiles override them in ``options``.
+DEFAULTS = {
+    "photos": 8,  # ImageNet photos in the gallery (first N of the profile's); None: all
+    "methods": None,  # None: every registered method
+    "smoothgrad_samples": 16,
+    "noise": 0.15,
+    "ig_steps": 32,
+    "ig_baseline": "black",
+    "occlusion_window": None,  # fraction of the side (or px); None: the method's default (a seventh)
+    "occlusion_stride": None,  # fraction of the side (or px); None: half the window
+    "score_cam_channels": 64,  # None: every channel
+    "internal_batch_size": 32,  # images per forward pass inside a method (ImageNet models)
+    "fmnist_internal_batch_size": 256,  # the same for the 28 px models, which need bigger batches to be efficient
+}
+
+
+def option(profile: Profile, key: str):
+    return profile.option(STUDY, key, DEFAULTS[key])
+
+
+def method_names(profile: Profile) -> list[str]:
+    names = option(profile, "methods") or list(attribution.METHODS)
+    for n in names:
+        attribution.get(n)
+    return list(names)
+
+
+def method_options(profile: Profile, name: str, entry: models.ModelEntry | None = None) -> dict:
+    """The options a study passes to a method (the CAM layer is added per model). ``entry`` picks the
+    internal batch size of its family."""
+    small = entry is not None and entry.family == "fmnist"
+    ibs = option(profile, "fmnist_internal_batch_size" if small else "internal_batch_size")
+    if name in NOISE_METHODS:
+        return {"samples": option(profile, "smoothgrad_samples"), "noise": option(profile, "noise"),
+                "internal_batch_size": ibs, "seed": profile.seed}
+    if name == "integrated_gradients":
+        return {"steps": option(profile, "ig_steps"), "baseline_kind": option(profile, "ig_baseline"),
+                "internal_batch_size": ibs, "seed": profile.seed}
+    if name == "occlusion":
+        return {"window": option(profile, "occlusion_window"), "stride": option(profile, "occlusion_stride"),
+                "internal_batch_size": ibs}
+    if name == "score_cam":
+        return {"max_channels": option(profile, "score_cam_channels"), "internal_batch_size": ibs}
+    return {}
+
+
+def load(name: str, profile: Profile) -> models.ModelEntry:
+    """A model of the profile, its convolutions in channels-last layout: on CPU that runs EfficientNet's
+    depthwise convolutions about 1.8x faster (measured), with the same results up to rounding."""
+    entry = models.load(name, **({"budget": profile.fmnist_budget, "progress": False}
+                                 if models.family(name) == "fmnist" else {}))
+    if entry.device.type == "cpu":
+        entry.model.to(memory_format=torch.channels_last)
+    return entry
+
+
+# -- images and targets ---------------------------------------------------------------------------------
+
+@dataclass
+class Batch:
+    """Images prepared for one model, with their ids, cache identities and the explained targets."""
+
+    ids: list[str]
+    keys: list[str]  # content identity of each image (sha256 or dataset hash + index)
+    x: torch.Tensor
+    targets: torch.Tensor
+    probs: torch.Tensor  # softmax probability of the target
+
+    def subset(self, n: int) -> "Batch":
+        return Batch(self.ids[:n], self.keys[:n], self.x[:n], self.targets[:n], self.probs[:n])
+
+
+def model_id(entry: models.ModelEntry) -> str:
+    """What identifies the weights: the checkpoint key of a trained model, the weights' source otherwise."""
+    return f"{entry.name}:{entry.info.get('key') or entry.info.get('weights')}"
+
+
+@torch.no_grad()
+def top1(entry: models.ModelEntry, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    p = entry.model(x.to(entry.device)).softmax(-1).cpu()
+    conf, idx = p.max(-1)
+    return idx, conf
+
+
+def photo_batch(entry: models.ModelEntry, photos: Sequence[str]) -> Batch:
+    x = torch.stack([entry.prepare(images.load(pid)) for pid in photos])
+    idx, conf = top1(entry, x)
+    return Batch(list(photos), [images.photo(p).sha256 for p in photos], x, idx, conf)
+
+
+def fmnist_indices(n: int) -> list[int]:
+    """Test-set indices: the first image of each class in turn, so ten images show ten classes."""
+    _, y = fashion_mnist.load("test")
+    per_class = [(y == c).nonzero().flatten().tolist() for c in range(len(fashion_mnist.CLASSES))]
+    out, depth = [], 0
+    while len(out) < n:
+        for c in range(len(per_class)):
+            if len(out) < n and depth < len(per_class[c]):
+                out.append(per_class[c][depth])
+        depth += 1
+    return out
+
+
+def fmnist_batch(entry: models.ModelEntry, indices: Sequence[int]) -> Batch:
+    x, _ = fashion_mnist.load("test")
+    xb = x[list(indices)]
+    idx, conf = top1(entry, xb)
+    data = fashion_mnist.data_hash()
+    return Batch([str(i) for i in indices], [f"{data}:{i}" for i in indices], xb, idx, conf)
+
+
+# -- maps, computed once and cached -------------------------------------------------------------------------
+
+@dataclass
+class Maps:
+    """One method on one batch: 2-D maps ``[N, H, W]`` (None if not applicable) and timing."""
+
+    maps: torch.Tensor | None
+    error: str | None
+    seconds_per_image: float
+
+
+def _cache_path(key: str):
+    return cache_dir() / "attributions" / key[:2] / f"{key}.pt"
+
+
+def compute_maps(entry: models.ModelEntry, batch: Batch, method: str, options: dict, compute=None) -> Maps:
+    """The method's 2-D maps for every image of ``batch``, from the cache where possible; missing images
+    are computed in one batched call (``compute(indices) -> (attributions, seconds)`` if given, else the
+    method itself). A method that is not applicable gives ``maps=None`` and the reason."""
+    m = attribution.get(method)
+    keys = [cache_key("map", CODE_VERSION, model_id(entry), k, int(t), method, m.version, options)
+            for k, t in zip(batch.keys, batch.targets)]
+    cached = {}
+    for i, key in enumerate(keys):
+        path = _cache_path(key)
+        if path.exists():
+            try:
+                cached[i] = torch.load(path, weights_only=True)
+            except (OSError, RuntimeError, EOFError):
+                path.unlink(missing_ok=True)  # a damaged cache file is recomputed, never trusted
+    todo = [i for i in range(len(keys)) if i not in cached]
+    if todo:
+        start = time.perf_counter()
+        try:
+            if compute is None:
+                attr = m(entry, batch.x[todo], batch.targets[todo], **options)
+                seconds = time.perf_counter() - start
+            else:
+                attr, seconds = compute(tuple(todo))
+            flat, error = R.saliency_map(attr, m.kind).float().cpu(), None
+        except XaiError as e:
+            flat, error, seconds = None, str(e), time.perf_counter() - start
+        per_image = seconds / len(todo)
+        for j, i in enumerate(todo):
+            record = {"map": None if flat is None else flat[j].clone(), "error": error, "seconds": per_image}
+            if error is None or "not applicable" in error:
+                atomic_write(_cache_path(keys[i]), lambda p, r=record: torch.save(r, p))
+            cached[i] = record
+    records = [cached[i] for i in range(len(keys))]
+    errors = [r["error"] for r in records if r["error"]]
+    if errors:
+        return Maps(None, errors[0], float(np.mean([r["seconds"] for r in records])))
+    return Maps(torch.stack([r["map"] for r in records]), None, float(np.mean([r["seconds"] for r in records])))
+
+
+def cam_layer(entry: models.ModelEntry, x: torch.Tensor) -> str:
+    return attribution.default_layer(entry, x[:1].to(entry.device))
+
+
+def all_maps(entry: models.ModelEntry, batch: Batch, profile: Profile, names: Sequence[str]) -> tuple[dict, str]:
+    """``({method: Maps}, cam layer)`` for one model and batch. SmoothGrad, SmoothGrad² and VarGrad are
+    three statistics of the same noisy gradients: they are drawn once, and each reports that time."""
+    layer = cam_layer(entry, batch.x)
+    moments: dict = {}
+
+    def noise_stat(name: str, opts: dict):
+        def compute(todo: tuple[int, ...]):
+            if todo not in moments:
+                start = time.perf_counter()
+                idx = list(todo)
+                mean, sq = attribution.noise_gradient_moments(entry, batch.x[idx], batch.targets[idx], **opts)
+                moments[todo] = (mean, sq, time.perf_counter() - start)
+            mean, sq, seconds = moments[todo]
+            stat = {"smoothgrad": mean, "smoothgrad_sq": sq, "vargrad": (sq - mean * mean).clamp_min(0)}[name]
+            return stat, seconds
+        return compute
+
+    out = {}
+    for name in names:
+        opts = method_options(profile, name, entry)
+        compute = noise_stat(name, opts) if name in NOISE_METHODS else None
+        if attribution.get(name).needs_layer:
+            opts["layer"] = layer
+        out[name] = compute_maps(entry, batch, name, opts, compute)
+    return out, layer
+
+
+def timing_row(entry: models.ModelEntry, maps: Maps, n: int) -> dict:
+    return {"seconds_per_image": round(maps.seconds_per_image, 4), "images": n, "device": str(entry.device)}
+
+
+# -- figures ---------------------------------------------------------------------------------------------------
+
+def _short(text: str, width: int = 34) -> str:
+    import textwrap
+
+    return "\n".join(textwrap.wrap(text, width)[:4])
+
+
+def gallery_figure(columns: list[tuple[str, torch.Tensor, str]], rows: list[str],
+                   cells: dict[tuple[int, int], tuple[np.ndarray | None, str | None]], panel: float = 1.6):
+    """rows: method names; columns: (title, image, subtitle); cells[(r, c)] = (2-D map or None, reason)."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(rows) + 1, len(columns), figsize=(panel * len(columns), panel * (len(rows) + 1)),
+                             squeeze=False)
+    for c, (title, img, sub) in enumerate(columns):
+        R.show_image(axes[0, c], img, f"{title}\n{sub}", fontsize=7)
+    for r, name in enumerate(rows, start=1):
+        m = attribution.get(name)
+        for c in range(len(columns)):
+            ax = axes[r, c]
+            data, reason = cells[(r - 1, c)]
+            if data is None:
+                R.blank(ax, _short(f"not applicable: {reason}"), fontsize=5)
+            else:
+                R.draw(ax, data, signed=R.is_signed(m.kind), image=columns[c][1], fontsize=7)
+            if c == 0:
+                ax.set_ylabel(m.label, fontsize=8)
+    fig.subplots_adjust(wspace=0.04, hspace=0.12)
+    return fig
+
+
+def _not_applicable_reason(error: str) -> str:
+    return error.split(": ", 1)[1] if "not applicable" in error and ": " in error else error
+
+
+def imagenet_part(profile: Profile, store: Store, names: list[str], timings: dict) -> dict:
+    photos = photo_ids(profile)
+    n = option(profile, "photos")
+    photos = photos[:n] if n else photos
+    entries = {name: load(name, profile) for name in profile.imagenet_models}
+    batches = {name: photo_batch(e, photos) for name, e in entries.items()}
+    results = {"models": list(entries), "photos": photos, "cam_layer": {}, "targets": {}, "gallery": {},
+               "not_applicable": {}}
+    maps = {}
+    for name, entry in entries.items():
+        b = batches[name]
+        maps[name], results["cam_layer"][name] = all_maps(entry, b, profile, names)
+        results["targets"][name] = {
+            pid: {"index": int(t), "name": entry.class_names[int(t)], "p": round(float(p), 4),
+                  "correct": None if images.photo(pid).label is None else int(t) == images.photo(pid).label}
+            for pid, t, p in zip(b.ids, b.targets, b.probs)}
+        timings[name] = {m: timing_row(entry, mp, len(photos)) for m, mp in maps[name].items()}
+        results["not_applicable"][name] = {m: mp.error for m, mp in maps[name].items() if mp.error}
+    for i, pid in enumerate(photos):
+        rel = f"{STUDY}/gallery/{pid}.webp"
+        key = cache_key(STUDY, CODE_VERSION, "gallery", pid, names,
+                        {m: [model_id(e), results["cam_layer"][m]] for m, e in entries.items()},
+                        {n_: method_options(profile, n_) for n_ in names})
+        if not store.fresh(rel, key):
+            columns = [(m, batches[m].x[i], f"{results['targets'][m][pid]['name']} "
+                        f"({results['targets'][m][pid]['p']:.2f})") for m in entries]
+            cells = {(r, c): ((None, _not_applicable_reason(maps[m][meth].error)) if maps[m][meth].maps is None
+                              else (maps[m][meth].maps[i].numpy(), None))
+                     for r, meth in enumerate(names) for c, m in enumerate(entries)}
+            store.write_figure(rel, gallery_figure(columns, names, cells), key, dpi=90)
+        results["gallery"][pid] = rel
+    key = cache_key(STUDY, CODE_VERSION, "logit_vs_softmax", [model_id(e) for e in entries.values()], photos[:2])
+    results["logit_vs_softmax"] = store.cached_json(f"{STUDY}/parts/logit_vs_softmax.json", key,
+                                                    lambda: logit_vs_softmax(entries, batches, store, photos[:2]))
+    first = next(iter(entries))
+    key = cache_key(STUDY, CODE_VERSION, "choices", model_id(entries[first]), photos[0],
+                    method_options(profile, "integrated_gradients"), method_options(profile, "smoothgrad"))
+    results["choices"] = store.cached_json(f"{STUDY}/parts/choices.json", key,
+                                           lambda: choices(entries[first], batches[first], store, profile))
+    return results
+
+
+def fmnist_part(profile: Profile, store: Store, names: list[str], timings: dict) -> dict:
+    indices = fmnist_indices(profile.fmnist_images)
+    _, y = fashion_mnist.load("test")
+    results = {"models": list(profile.fmnist_models), "images": indices,
+               "labels": [fashion_mnist.CLASSES[int(y[i])] for i in indices], "cam_layer": {}, "targets": {},
+               "gallery": {}, "not_applicable": {}}
+    for name in profile.fmnist_models:
+        entry = load(name, profile)
+        b = fmnist_batch(entry, indices)
+        mp, results["cam_layer"][name] = all_maps(entry, b, profile, names)
+        results["targets"][name] = [
+            {"index": int(t), "name": entry.class_names[int(t)], "p": round(float(p), 4),
+             "correct": int(t) == int(y[i])} for i, t, p in zip(indices, b.targets, b.probs)]
+        timings[name] = {m: timing_row(entry, v, len(indices)) for m, v in mp.items()}
+        results["not_applicable"][name] = {m: v.error for m, v in mp.items() if v.error}
+        rel = f"{STUDY}/fmnist/{name}.webp"
+        key = cache_key(STUDY, CODE_VERSION, "fmnist", model_id(entry), indices, names,
+                        results["cam_layer"][name], {n_: method_options(profile, n_, entry) for n_ in names})
+        if not store.fresh(rel, key):
+            columns = [(f"{results['labels'][j]}", b.x[j],
+                        f"→ {results['targets'][name][j]['name']} ({results['targets'][name][j]['p']:.2f})")
+                       for j in range(len(indices))]
+            cells = {(r, c): ((None, _not_applicable_reason(mp[meth].error)) if mp[meth].maps is None
+                              else (mp[meth].maps[c].numpy(), None))
+                     for r, meth in enumerate(names) for c in range(len(indices))}
+            store.write_figure(rel, gallery_figure(columns, names, cells, panel=1.05), key, dpi=90)
+        results["gallery"][name] = rel
+    return results
+
+
+def logit_vs_softmax(entries: dict, batches: dict, store: Store, photos: list[str]) -> dict:
+    """Gradients of the logit, the softmax probability and the log-probability, side by side."""
+    import matplotlib.pyplot as plt
+
+    from ..metrics import spearman
+
+    out: dict = {}
+    outputs = ("logit", "softmax", "log_softmax")
+    rows = []
+    for name, entry in entries.items():
+        b = batches[name].subset(len(photos))
+        grads = {o: R.saliency_map(attribution.gradient(entry, b.x, b.targets, output=o), "sensitivity")
+                 for o in outputs}
+        out[name] = {}
+        for i, pid in enumerate(b.ids):
+            out[name][pid] = {
+                "p": round(float(b.probs[i]), 4),
+                "spearman_softmax": round(float(spearman(grads["logit"][i:i + 1], grads["softmax"][i:i + 1])[0]), 4),
+                "spearman_log_softmax": round(float(spearman(grads["logit"][i:i + 1],
+                                                             grads["log_softmax"][i:i + 1])[0]), 4),
+            }
+            rows.append((name, pid, b.x[i], {o: grads[o][i] for o in outputs}, float(b.probs[i])))
+    fig, axes = plt.subplots(len(rows), 4, figsize=(4 * 1.7, len(rows) * 1.75), squeeze=False)
+    for r, (name, pid, img, g, p) in enumerate(rows):
+        R.show_image(axes[r, 0], img, f"{name}\n{pid}, p = {p:.2f}", fontsize=7)
+        for c, o in enumerate(outputs, start=1):
+            label = {"logit": "∂ logit / ∂x", "softmax": "∂ softmax / ∂x", "log_softmax": "∂ log softmax / ∂x"}[o]
+            R.draw(axes[r, c], g[o], signed=False, title=label if r == 0 else "", fontsize=7)
+    fig.subplots_adjust(wspace=0.04, hspace=0.25)
+    rel = f"{STUDY}/logit_vs_softmax.webp"
+    store.write_figure(rel, fig, dpi=90)
+    out["figure"] = rel
+    return out
+
+
+def choices(entry: models.ModelEntry, batch: Batch, store: Store, profile: Profile) -> dict:
+    """Sign, channel aggregation and smoothing of one photo's maps, side by side."""
+    import matplotlib.pyplot as plt
+
+    b = batch.subset(1)
+    ig = attribution.integrated_gradients(entry, b.x, b.targets, **method_options(profile, "integrated_gradients"))[0]
+    grad = attribution.gradient(entry, b.x, b.targets)[0]
+    sg = attribution.smoothgrad(entry, b.x, b.targets, **method_options(profile, "smoothgrad"))[0]
+    signed = R.aggregate(ig, "sum")
+    g_abs = R.aggregate(grad, "max_abs")
+    rows = [
+        ("sign (Integrated Gradients)", [
+            ("signed, sum over channels", signed, True, None),
+            ("positive part", signed.clamp_min(0), False, None),
+            ("negative part (magnitude)", (-signed).clamp_min(0), False, None),
+            ("absolute value", signed.abs(), False, None)]),
+        ("channel aggregation (gradient)", [
+            ("sum (signed)", R.aggregate(grad, "sum"), True, None),
+            ("max |·|", g_abs, False, None),
+            ("L2 norm", R.aggregate(grad, "l2"), False, None),
+            ("", None, False, None)]),
+        ("smoothing (gradient, max |·|)", [
+            ("raw", g_abs, False, None),
+            ("display blur", g_abs, False, 2.0),
+            ("display blur", g_abs, False, 5.0),
+            ("SmoothGrad (the method)", R.aggregate(sg, "max_abs"), False, None)]),
+    ]
+    fig, axes = plt.subplots(len(rows), 5, figsize=(5 * 1.8, len(rows) * 2.0), squeeze=False)
+    for r, (row_title, panels) in enumerate(rows):
+        R.show_image(axes[r, 0], b.x[0], row_title, fontsize=7)
+        for c, (title, m, is_signed, sigma) in enumerate(panels, start=1):
+            if m is None:
+                axes[r, c].axis("off")
+                continue
+            R.draw(axes[r, c], m, signed=is_signed, title=title, smooth_sigma=sigma, fontsize=7)
+    fig.subplots_adjust(wspace=0.05, hspace=0.35)
+    rel = f"{STUDY}/choices.webp"
+    store.write_figure(rel, fig, dpi=90)
+    return {"figure": rel, "model": entry.name, "photo": b.ids[0], "target": entry.class_names[int(b.targets[0])]}
+
+
+def run(profile: Profile, store: Store) -> dict:
+    names = method_names(profile)
+    timings: dict = {}
+    results: dict = {"methods": {n: {"label": attribution.get(n).label, "kind": attribution.get(n).kind,
+                                     "family": attribution.get(n).family, "cite": attribution.get(n).cite,
+                                     "options": method_options(profile, n)} for n in names}}
+    results["imagenet"] = imagenet_part(profile, store, names, timings) if profile.imagenet_models else {}
+    if results["imagenet"]:
+        results["logit_vs_softmax"] = results["imagenet"].pop("logit_vs_softmax")
+        results["choices"] = results["imagenet"].pop("choices")
+    results["fmnist"] = fmnist_part(profile, store, names, timings) if profile.fmnist_models else {}
+    results["timings"] = timings
+    store.write_json(f"{STUDY}/results.json", results)
+    return {"methods": len(names), "imagenet_photos": len(results["imagenet"].get("photos", [])),
+            "fmnist_images": len(results["fmnist"].get("images", [])),
+            "seconds_per_image": {m: {k: v["seconds_per_image"] for k, v in t.items()} for m, t in timings.items()}}
