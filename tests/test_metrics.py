@@ -179,3 +179,15 @@ def test_smoothing_is_always_labelled():
     R.draw(ax2, np.zeros((4, 4)), signed=True, title="Gradient")
     assert "smoothed" not in ax2.get_title()
     plt.close(fig)
+
+
+def test_several_maps_at_once_equal_one_at_a_time():
+    m = toy_linear()
+    x = torch.rand(3, 1, 8, 8)
+    stack = torch.stack([M.random_map((3, 8, 8), seed=s) for s in range(4)])
+    together = M.perturbation_curves(m, x, 1, stack, mode="insertion", substrate_kind="blur", steps=5,
+                                     internal_batch_size=7)
+    assert together.shape == (4, 3, 6)
+    for r in range(4):
+        alone = M.perturbation_curves(m, x, 1, stack[r], mode="insertion", substrate_kind="blur", steps=5)
+        assert torch.allclose(together[r], alone, atol=1e-6)

@@ -31,6 +31,15 @@ PROFILES: dict[str, Profile] = {
         "quick",
         photos=("chelsea", "coffee", "butterfly", "squirrel", "grace_hopper", "starry_night"),
         fmnist_images=6,
+        options={
+            "saliency": {"photos": 3, "smoothgrad_samples": 4, "ig_steps": 8, "score_cam_channels": 16},
+            "gradcam": {"segmentation_photos": 4, "counterfactual_photos": 4},
+            "faithfulness": {"photos": 4, "fmnist_images": 20, "steps": 6, "sanity_photos": 1,
+                             "sanity_fmnist_images": 4},
+            "misclassification": {"mean_images": 32},
+            "counterfactual": {"fmnist_cases": 6},
+            "cleverhans": {"attribution_images": 64, "spray_images": 200},
+        },
     ),
     "smoke": Profile(
         "smoke",
@@ -39,6 +48,28 @@ PROFILES: dict[str, Profile] = {
         fmnist_budget="smoke",
         photos=("chelsea", "coffee", "starry_night"),
         fmnist_images=4,
+        options={
+            "saliency": {"photos": 2, "smoothgrad_samples": 2, "ig_steps": 4, "score_cam_channels": 4,
+                         "occlusion_window": 0.25, "occlusion_stride": 0.25},
+            "gradcam": {"layer_photos": 2, "segmentation_photos": 2, "counterfactual_photos": 2},
+            "faithfulness": {"photos": 2, "fmnist_images": 6, "steps": 4, "fmnist_metrics": ["deletion_zero",
+                             "insertion_blur"], "completeness_steps": [8, 32], "completeness_imagenet_steps": [4],
+                             "sanity_models": ["fmnist_cnn"], "sanity_fmnist_images": 4,
+                             "sanity_methods": ["gradient", "gradient_x_input", "guided_backprop", "grad_cam"]},
+            "misclassification": {"top_confusions": 1, "mean_images": 8, "test_images": 1000},
+            "counterfactual": {
+                "fmnist_cases": 6, "photo_cases": 1,
+                "fmnist": {"confidence": 0.5, "distance": "l1", "weight": 0.01, "tv": 0.01, "steps": 60, "lr": 0.02,
+                           "patience": 10},
+                "fmnist_l2": {"confidence": 0.5, "distance": "l2", "weight": 0.1, "tv": 0.0, "steps": 60, "lr": 0.02,
+                              "patience": 10},
+                "photos": {"confidence": 0.5, "distance": "l1", "weight": 0.01, "tv": 0.01, "steps": 4, "lr": 0.005,
+                           "patience": 2}},
+            # A tiny slice learns the square only when every Shirt carries it; SpRAy marks half the test shirts.
+            "cleverhans": {"budget": "smoke", "sets": ["clean", "square"], "fraction": 1.0, "test_images": 2000,
+                           "attribution_images": 16, "spray_images": 100,
+                           "methods": {"gradient": {}, "integrated_gradients": {"steps": 4}, "grad_cam": {}}},
+        },
     ),
 }
 

@@ -47,8 +47,12 @@ def perturbation_curves(model, inputs: torch.Tensor, target: Target, maps: torch
                         mode: str = "deletion", substrate_kind: str = "zero", steps: int = 16,
                         output: str = "softmax", internal_batch_size: int = 32, seed: int = 0) -> torch.Tensor:
     """Score of the target after removing (deletion) or restoring (insertion) the top ``k/steps`` of the
-    pixels, ``k = 0..steps``: ``[B, steps + 1]``. ``maps`` is ``[B, H, W]`` (see
-    :func:`xai.render.maps.saliency_map`). All (image, step) pairs are batched together.
+    pixels, ``k = 0..steps``.
+
+    ``maps`` is ``[B, H, W]`` (one map per image; result ``[B, steps + 1]``) or ``[R, B, H, W]`` (R maps
+    per image, e.g. one per method; result ``[R, B, steps + 1]``). The two ends of every curve (the
+    image and the substrate) do not depend on the map and are evaluated once; all other (map, image,
+    step) triples are batched together, ``internal_batch_size`` per forward pass.
     """
     check_positive("steps", steps)
     check_positive("internal_batch_size", internal_batch_size)
@@ -56,27 +60,39 @@ def perturbation_curves(model, inputs: torch.Tensor, target: Target, maps: torch
         raise XaiError(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
     module, x, t = prepare(model, inputs, target)
     b, c, h, w = x.shape
-    if tuple(maps.shape) != (b, h, w):
+    single = maps.dim() == 3
+    stack = maps[None] if single else maps
+    if stack.dim() != 4 or tuple(stack.shape[1:]) != (b, h, w):
         raise XaiError(f"maps of shape {tuple(maps.shape)} do not match images of shape {tuple(x.shape)}")
+    r = stack.shape[0]
     sub = substrate(x, substrate_kind)
-    rank = torch.empty(b, h * w, dtype=torch.long)
-    order = pixel_order(maps, seed)
-    rank.scatter_(1, order, torch.arange(h * w).expand(b, -1).contiguous())
-    rank = rank.view(b, 1, h, w).to(x.device)
+    start, end = (x, sub) if mode == "deletion" else (sub, x)
+    ranks = torch.empty(r, b, h * w, dtype=torch.long)
+    for i in range(r):
+        ranks[i].scatter_(1, pixel_order(stack[i], seed), torch.arange(h * w).expand(b, -1).contiguous())
+    ranks = ranks.view(r, b, 1, h, w).to(x.device)
     counts = [round(k * h * w / steps) for k in range(steps + 1)]
-    jobs = [(i, k) for i in range(b) for k in range(steps + 1)]
-    scores = torch.empty(b, steps + 1)
+    scores = torch.empty(r, b, steps + 1)
+    ends = torch.cat([_scores(module, start, t, output, internal_batch_size),
+                      _scores(module, end, t, output, internal_batch_size)]).view(2, b)
+    scores[:, :, 0], scores[:, :, steps] = ends[0], ends[1]
+    jobs = [(m, i, k) for m in range(r) for i in range(b) for k in range(1, steps)]
     for j in range(0, len(jobs), internal_batch_size):
         chunk = jobs[j:j + internal_batch_size]
-        ii = torch.tensor([i for i, _ in chunk], device=x.device)
-        n = torch.tensor([counts[k] for _, k in chunk], device=x.device).view(-1, 1, 1, 1)
-        top = rank[ii] < n  # the first n pixels of each image's order
-        start, end = (x[ii], sub[ii]) if mode == "deletion" else (sub[ii], x[ii])
-        batch = torch.where(top, end, start)
+        mm = torch.tensor([m for m, _, _ in chunk], device=x.device)
+        ii = torch.tensor([i for _, i, _ in chunk], device=x.device)
+        n = torch.tensor([counts[k] for _, _, k in chunk], device=x.device).view(-1, 1, 1, 1)
+        top = ranks[mm, ii] < n  # the first n pixels of each map's order
+        batch = torch.where(top, end[ii], start[ii])
         s = select(module(batch), t[ii], output).float().cpu()
-        for (i, k), v in zip(chunk, s):
-            scores[i, k] = v
-    return scores
+        for (m, i, k), v in zip(chunk, s):
+            scores[m, i, k] = v
+    return scores[0] if single else scores
+
+
+def _scores(module, x: torch.Tensor, t: torch.Tensor, output: str, batch_size: int) -> torch.Tensor:
+    return torch.cat([select(module(x[i:i + batch_size]), t[i:i + batch_size], output).float().cpu()
+                      for i in range(0, len(x), batch_size)])
 
 
 def auc(curves: torch.Tensor) -> torch.Tensor:

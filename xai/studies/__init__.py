@@ -16,6 +16,12 @@ from ..render.store import Store
 
 STUDIES: dict[str, str] = {
     "overview": "xai.studies.overview",
+    "saliency": "xai.studies.saliency",
+    "gradcam": "xai.studies.gradcam",
+    "faithfulness": "xai.studies.faithfulness",
+    "misclassification": "xai.studies.misclassification",
+    "counterfactual": "xai.studies.counterfactual",
+    "cleverhans": "xai.studies.cleverhans",
 }
 
 

@@ -11,7 +11,9 @@ Artifacts (under ``faithfulness/``):
 
 ``results.json``
     ``metrics``: ``["deletion_zero", "deletion_blur", "insertion_zero", "insertion_blur"]`` (lower is
-    better for deletion, higher for insertion); ``steps``; ``rows`` (methods, then ``random``, ``centre``).
+    better for deletion, higher for insertion); ``computed.<model>``: those computed for a model (the
+    ``imagenet_metrics`` / ``fmnist_metrics`` options); ``steps``; ``rows`` (methods, then ``random``,
+    ``centre``).
     ``images.<model>``: photo ids or Fashion-MNIST test indices (strings).
     ``table.<model>.<row>.<metric>``: ``mean``, ``ci95``, ``n``; a method that does not apply to a
     model has ``table.<model>.<method>.not_applicable`` (reason) instead.
@@ -55,9 +57,12 @@ BASELINE_ROWS = ("random", "centre")
 
 DEFAULTS = {
     "photos": 8,  # ImageNet photos (first N of the profile's)
-    "imagenet_models": None,  # None: the profile's
-    "fmnist_images": 100,
-    "steps": 16,
+    "imagenet_models": ["efficientnet_lite0"],  # None: the profile's. One keeps the full build in budget
+    "fmnist_images": 50,
+    "steps": 10,
+    # Petsiuk et al.'s pairing (delete to black, insert from blur) on the 224+ px models, all four on 28 px:
+    "imagenet_metrics": ["deletion_zero", "insertion_blur"],
+    "fmnist_metrics": list(METRICS),
     "internal_batch_size": 32,  # perturbed images per forward pass (ImageNet models)
     "fmnist_internal_batch_size": 256,
     "completeness_steps": [8, 16, 32, 64, 128, 256],
@@ -67,8 +72,8 @@ DEFAULTS = {
     "sanity_fmnist_images": 8,
     "sanity_methods": ["gradient", "gradient_x_input", "smoothgrad", "integrated_gradients", "guided_backprop",
                        "grad_cam", "guided_grad_cam"],
-    "sanity_smoothgrad_samples": 8,
-    "sanity_ig_steps": 16,
+    "sanity_smoothgrad_samples": 4,
+    "sanity_ig_steps": 8,
 }
 
 
@@ -83,6 +88,14 @@ def ci95(values: np.ndarray) -> dict:
     n = len(v)
     half = float(t.ppf(0.975, n - 1) * v.std(ddof=1) / math.sqrt(n)) if n > 1 else None
     return {"mean": round(float(v.mean()), 4), "ci95": None if half is None else round(half, 4), "n": n}
+
+
+def _metrics(profile: Profile, entry: models.ModelEntry) -> list[str]:
+    chosen = option(profile, "fmnist_metrics" if entry.family == "fmnist" else "imagenet_metrics")
+    for m in chosen:
+        if m not in METRICS:
+            raise XaiError(f"unknown faithfulness metric {m!r}; choose from {', '.join(METRICS)}")
+    return list(chosen)
 
 
 def _ibs(profile: Profile, entry: models.ModelEntry) -> int:
@@ -110,16 +123,19 @@ def _faithfulness_of(entry: models.ModelEntry, b: Batch, names: list[str], profi
     rows["random"] = random_map(shape, seed=profile.seed)
     rows["centre"] = centre_map(shape)
     steps, ibs = option(profile, "steps"), _ibs(profile, entry)
-    table, curves = {}, {}
+    metrics = _metrics(profile, entry)
+    names = list(rows)
+    stack = torch.stack([rows[n] for n in names])
+    table: dict = {n: {} for n in names}
+    curves: dict = {n: {} for n in names}
     start = time.perf_counter()
-    for row, m in rows.items():
-        table[row], curves[row] = {}, {}
-        for metric in METRICS:
-            mode, sub = metric.split("_")
-            c = perturbation_curves(entry, b.x, b.targets, m, mode=mode, substrate_kind=sub, steps=steps,
-                                    internal_batch_size=ibs, seed=profile.seed)
-            table[row][metric] = ci95(auc(c).numpy())
-            curves[row][metric] = [round(float(v), 4) for v in c.mean(0)]
+    for metric in metrics:
+        mode, sub = metric.split("_")
+        c = perturbation_curves(entry, b.x, b.targets, stack, mode=mode, substrate_kind=sub, steps=steps,
+                                internal_batch_size=ibs, seed=profile.seed)
+        for n, cn in zip(names, c):
+            table[n][metric] = ci95(auc(cn).numpy())
+            curves[n][metric] = [round(float(v), 4) for v in cn.mean(0)]
     for n, m in maps.items():
         if m.maps is None:
             table[n] = {"not_applicable": m.error}
@@ -265,7 +281,8 @@ def table_markdown(results: dict, metrics: tuple[str, ...]) -> str:
         for m in model_names:
             r = results["table"][m].get(row)
             for k in metrics:
-                cells.append("—" if r is None else ("n/a" if "not_applicable" in r else _cell(r[k])))
+                cells.append("—" if r is None or (k not in r and "not_applicable" not in r)
+                             else ("n/a" if "not_applicable" in r else _cell(r[k])))
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -276,11 +293,14 @@ def curves_figure(results: dict, model: str, store: Store) -> str:
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
     steps = results["steps"]
     x = np.linspace(0, 1, steps + 1)
-    for row, curves in results["curves"][model].items():
-        style = {"ls": "--", "color": "0.4"} if row in BASELINE_ROWS else {}
+    colours = plt.get_cmap("tab20")
+    for i, (row, curves) in enumerate(results["curves"][model].items()):
+        style = {"ls": "--", "color": "0.4"} if row in BASELINE_ROWS else {"color": colours(i % 20)}
         label = attribution.get(row).label if row in attribution.METHODS else f"{row} (baseline)"
-        axes[0].plot(x, curves["deletion_zero"], label=label, lw=1, **style)
-        axes[1].plot(x, curves["insertion_blur"], label=label, lw=1, **style)
+        if "deletion_zero" in curves:
+            axes[0].plot(x, curves["deletion_zero"], label=label, lw=1, **style)
+        if "insertion_blur" in curves:
+            axes[1].plot(x, curves["insertion_blur"], label=label, lw=1, **style)
     axes[0].set(xlabel="fraction of pixels replaced by black", ylabel="p(target)", title="deletion")
     axes[1].set(xlabel="fraction of pixels restored from blur", ylabel="p(target)", title="insertion")
     for ax in axes:
@@ -298,30 +318,33 @@ def run(profile: Profile, store: Store) -> dict:
     n_photos, n_fmnist = option(profile, "photos"), option(profile, "fmnist_images")
     entries = {n: saliency.load(n, profile) for n in [*_imagenet_models(profile), *profile.fmnist_models]}
     results: dict = {"metrics": list(METRICS), "steps": option(profile, "steps"), "rows": names + list(BASELINE_ROWS),
-                     "images": {}, "table": {}, "curves": {}, "best": {}, "beats_random": {},
+                     "computed": {}, "images": {}, "table": {}, "curves": {}, "best": {}, "beats_random": {},
                      "completeness": {"models": {}}, "sanity": {}, "timings": {}}
     for name, entry in entries.items():
         b = _batch(entry, profile, n_photos, n_fmnist)
         key = cache_key(STUDY, CODE_VERSION, "faithfulness", model_id(entry), b.keys, names, results["steps"],
+                        _metrics(profile, entry),
                         _ibs(profile, entry), {n: saliency.method_options(profile, n, entry) for n in names},
                         profile.seed)
         part = store.cached_json(f"{STUDY}/parts/faithfulness_{name}.json", key,
                                  lambda e=entry, b=b: _faithfulness_of(e, b, names, profile))
         results["images"][name] = part["images"]
+        results["computed"][name] = _metrics(profile, entry)
         results["table"][name] = part["table"]
         results["curves"][name] = part["curves"]
         results["timings"][name] = part["timings"]
         if part["completeness"]:
             results["completeness"]["models"][name] = part["completeness"]
-        applicable = [n for n in names if "mean" in part["table"][n].get("deletion_zero", {})]
+        computed = [k for k in METRICS if k in part["table"]["random"]]
+        applicable = [n for n in names if "not_applicable" not in part["table"][n]]
         results["best"][name] = {
             k: (min if k.startswith("deletion") else max)(applicable, key=lambda n: part["table"][n][k]["mean"])
-            for k in METRICS} if applicable else {}
+            for k in computed} if applicable else {}
         rnd = part["table"]["random"]
         results["beats_random"][name] = {
             k: {"count": sum((part["table"][n][k]["mean"] < rnd[k]["mean"]) if k.startswith("deletion")
                              else (part["table"][n][k]["mean"] > rnd[k]["mean"]) for n in applicable),
-                "of": len(applicable)} for k in METRICS}
+                "of": len(applicable)} for k in computed}
 
     fm = [n for n in entries if entries[n].family == "fmnist"]
     if fm:

@@ -16,12 +16,14 @@ Artifacts (under ``gradcam/``):
     (whether the target is still top-1 on the black-masked image, per threshold), ``images`` (per
     threshold: the black-masked image, for a slider); ``mean.<model>``: ``area``, ``confidence_black``,
     ``confidence_blur`` averaged over photos; ``figure`` (curves), ``strip`` (one photo at every threshold).
-    ``counterfactual.<model>``: ``layer``, ``figure``, ``photos.<photo>``: ``top1``/``top2`` (``name``, ``p``),
-    ``counterfactual_area`` (fraction of pixels where the counterfactual map of the top-1 class is
-    positive), ``spearman_cf1_cam2`` (rank correlation between the counterfactual map of the top-1 class
-    and the Grad-CAM of the top-2 class; NaN when a map is constant).
+    ``counterfactual.<model>.layers``: the layers shown (the CAM layer, then the one before it);
+    ``counterfactual.<model>.<layer>``: ``figure``, ``empty`` (photos whose top-1 counterfactual map is zero
+    everywhere), ``photos.<photo>``: ``top1``/``top2`` (``name``, ``p``), ``counterfactual_area`` (fraction
+    of pixels where the counterfactual map of the top-1 class is positive), ``spearman_cf1_cam2`` (rank
+    correlation between the counterfactual map of the top-1 class and the Grad-CAM of the top-2 class;
+    null when a map is constant).
 ``layers/<model>.webp``, ``segmentation.webp``, ``segmentation_strip.webp``, ``parts/*.json`` (cached pieces),
-``segmentation/<model>/<photo>/<percent>.webp``, ``counterfactual/<model>.webp``.
+``segmentation/<model>/<photo>/<percent>.webp``, ``counterfactual/<model>/<layer>.webp``.
 """
 from __future__ import annotations
 
@@ -39,14 +41,17 @@ from .overview import photo_ids
 from .saliency import Batch, cam_layer, fmnist_batch, fmnist_indices, load, model_id, photo_batch
 
 STUDY = "gradcam"
-CODE_VERSION = 1
+CODE_VERSION = 2
 
 DEFAULTS = {
     "layer_photos": 2,  # photos (and Fashion-MNIST images) per model in the layer figure
     "segmentation_photos": 8,  # first N of the profile's photos; None: all
     "thresholds": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9],
     "counterfactual_photos": 4,
-    "counterfactual_layer": None,  # None: the CAM layer of each model
+    # None: the CAM layer and the layer of interest before it. After a final ReLU(6) every channel is
+    # non-negative, and a confident class's weighted sum is often positive everywhere, which leaves its
+    # counterfactual map empty; the layer before (a linear projection in EfficientNet) keeps signs.
+    "counterfactual_layers": None,
 }
 
 
@@ -219,24 +224,34 @@ def _segmentation_strip(out: dict, model: str, photo: str, store: Store) -> str:
 
 def counterfactual_part(entries: dict, profile: Profile, store: Store) -> dict:
     photos = _photos(profile, option(profile, "counterfactual_photos"))
-    layer_opt = option(profile, "counterfactual_layer")
+    chosen = option(profile, "counterfactual_layers")
     out = {}
     for name, entry in entries.items():
         if entry.family != "imagenet":
             continue
-        key = cache_key(STUDY, CODE_VERSION, "counterfactual", model_id(entry), photos, layer_opt)
+        key = cache_key(STUDY, CODE_VERSION, "counterfactual", model_id(entry), photos, chosen)
         out[name] = store.cached_json(f"{STUDY}/parts/counterfactual_{name}.json", key,
-                                      lambda e=entry: _counterfactual_of(e, photos, layer_opt, store))
+                                      lambda e=entry: _counterfactual_of(e, photos, chosen, store))
     return out
 
 
-def _counterfactual_of(entry: models.ModelEntry, photos: list[str], layer: str | None, store: Store) -> dict:
-    import matplotlib.pyplot as plt
-
+def _counterfactual_of(entry: models.ModelEntry, photos: list[str], layers: list[str] | None, store: Store) -> dict:
     b = photo_batch(entry, photos)
-    layer = layer or cam_layer(entry, b.x)
+    if layers is None:
+        last = cam_layer(entry, b.x)
+        before = entry.layers[:entry.layers.index(last)] if last in entry.layers else []
+        layers = [last] + before[-1:]
     with torch.no_grad():
         top = entry.model(b.x.to(entry.device)).softmax(-1).cpu().topk(2, dim=-1)
+    out = {"layers": list(layers)}
+    for layer in layers:
+        out[layer] = _counterfactual_at(entry, b, top, layer, store)
+    return out
+
+
+def _counterfactual_at(entry: models.ModelEntry, b: Batch, top, layer: str, store: Store) -> dict:
+    import matplotlib.pyplot as plt
+
     c1, c2 = top.indices[:, 0], top.indices[:, 1]
     cam1 = attribution.grad_cam(entry, b.x, c1, layer=layer)[:, 0]
     cf1 = attribution.counterfactual_grad_cam(entry, b.x, c1, layer=layer)[:, 0]
@@ -244,17 +259,17 @@ def _counterfactual_of(entry: models.ModelEntry, photos: list[str], layer: str |
     cf2 = attribution.counterfactual_grad_cam(entry, b.x, c2, layer=layer)[:, 0]
     rho = spearman(cf1, cam2)
     rows = {}
-    for i, pid in enumerate(photos):
+    for i, pid in enumerate(b.ids):
         rows[pid] = {
             "top1": {"name": entry.class_names[int(c1[i])], "p": round(float(top.values[i, 0]), 4)},
             "top2": {"name": entry.class_names[int(c2[i])], "p": round(float(top.values[i, 1]), 4)},
             "counterfactual_area": round(float((cf1[i] > 0).float().mean()), 4),
             "spearman_cf1_cam2": None if np.isnan(rho[i]) else round(float(rho[i]), 4),
         }
-    fig, axes = plt.subplots(len(photos), 5, figsize=(5 * 1.9, 2.0 * len(photos)), squeeze=False)
-    for i, pid in enumerate(photos):
+    fig, axes = plt.subplots(len(b.ids), 5, figsize=(5 * 1.9, 2.0 * len(b.ids)), squeeze=False)
+    for i, pid in enumerate(b.ids):
         n1, n2 = rows[pid]["top1"]["name"], rows[pid]["top2"]["name"]
-        R.show_image(axes[i, 0], b.x[i], pid, fontsize=7)
+        R.show_image(axes[i, 0], b.x[i], f"{pid} ({layer})", fontsize=7)
         panels = [(cam1, f"Grad-CAM: {n1}"), (cf1, f"counterfactual: {n1}"),
                   (cam2, f"Grad-CAM: {n2}"), (cf2, f"counterfactual: {n2}")]
         for c, (m, title) in enumerate(panels, start=1):
@@ -264,9 +279,10 @@ def _counterfactual_of(entry: models.ModelEntry, photos: list[str], layer: str |
                 R.blank(axes[i, c], f"{title}\n\nzero everywhere: no region\nargues against this class\n"
                                     f"at {layer}")
     fig.subplots_adjust(wspace=0.05, hspace=0.3)
-    rel = f"{STUDY}/counterfactual/{entry.name}.webp"
+    rel = f"{STUDY}/counterfactual/{entry.name}/{layer}.webp"
     store.write_figure(rel, fig, dpi=90)
-    return {"layer": layer, "figure": rel, "photos": rows}
+    return {"figure": rel, "photos": rows,
+            "empty": sum(1 for r in rows.values() if r["counterfactual_area"] == 0)}
 
 
 def run(profile: Profile, store: Store) -> dict:
