@@ -198,12 +198,17 @@ class BindDirective(SphinxDirective):
         gen = generated(self.env)
         try:
             lets = parse_lets("\n".join(self.content))
-            names = bind(gen, lets, current_names(self.env), keep_absent=True)
         except BookDataError as err:
             fail(self.env, err, self.get_location())
             return []
+        try:
+            names = bind(gen, lets, current_names(self.env), keep_absent=True)
+        except BookDataError as err:
+            # Reported once here; the names stay bound (as absent) so their uses do not repeat it.
+            fail(self.env, err, self.get_location())
+            names = {**current_names(self.env), **{n: Absent("(failed above)") for n, _ in lets}}
         for n, v in names.items():
-            if isinstance(v, Absent):
+            if isinstance(v, Absent) and not v.study.startswith("("):
                 self.env.xai_not_computed.setdefault(self.env.docname, set()).add(v.study)
         self.env.temp_data.setdefault(SCOPE, []).append({n: names[n] for n, _ in lets})
         self.env.temp_data.setdefault(SOURCES, []).append(dict(lets))

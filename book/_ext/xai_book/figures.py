@@ -142,7 +142,9 @@ class GeneratedFigure(SphinxDirective):
             return [self._placeholder(nc.study)]
         except BookDataError as err:
             fail(self.env, err, self.get_location())
-            return []
+            # Keep the number and label, so that references to the figure add no errors of their own.
+            box = nodes.error("", nodes.paragraph(text=f"Build error: {err}"))
+            return [self._figure(box)]
         finally:
             if pushed:
                 self.env.temp_data[SCOPE].pop()
