@@ -1,0 +1,185 @@
+"""The optimization loop: many units at once, one image per unit.
+
+``render(model, objective, param, transforms, steps)`` runs Adam on the parameterization so that
+each image maximises its own value of the objective, minus optional penalties. The loss is the *sum*
+over images, so each image's gradient is exactly what it would get alone; Adam is elementwise, the
+models are in eval mode (batch norm uses running statistics) and each image's random transforms come
+from its own generator (seeded per image): batched rendering reproduces one-by-one rendering up to
+floating-point summation order, while paying for one forward/backward pass per step.
+
+The forward pass stops at the deepest layer the objective reads (``xai.layers.capture(truncate=True)``)
+unless the objective reads the model's output.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import XaiError
+from ..layers import capture, num_prefix_tokens, resolve
+from .objectives import OUTPUT, Activations, Objective
+from .param import ImageParam, Seeds, per_image_seeds
+from .transforms import Compose, Transform
+
+DEFAULT_LR = 0.05
+DEFAULT_STEPS = 512
+
+
+@dataclass(frozen=True)
+class Penalties:
+    """Weights of image priors subtracted from the objective (per image, on the untransformed image).
+
+    ``l2``: mean squared distance from grey; ``tv``: mean absolute difference between neighbours;
+    ``blur``: mean squared distance from a 3x3-blurred copy of itself (pulls towards the blurred image).
+    A weight is a number, or a ``[N]`` tensor of per-image weights (one batch can compare priors).
+    """
+
+    l2: float | torch.Tensor = 0.0
+    tv: float | torch.Tensor = 0.0
+    blur: float | torch.Tensor = 0.0
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        total = torch.zeros(x.shape[0], device=x.device)
+        if _nonzero(self.l2):
+            total = total + _weight(self.l2, x) * (x - 0.5).pow(2).mean((1, 2, 3))
+        if _nonzero(self.tv):
+            tv = (x[:, :, 1:, :] - x[:, :, :-1, :]).abs().mean((1, 2, 3)) + \
+                 (x[:, :, :, 1:] - x[:, :, :, :-1]).abs().mean((1, 2, 3))
+            total = total + _weight(self.tv, x) * tv
+        if _nonzero(self.blur):
+            kernel = torch.ones(x.shape[1], 1, 3, 3, device=x.device, dtype=x.dtype) / 9
+            blurred = F.conv2d(F.pad(x, [1] * 4, mode="replicate"), kernel, groups=x.shape[1]).detach()
+            total = total + _weight(self.blur, x) * (x - blurred).pow(2).mean((1, 2, 3))
+        return total
+
+    @property
+    def active(self) -> bool:
+        return any(_nonzero(w) for w in (self.l2, self.tv, self.blur))
+
+
+def _nonzero(w: float | torch.Tensor) -> bool:
+    return bool(torch.as_tensor(w).abs().sum() > 0)
+
+
+def _weight(w: float | torch.Tensor, x: torch.Tensor) -> torch.Tensor | float:
+    if not isinstance(w, torch.Tensor):
+        return float(w)
+    w = w.detach().float().flatten()
+    if w.numel() not in (1, x.shape[0]):
+        raise XaiError(f"{w.numel()} per-image penalty weights for a batch of {x.shape[0]}")
+    return w.to(x.device)
+
+
+@dataclass
+class Rendering:
+    """What a rendering gives back (all on the CPU).
+
+    ``images``: ``[N, C, H, W]`` in [0, 1]. ``values``: the objective of each final image, evaluated
+    without transforms or penalties. ``history``: ``[steps, N]`` objective values seen during the
+    optimization (on transformed images, before each update). ``snapshots``: ``{step: images}`` after
+    that many updates (0 is the starting image).
+    """
+
+    images: torch.Tensor
+    values: torch.Tensor
+    history: torch.Tensor
+    snapshots: dict[int, torch.Tensor] = field(default_factory=dict)
+    seconds: float = 0.0
+    steps: int = 0
+
+    @property
+    def image_steps_per_second(self) -> float:
+        return self.images.shape[0] * self.steps / self.seconds if self.seconds else float("nan")
+
+
+def forward(model: nn.Module, x: torch.Tensor, objective: Objective) -> Activations:
+    """One forward pass computing exactly what ``objective`` reads: truncated after its deepest layer,
+    or the whole model when it reads the output."""
+    layers = [name for name in objective.layers if name != OUTPUT]
+    if not layers and not objective.needs_output:
+        raise XaiError(f"objective {objective.name} reads no layer and no output")
+    if layers:
+        acts, out = capture(model, x, layers, truncate=not objective.needs_output)
+    else:
+        acts, out = {}, model(x)
+    return Activations(acts, out, num_prefix_tokens(model))
+
+
+def evaluate(model: nn.Module, objective: Objective, images: torch.Tensor) -> torch.Tensor:
+    """The objective's value for each of ``images`` (no transforms, no gradient)."""
+    device = _model_device(model)
+    with torch.no_grad():
+        return objective(forward(model, images.to(device), objective)).float().cpu()
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def render(
+    model: nn.Module,
+    objective: Objective,
+    param: ImageParam,
+    transforms: Transform | Sequence[Transform] = (),
+    steps: int = DEFAULT_STEPS,
+    *,
+    lr: float = DEFAULT_LR,
+    penalties: Penalties | None = None,
+    snapshots: Sequence[int] = (),
+    seed: Seeds = 0,
+    progress: Callable[[int, torch.Tensor], None] | None = None,
+) -> Rendering:
+    """Optimize ``param``'s images to maximise ``objective`` (one value per image) for ``steps`` Adam steps.
+
+    ``transforms`` are drawn per image from generators seeded ``seed + i`` (or ``seed[i]`` for a list);
+    build ``param`` with the same seeds so that image ``i`` is reproducible on its own. The model's
+    device is used; the parameterization is moved there.
+    """
+    if steps < 0:
+        raise XaiError(f"steps must be >= 0, got {steps}")
+    bad = [s for s in snapshots if not 0 <= s <= steps]
+    if bad:
+        raise XaiError(f"snapshot steps {bad} lie outside 0..{steps}")
+    for name in objective.layers:
+        if name != OUTPUT:
+            resolve(model, name)
+    if model.training:
+        raise XaiError("render needs the model in eval mode (batch norm must not mix the images of a batch)")
+    transform = transforms if isinstance(transforms, Transform) else Compose(list(transforms))
+    penalties = penalties or Penalties()
+    device = _model_device(model)
+    param = param.to(device)
+    n = param.n
+    gens = [torch.Generator().manual_seed(s) for s in per_image_seeds(seed, n)]
+    opt = torch.optim.Adam(param.parameters(), lr=lr)
+    history = torch.zeros(steps, n)
+    shots: dict[int, torch.Tensor] = {}
+    start = time.perf_counter()
+    with torch.enable_grad():
+        for step in range(steps + 1):
+            if step in snapshots:
+                with torch.no_grad():
+                    shots[step] = param().detach().cpu()
+            if step == steps:
+                break
+            opt.zero_grad(set_to_none=True)
+            x = param()
+            value = objective(forward(model, transform(x, gens), objective))
+            score = value - penalties(x) if penalties.active else value
+            (-score.sum()).backward()
+            opt.step()
+            param.project()
+            history[step] = value.detach().float().cpu()
+            if progress is not None:
+                progress(step, history[step])
+    with torch.no_grad():
+        images = param().detach()
+    seconds = time.perf_counter() - start
+    return Rendering(images=images.cpu(), values=evaluate(model, objective, images), history=history,
+                     snapshots=shots, seconds=seconds, steps=steps)
