@@ -83,7 +83,20 @@ def contrastive_map(model, inputs: torch.Tensor, a: int | str | Sequence | torch
     out: torch.Tensor | None = None
     for pair in dict.fromkeys(zip(ca, cb)):  # one pass per distinct (a, b), in first-seen order
         idx = [i for i, p in enumerate(zip(ca, cb)) if p == pair]
-        attr = m(Margin(module, *pair), inputs[idx], 0, **options)
+        margin = Margin(module, *pair)
+        try:
+            attr = m(margin, inputs[idx], 0, **options)
+        except XaiError:
+            # A CAM refuses a layer whose gradient is zero everywhere. If the margin's input gradient is
+            # zero too, the margin is locally constant and its map is zero by definition; otherwise the
+            # layer really cannot explain this model (e.g. a ViT's last block) and the error stands.
+            if not m.needs_layer:
+                raise
+            from .attribution import gradient
+
+            if torch.count_nonzero(gradient(margin, inputs[idx], 0)):
+                raise
+            attr = torch.zeros(len(idx), 1, *inputs.shape[-2:], device=inputs.device)
         if out is None:
             out = attr.new_zeros((len(inputs), *attr.shape[1:]))
         out[idx] = attr

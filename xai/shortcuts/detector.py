@@ -20,10 +20,11 @@
 removal drop, occlusion drop) reaches ``min_effect`` (default 0.2, i.e. the candidate alone changes at
 least one answer in five). Behaviour decides because it is an intervention on the input; attribution
 maps are reported beside it as corroboration (``attribution_agrees``: at least half of the methods give
-a concentration of ``min_concentration``, default 2, or more) but never decide alone, since a map can
-highlight a region the prediction does not depend on. The threshold was set against clean models,
-whose largest effect for the Clever Hans markers stayed below 0.12 (see the Clever Hans study's
-``detector`` artifact, where the clean model is run through the same check).
+a concentration of ``min_concentration``, default 2, or more) but never decide alone: a map can
+highlight a region the prediction does not depend on (Integrated Gradients from a black baseline credits
+any bright patch), and a global marker such as a lightness gradient has no small region to concentrate
+on. The Clever Hans study runs a clean control model through the same check beside every poisoned one,
+so the margin between the two against ``min_effect`` can be read off its ``results.json``.
 """
 from __future__ import annotations
 
