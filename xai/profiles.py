@@ -58,7 +58,7 @@ PROFILES: dict[str, Profile] = {
                              "sanity_methods": ["gradient", "gradient_x_input", "guided_backprop", "grad_cam"]},
             "misclassification": {"top_confusions": 1, "mean_images": 8, "test_images": 1000},
             "counterfactual": {
-                "fmnist_cases": 6, "photo_cases": 1,
+                "fmnist_cases": 6, "photo_cases": 1, "test_images": 1000,
                 "fmnist": {"confidence": 0.5, "distance": "l1", "weight": 0.01, "tv": 0.01, "steps": 60, "lr": 0.02,
                            "patience": 10},
                 "fmnist_l2": {"confidence": 0.5, "distance": "l2", "weight": 0.1, "tv": 0.0, "steps": 60, "lr": 0.02,
