@@ -471,6 +471,17 @@ Together they make {res}`scores["a"] + scores["b"]|.2f`; the larger is {res}`arg
 B beats A: {res}`s["b"]|.2f` against {res}`s["a"]|.2f`.
 :::
 
+::::{cases}
+:::{case}
+:when: scores["a"] > scores["b"]
+Case A wins.
+:::
+:::{case}
+:when: scores["a"] <= scores["b"]
+Case B wins.
+:::
+::::
+
 ```{xai-explorer}
 :let: maps = demo/maps.json
 :data: [dict(m, threshold=m["threshold"]) for m in maps if m["area"] > 0]
@@ -579,6 +590,7 @@ def test_widgets_render_numbered_captioned_and_bound(widget_site):
     assert "Figure 1" in html and "Figure 2" in html and "Figure 3" in html
     assert "The demo has <span class=\"xai-res\" data-ref=\"demo/summary.json:count\">15</span>" in html
     assert "0.75</span> against <span" in html
+    assert "Case B wins." in html and "Case A wins." not in html
     assert "make <span class=\"xai-res\" data-ref=\"scores[&quot;a&quot;] + scores[&quot;b&quot;] where scores = " \
            "summary[&quot;scores&quot;]; summary = demo/summary.json\">1.00</span>" in html
     assert ">b</span>." in html
@@ -665,6 +677,36 @@ FAILING_PAGES = {
 A beats B.
 :::
 """,
+    "no_case": """# No case holds
+
+::::{cases}
+:::{case}
+:let: s = demo/summary.json:scores
+:when: s["a"] > 1
+Never.
+:::
+:::{case}
+:let: s = demo/summary.json:scores
+:when: s["b"] > 1
+Nor this.
+:::
+::::
+""",
+    "two_cases": """# Two cases hold
+
+::::{cases}
+:::{case}
+:let: s = demo/summary.json:scores
+:when: s["a"] < 1
+One.
+:::
+:::{case}
+:let: s = demo/summary.json:scores
+:when: s["b"] < 1
+Two.
+:::
+::::
+""",
     "missing_file": "# Missing file\n\nValue {res}`demo/nothere.json:x`.\n",
     "missing_key": "# Missing key\n\nValue {res}`demo/summary.json:scores.zzz|.2f`.\n",
     "not_run": "# Not run\n\nPhotos: {res}`overview/photos.json|count`.\n",
@@ -730,6 +772,15 @@ def test_a_claim_that_no_longer_holds_fails_the_build(failing_build):
     assert w and "claim no longer holds" in w[0] and 's["a"] > s["b"]' in w[0] and "0.25" in w[0], log[-4000:]
 
 
+def test_cases_fail_the_build_unless_exactly_one_holds(failing_build):
+    build, _ = failing_build
+    log = build.stdout + build.stderr
+    w = _warnings_for(log, "no_case")
+    assert w and "exactly one case must hold, but 0 of 2 do" in w[0], log[-4000:]
+    w = _warnings_for(log, "two_cases")
+    assert w and "exactly one case must hold, but 2 of 2 do" in w[0], log[-4000:]
+
+
 def test_missing_files_keys_and_studies_fail_the_build_by_name(failing_build):
     build, _ = failing_build
     log = build.stdout + build.stderr
@@ -763,4 +814,5 @@ def test_an_incremental_rebuild_without_W_still_fails_on_the_same_pages(failing_
                            timeout=600)
     log = again.stdout + again.stderr
     assert again.returncode != 0
-    assert "bound data failed on book/false_claim, book/missing_file, book/missing_key, book/not_run" in log
+    assert ("bound data failed on book/false_claim, book/missing_file, book/missing_key, book/no_case, "
+            "book/not_run, book/two_cases") in log

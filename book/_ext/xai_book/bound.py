@@ -4,6 +4,8 @@
 ``{bind}`` with ``name = REF_OR_EXPR`` lines   names for the rest of the page
 ``:::{claim}`` + ``:let:``/``:when:``  a passage that is only true while ``:when:`` holds; the build
                                         fails (naming the page, the expression and its values) otherwise
+``{cases}`` holding ``{case}`` blocks    alternatives for results that may go either way: exactly one
+                                        ``:when:`` must hold, the others are left out
 ``{generated} study/file.md``          a Markdown snippet a study wrote (tables), parsed as MyST
 ``{study} NAME``                       the provenance note of a chapter, or the "not computed" notice
 """
@@ -158,18 +160,15 @@ class ClaimDirective(SphinxDirective):
         except NotComputed as nc:
             # The passage is about results this build does not have: leave it out, the chapter says why.
             self.env.xai_not_computed.setdefault(self.env.docname, set()).add(nc.study)
+            self.on_absent()
             return []
         except BookDataError as err:
             fail(self.env, err, self.get_location())
+            self.on_absent()
             return []
         if not holds:
-            used = names_in(when)
-            shown = {k: v for k, v in names.items() if k in used}
-            values = ", ".join(f"{k} = {_short(v)}" for k, v in shown.items())
-            fail(self.env, BookDataError(
-                f"claim no longer holds: `{when}` is false ({values or 'no bound names'}); rewrite the "
-                f"passage for the new results or find out why they changed"), self.get_location())
-            return []
+            return self.on_false(when, names)
+        self.on_true(when)
         node = xai_claim()
         node["when"] = when
         self.env.temp_data.setdefault(SCOPE, []).append(names)
@@ -180,6 +179,69 @@ class ClaimDirective(SphinxDirective):
             self.env.temp_data[SCOPE].pop()
             self.env.temp_data[SOURCES].pop()
         return [node]
+
+
+    def on_false(self, when: str, names: dict) -> list:
+        used = names_in(when)
+        values = ", ".join(f"{k} = {_short(v)}" for k, v in names.items() if k in used)
+        fail(self.env, BookDataError(
+            f"claim no longer holds: `{when}` is false ({values or 'no bound names'}); rewrite the "
+            f"passage for the new results or find out why they changed"), self.get_location())
+        return []
+
+    def on_true(self, when: str) -> None:
+        pass
+
+    def on_absent(self) -> None:
+        pass
+
+
+# -- {cases} / {case} ------------------------------------------------------------------------------------
+
+CASES = "xai_cases"  # env.temp_data key: the open {cases} blocks, innermost last
+
+
+class CaseDirective(ClaimDirective):
+    """One branch of a ``{cases}`` block: shown when its ``:when:`` holds, left out otherwise."""
+
+    def run(self):
+        if not self.env.temp_data.get(CASES):
+            fail(self.env, BookDataError("a {case} must sit inside a {cases} block"), self.get_location())
+            return []
+        self.env.temp_data[CASES][-1]["n"] += 1
+        return super().run()
+
+    def on_false(self, when: str, names: dict) -> list:
+        return []
+
+    def on_true(self, when: str) -> None:
+        self.env.temp_data[CASES][-1]["held"].append(when)
+
+    def on_absent(self) -> None:
+        self.env.temp_data[CASES][-1]["absent"] = True
+
+
+class CasesDirective(SphinxDirective):
+    """Alternative passages for results that may go either way; exactly one ``{case}`` must hold, so the
+    prose is checked whichever way they go."""
+
+    has_content = True
+
+    def run(self):
+        record = {"held": [], "n": 0, "absent": False}
+        self.env.temp_data.setdefault(CASES, []).append(record)
+        box = nodes.Element()
+        try:
+            self.state.nested_parse(self.content, self.content_offset, box)
+        finally:
+            self.env.temp_data[CASES].pop()
+        if not record["absent"] and len(record["held"]) != 1:
+            held = "; ".join(f"`{w}`" for w in record["held"]) or "none"
+            fail(self.env, BookDataError(
+                f"exactly one case must hold, but {len(record['held'])} of {record['n']} do ({held}); "
+                "the cases must cover every outcome without overlapping"), self.get_location())
+            return []
+        return box.children
 
 
 def _short(v: Any) -> str:
@@ -282,6 +344,8 @@ def setup(app) -> None:
     app.add_node(xai_claim, html=(visit_claim, depart_claim))
     app.add_role("res", ResRole())
     app.add_directive("claim", ClaimDirective)
+    app.add_directive("cases", CasesDirective)
+    app.add_directive("case", CaseDirective)
     app.add_directive("bind", BindDirective)
     app.add_directive("generated", GeneratedDirective)
     app.add_directive("study", StudyDirective)
