@@ -78,6 +78,10 @@ def _prune(app, exception) -> None:
         p.unlink()
     if app.config.language in (None, "en"):
         shutil.rmtree(static / "locales", ignore_errors=True)
+    # Pages without an icon link (the root redirect) make browsers ask for /favicon.ico.
+    icon = STATIC / "favicon.ico"
+    if icon.is_file():
+        shutil.copy2(icon, Path(app.outdir) / "favicon.ico")
 
 
 def _static_path(app, config) -> None:
