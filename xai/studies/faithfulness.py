@@ -21,7 +21,9 @@ Artifacts (under ``faithfulness/``):
     ``best.<model>.<metric>``: the best method (baselines excluded).
     ``beats_random.<model>.<metric>``: ``count`` of methods whose mean beats the random map's, ``of``.
     ``completeness.models.<model>``: ``steps``, ``baseline``, ``gap_mean``, ``gap_median``, ``gap_max``,
-    ``n`` (relative gap of the gallery's Integrated Gradients); ``completeness.sweep``: ``model``, ``steps``,
+    ``within_5pct`` (share of images), ``n``: the relative gap ``|sum(a) - (f(x) - f(x'))| / |f(x) - f(x')|``
+    of the gallery's Integrated Gradients (logit). The mean is fragile: an image whose score barely
+    differs from the baseline's has a tiny denominator; read the median. ``completeness.sweep``: ``model``, ``steps``,
     ``gap_mean``, ``gap_max`` (same images, more and more steps); ``completeness.sweep_imagenet`` likewise on
     one photo of the first ImageNet model.
     ``sanity.<model>``: ``units`` (randomized top to bottom, cumulatively), ``images``, ``layer`` (CAM),
@@ -51,7 +53,7 @@ from . import saliency
 from .saliency import Batch, all_maps, fmnist_batch, fmnist_indices, model_id, photo_batch
 
 STUDY = "faithfulness"
-CODE_VERSION = 1
+CODE_VERSION = 2
 METRICS = ("deletion_zero", "deletion_blur", "insertion_zero", "insertion_blur")
 BASELINE_ROWS = ("random", "centre")
 
@@ -66,7 +68,7 @@ DEFAULTS = {
     "internal_batch_size": 32,  # perturbed images per forward pass (ImageNet models)
     "fmnist_internal_batch_size": 256,
     "completeness_steps": [8, 16, 32, 64, 128, 256],
-    "completeness_imagenet_steps": [8, 16, 32, 64],
+    "completeness_imagenet_steps": [16, 32, 64, 128],
     "sanity_models": None,  # None: the first ImageNet model and every Fashion-MNIST model
     "sanity_photos": 2,
     "sanity_fmnist_images": 8,
@@ -156,7 +158,7 @@ def _completeness_of(entry: models.ModelEntry, b: Batch, ig, profile: Profile) -
     gap = gap[np.isfinite(gap)]
     return {"steps": opts["steps"], "baseline": opts["baseline_kind"], "n": int(len(gap)),
             "gap_mean": round(float(gap.mean()), 5), "gap_median": round(float(np.median(gap)), 5),
-            "gap_max": round(float(gap.max()), 5)}
+            "gap_max": round(float(gap.max()), 5), "within_5pct": round(float((gap <= 0.05).mean()), 4)}
 
 
 def completeness_sweep(entry: models.ModelEntry, b: Batch, steps: list[int], profile: Profile) -> dict:

@@ -32,6 +32,7 @@ Artifacts (under ``saliency/``):
 """
 from __future__ import annotations
 
+import textwrap
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -51,7 +52,8 @@ from .overview import photo_ids
 
 STUDY = "saliency"
 NOISE_METHODS = ("smoothgrad", "smoothgrad_sq", "vargrad")
-CODE_VERSION = 1  # bump when how maps are computed or cached changes meaning
+CODE_VERSION = 2  # bump when what the study draws or records changes meaning
+MAPS_VERSION = 1  # bump when how maps are computed or cached changes meaning (invalidates .cache/attributions)
 
 # Per-study knobs; the defaults are the full profile's, sized so that the attribution studies fit the
 # build's time budget on two CPU cores. Profiles override them in ``options``.
@@ -60,7 +62,7 @@ DEFAULTS = {
     "methods": None,  # None: every registered method
     "smoothgrad_samples": 8,
     "noise": 0.15,
-    "ig_steps": 16,  # the completeness gap this leaves is measured in the faithfulness study
+    "ig_steps": 32,  # the completeness gap this leaves is measured in the faithfulness study
     "ig_baseline": "black",
     "occlusion_window": 1 / 7,  # fraction of the side (or px); None: the method's default (a seventh)
     "occlusion_stride": 1 / 7,  # fraction of the side (or px); None: half the window (4x the cost)
@@ -185,7 +187,7 @@ def compute_maps(entry: models.ModelEntry, batch: Batch, method: str, options: d
     are computed in one batched call (``compute(indices) -> (attributions, seconds)`` if given, else the
     method itself). A method that is not applicable gives ``maps=None`` and the reason."""
     m = attribution.get(method)
-    keys = [cache_key("map", CODE_VERSION, model_id(entry), k, int(t), method, m.version, options)
+    keys = [cache_key("map", MAPS_VERSION, model_id(entry), k, int(t), method, m.version, options)
             for k, t in zip(batch.keys, batch.targets)]
     cached = {}
     for i, key in enumerate(keys):
@@ -258,38 +260,41 @@ def timing_row(entry: models.ModelEntry, maps: Maps, n: int) -> dict:
 
 # -- figures ---------------------------------------------------------------------------------------------------
 
-def _short(text: str, width: int = 34) -> str:
-    import textwrap
+def short_reason(error: str) -> str:
+    """A panel-sized version of a method's "not applicable" reason (the full text is in the JSON)."""
+    import re
 
-    return "\n".join(textwrap.wrap(text, width)[:4])
+    act = re.search(r"uses (\w+) activations", error)
+    if act:
+        return f"not applicable:\n{act.group(1)} activations"
+    if "class token" in error:
+        return "not applicable:\nno spatial path\nto the output"
+    return "not applicable"
 
 
 def gallery_figure(columns: list[tuple[str, torch.Tensor, str]], rows: list[str],
-                   cells: dict[tuple[int, int], tuple[np.ndarray | None, str | None]], panel: float = 1.6):
+                   cells: dict[tuple[int, int], tuple[np.ndarray | None, str | None]], panel: float = 1.6,
+                   fontsize: float = 7):
     """rows: method names; columns: (title, image, subtitle); cells[(r, c)] = (2-D map or None, reason)."""
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(len(rows) + 1, len(columns), figsize=(panel * len(columns), panel * (len(rows) + 1)),
                              squeeze=False)
     for c, (title, img, sub) in enumerate(columns):
-        R.show_image(axes[0, c], img, f"{title}\n{sub}", fontsize=7)
+        R.show_image(axes[0, c], img, f"{title}\n{sub}", fontsize=fontsize)
     for r, name in enumerate(rows, start=1):
         m = attribution.get(name)
         for c in range(len(columns)):
             ax = axes[r, c]
             data, reason = cells[(r - 1, c)]
             if data is None:
-                R.blank(ax, _short(f"not applicable: {reason}"), fontsize=5)
+                R.blank(ax, short_reason(reason), fontsize=fontsize - 1)
             else:
-                R.draw(ax, data, signed=R.is_signed(m.kind), image=columns[c][1], fontsize=7)
+                R.draw(ax, data, signed=R.is_signed(m.kind), image=columns[c][1], fontsize=fontsize)
             if c == 0:
-                ax.set_ylabel(m.label, fontsize=8)
+                ax.set_ylabel("\n".join(textwrap.wrap(m.label, 14)), fontsize=fontsize + 1)
     fig.subplots_adjust(wspace=0.04, hspace=0.12)
     return fig
-
-
-def _not_applicable_reason(error: str) -> str:
-    return error.split(": ", 1)[1] if "not applicable" in error and ": " in error else error
 
 
 def imagenet_part(profile: Profile, store: Store, names: list[str], timings: dict) -> dict:
@@ -318,10 +323,10 @@ def imagenet_part(profile: Profile, store: Store, names: list[str], timings: dic
         if not store.fresh(rel, key):
             columns = [(m, batches[m].x[i], f"{results['targets'][m][pid]['name']} "
                         f"({results['targets'][m][pid]['p']:.2f})") for m in entries]
-            cells = {(r, c): ((None, _not_applicable_reason(maps[m][meth].error)) if maps[m][meth].maps is None
+            cells = {(r, c): ((None, maps[m][meth].error) if maps[m][meth].maps is None
                               else (maps[m][meth].maps[i].numpy(), None))
                      for r, meth in enumerate(names) for c, m in enumerate(entries)}
-            store.write_figure(rel, gallery_figure(columns, names, cells), key, dpi=90)
+            store.write_figure(rel, gallery_figure(columns, names, cells), key, dpi=110)
         results["gallery"][pid] = rel
     key = cache_key(STUDY, CODE_VERSION, "logit_vs_softmax", [model_id(e) for e in entries.values()], photos[:2])
     results["logit_vs_softmax"] = store.cached_json(f"{STUDY}/parts/logit_vs_softmax.json", key,
@@ -354,12 +359,12 @@ def fmnist_part(profile: Profile, store: Store, names: list[str], timings: dict)
                         results["cam_layer"][name], {n_: method_options(profile, n_, entry) for n_ in names})
         if not store.fresh(rel, key):
             columns = [(f"{results['labels'][j]}", b.x[j],
-                        f"→ {results['targets'][name][j]['name']} ({results['targets'][name][j]['p']:.2f})")
+                        f"→ {results['targets'][name][j]['name']}\n{results['targets'][name][j]['p']:.2f}")
                        for j in range(len(indices))]
-            cells = {(r, c): ((None, _not_applicable_reason(mp[meth].error)) if mp[meth].maps is None
+            cells = {(r, c): ((None, mp[meth].error) if mp[meth].maps is None
                               else (mp[meth].maps[c].numpy(), None))
                      for r, meth in enumerate(names) for c in range(len(indices))}
-            store.write_figure(rel, gallery_figure(columns, names, cells, panel=1.05), key, dpi=90)
+            store.write_figure(rel, gallery_figure(columns, names, cells, panel=1.2, fontsize=6), key, dpi=110)
         results["gallery"][name] = rel
     return results
 

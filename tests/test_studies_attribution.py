@@ -1,0 +1,118 @@
+"""The saliency, Grad-CAM and faithfulness studies on the smoke profile, into a temporary store."""
+import json
+
+import pytest
+from PIL import Image
+
+from xai import attribution, profiles, studies
+from xai.render.store import Store
+from xai.studies import saliency
+
+NAMES = ["saliency", "gradcam", "faithfulness"]
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    root = tmp_path_factory.mktemp("generated")
+    maps = tmp_path_factory.mktemp("attribution-cache")
+    mp = pytest.MonkeyPatch()
+    mp.setattr(saliency, "cache_dir", lambda: maps)  # a cold map cache: everything is computed
+    try:
+        store = Store(root, profile="smoke")
+        summaries = studies.run(NAMES, profiles.get("smoke"), store, log=lambda *_: None)
+        yield store, summaries, maps, mp
+    finally:
+        mp.undo()
+
+
+def _figures(obj):
+    if isinstance(obj, dict):
+        for v in obj.values():
+            yield from _figures(v)
+    elif isinstance(obj, list):
+        for v in obj:
+            yield from _figures(v)
+    elif isinstance(obj, str) and obj.endswith((".webp", ".png")):
+        yield obj
+
+
+def test_every_figure_named_in_the_results_exists(built):
+    store, summaries, _, _ = built
+    assert set(summaries) == set(NAMES)
+    for name in NAMES:
+        results = store.read_json(f"{name}/results.json")
+        paths = list(_figures(results))
+        assert paths, name
+        for rel in paths:
+            assert rel.startswith(f"{name}/"), rel  # the book finds a file by the study that wrote it
+            with Image.open(store.path(rel)) as im:
+                assert im.size[0] > 20 and im.size[1] > 20
+
+
+def test_saliency_results(built):
+    store, _, _, _ = built
+    r = store.read_json("saliency/results.json")
+    smoke = profiles.get("smoke")
+    assert set(r["methods"]) == set(attribution.METHODS)
+    assert r["imagenet"]["photos"] == list(smoke.photos[:2])
+    assert r["imagenet"]["cam_layer"]["efficientnet_lite0"] == "bn2"
+    assert r["fmnist"]["cam_layer"]["fmnist_vit"] == "blocks.2"  # the last block reaches the head by its class token
+    for model in [*smoke.imagenet_models, *smoke.fmnist_models]:
+        assert set(r["timings"][model]) == set(attribution.METHODS)
+        assert all(t["seconds_per_image"] >= 0 for t in r["timings"][model].values())
+    vit_na = r["fmnist"]["not_applicable"]["fmnist_vit"]
+    assert set(vit_na) == {"guided_backprop", "deconvolution", "guided_grad_cam"} and "GELU" in vit_na["guided_backprop"]
+    assert r["imagenet"]["not_applicable"]["efficientnet_lite0"] == {}
+    lvs = r["logit_vs_softmax"]["efficientnet_lite0"]["chelsea"]
+    assert -1 <= lvs["spearman_softmax"] <= 1 and 0 < lvs["p"] <= 1
+    assert r["choices"]["photo"] == "chelsea"
+
+
+def test_gradcam_results(built):
+    store, _, _, _ = built
+    r = store.read_json("gradcam/results.json")
+    seg = r["segmentation"]
+    assert seg["thresholds"] == pytest.approx([0.1 * i for i in range(1, 10)])
+    for row in seg["models"]["efficientnet_lite0"].values():
+        assert len(row["area"]) == len(row["confidence_black"]) == len(row["images"]) == 9
+        assert all(a >= b for a, b in zip(row["area"], row["area"][1:]))  # a higher threshold keeps less
+        assert 0 < row["area"][-1] <= row["area"][0] <= 1
+        for rel in row["images"]:
+            assert store.path(rel).exists()
+    layers = r["layers"]["efficientnet_lite0"]
+    assert len(layers["grid"]) >= 3 and layers["grid"]["bn2"] == [7, 7]
+    assert "blocks.3" in r["layers"]["fmnist_vit"]["not_applicable"]
+    cf = r["counterfactual"]["efficientnet_lite0"]
+    assert cf["layers"] == ["bn2", "blocks.5"]
+    assert set(cf["blocks.5"]["photos"]) == {"chelsea", "coffee"}
+
+
+def test_faithfulness_results(built):
+    store, _, _, _ = built
+    r = store.read_json("faithfulness/results.json")
+    for model, table in r["table"].items():
+        assert {"random", "centre"} <= set(table)
+        for metric in r["computed"][model]:
+            v = table["random"][metric]
+            assert 0 <= v["mean"] <= 1 and v["ci95"] >= 0 and v["n"] >= 2
+    assert "not_applicable" in r["table"]["fmnist_vit"]["guided_backprop"]
+    assert r["completeness"]["sweep"]["steps"] == [8, 32]
+    gaps = r["completeness"]["sweep"]["gap_mean"]
+    assert gaps[1] < gaps[0]  # more steps, smaller quadrature error
+    san = r["sanity"]["fmnist_cnn"]
+    assert san["units"][0] == "fc" and len(san["methods"]["gradient"]["spearman_abs"]) == len(san["units"])
+    assert "Gradient" in store.path("faithfulness/table.md").read_text()
+
+
+def test_a_rerun_reuses_cached_work(built):
+    store, _, maps, _ = built
+    parts = sorted(p for p in store.root.rglob("parts/*.json"))
+    before = {p: p.stat().st_mtime_ns for p in parts}
+    cached = sorted(maps.rglob("*.pt"))
+    assert cached
+    stamp = {p: p.stat().st_mtime_ns for p in cached}
+    studies.run(NAMES, profiles.get("smoke"), store, log=lambda *_: None)
+    assert {p: p.stat().st_mtime_ns for p in parts} == before
+    assert {p: p.stat().st_mtime_ns for p in cached} == stamp
+    manifest = json.loads((store.root / "manifest.json").read_text())
+    assert set(NAMES) <= set(manifest["studies"])
