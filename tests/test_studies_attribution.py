@@ -2,6 +2,7 @@
 import json
 
 import pytest
+import torch
 from PIL import Image
 
 from xai import attribution, profiles, studies
@@ -17,12 +18,17 @@ def built(tmp_path_factory):
     maps = tmp_path_factory.mktemp("attribution-cache")
     mp = pytest.MonkeyPatch()
     mp.setattr(saliency, "cache_dir", lambda: maps)  # a cold map cache: everything is computed
+    # The smoke work comes in batches too small to gain from a second thread, and on a shared CPU two
+    # OpenMP threads wait on each other: measured 10x slower here. Speed is the benchmarks' business.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     try:
         store = Store(root, profile="smoke")
         summaries = studies.run(NAMES, profiles.get("smoke"), store, log=lambda *_: None)
         yield store, summaries, maps, mp
     finally:
         mp.undo()
+        torch.set_num_threads(threads)
 
 
 def _figures(obj):

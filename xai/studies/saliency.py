@@ -23,9 +23,9 @@ Artifacts (under ``saliency/``):
     ``fmnist.not_applicable.<model>.<method>``.
     ``timings.<model>.<method>``: ``seconds_per_image`` (wall clock of the batched call / images),
     ``images``, ``device``; measured when the map was computed, so a cached rerun reports the original.
-    ``logit_vs_softmax.<model>.<photo>``: ``p`` (top-1 probability), ``spearman_softmax``,
-    ``spearman_log_softmax`` (rank correlation of the |gradient| maps with the logit's); figure path in
-    ``logit_vs_softmax.figure``.
+    ``logit_vs_softmax.<model>.<photo>``: ``p`` (top-1 probability), ``spearman_softmax`` (rank correlation
+    of the max-|gradient| maps of the softmax probability and of the logit); figure path in
+    ``logit_vs_softmax.figure``. The log-softmax gradient is the softmax's divided by p, the same map.
     ``choices``: ``figure``, ``model``, ``photo``: sign, channel aggregation and smoothing side by side.
 ``gallery/<photo>.webp``, ``fmnist/<model>.webp``, ``logit_vs_softmax.webp``, ``choices.webp``,
 ``parts/*.json`` (cached pieces).
@@ -52,7 +52,7 @@ from .overview import photo_ids
 
 STUDY = "saliency"
 NOISE_METHODS = ("smoothgrad", "smoothgrad_sq", "vargrad")
-CODE_VERSION = 2  # bump when what the study draws or records changes meaning
+CODE_VERSION = 3  # bump when what the study draws or records changes meaning
 MAPS_VERSION = 1  # bump when how maps are computed or cached changes meaning (invalidates .cache/attributions)
 
 # Per-study knobs; the defaults are the full profile's, sized so that the attribution studies fit the
@@ -370,36 +370,31 @@ def fmnist_part(profile: Profile, store: Store, names: list[str], timings: dict)
 
 
 def logit_vs_softmax(entries: dict, batches: dict, store: Store, photos: list[str]) -> dict:
-    """Gradients of the logit, the softmax probability and the log-probability, side by side."""
+    """Gradients of the logit and of the softmax probability, side by side. (The log-probability's
+    gradient is the softmax's divided by p: the same map, so it is not drawn.)"""
     import matplotlib.pyplot as plt
 
     from ..metrics import spearman
 
     out: dict = {}
-    outputs = ("logit", "softmax", "log_softmax")
     rows = []
     for name, entry in entries.items():
         b = batches[name].subset(len(photos))
         grads = {o: R.saliency_map(attribution.gradient(entry, b.x, b.targets, output=o), "sensitivity")
-                 for o in outputs}
-        out[name] = {}
-        for i, pid in enumerate(b.ids):
-            out[name][pid] = {
-                "p": round(float(b.probs[i]), 4),
-                "spearman_softmax": round(float(spearman(grads["logit"][i:i + 1], grads["softmax"][i:i + 1])[0]), 4),
-                "spearman_log_softmax": round(float(spearman(grads["logit"][i:i + 1],
-                                                             grads["log_softmax"][i:i + 1])[0]), 4),
-            }
-            rows.append((name, pid, b.x[i], {o: grads[o][i] for o in outputs}, float(b.probs[i])))
-    fig, axes = plt.subplots(len(rows), 4, figsize=(4 * 1.7, len(rows) * 1.75), squeeze=False)
-    for r, (name, pid, img, g, p) in enumerate(rows):
+                 for o in ("logit", "softmax")}
+        rho = spearman(grads["logit"], grads["softmax"])
+        out[name] = {pid: {"p": round(float(b.probs[i]), 4), "spearman_softmax": round(float(rho[i]), 4)}
+                     for i, pid in enumerate(b.ids)}
+        rows += [(name, pid, b.x[i], grads["logit"][i], grads["softmax"][i], float(b.probs[i]))
+                 for i, pid in enumerate(b.ids)]
+    fig, axes = plt.subplots(len(rows), 3, figsize=(3 * 1.8, len(rows) * 1.95), squeeze=False)
+    for r, (name, pid, img, g_logit, g_soft, p) in enumerate(rows):
         R.show_image(axes[r, 0], img, f"{name}\n{pid}, p = {p:.2f}", fontsize=7)
-        for c, o in enumerate(outputs, start=1):
-            label = {"logit": "∂ logit / ∂x", "softmax": "∂ softmax / ∂x", "log_softmax": "∂ log softmax / ∂x"}[o]
-            R.draw(axes[r, c], g[o], signed=False, title=label if r == 0 else "", fontsize=7)
-    fig.subplots_adjust(wspace=0.04, hspace=0.25)
+        R.draw(axes[r, 1], g_logit, signed=False, title="∂ logit / ∂x", fontsize=7)
+        R.draw(axes[r, 2], g_soft, signed=False, title="∂ softmax / ∂x", fontsize=7)
+    fig.subplots_adjust(wspace=0.04, hspace=0.4)
     rel = f"{STUDY}/logit_vs_softmax.webp"
-    store.write_figure(rel, fig, dpi=90)
+    store.write_figure(rel, fig, dpi=100)
     out["figure"] = rel
     return out
 
