@@ -121,10 +121,10 @@ def test_sanity_check_detects_randomization(fmnist_cnn_smoke):
     x = fashion_mnist.load("test")[0][:4]
     t = torch.tensor([0, 1, 2, 3])
     explain = {
-        "gradient": lambda net: R.saliency_map(A.gradient(net, x, t), "sensitivity"),
-        "edge_detector": lambda net: R.saliency_map(x, "positive"),
+        "gradient": lambda net: A.gradient(net, x, t),
+        "edge_detector": lambda net: x.clone(),
     }
-    result = M.sanity_curves(fmnist_cnn_smoke.model, explain, seed=0)
+    result = M.sanity_curves(fmnist_cnn_smoke.model, explain, {"gradient": "sensitivity"}, seed=0)
     grad, blind = result.curves["gradient"], result.curves["edge_detector"]
     assert result.units == [r["unit"] for r in grad] and len(result.first_maps["gradient"]) == len(grad) + 1
     assert [r["unit"] for r in grad][0] == "fc" and [r["unit"] for r in grad][-1] == "conv1"
@@ -136,11 +136,16 @@ def test_sanity_check_detects_randomization(fmnist_cnn_smoke):
 
 
 def test_similarities_by_hand():
-    a = torch.arange(64.0).view(1, 8, 8)
-    s = M.similarities(a, -a)
+    a = torch.arange(64.0).view(1, 1, 8, 8) - 20
+    s = M.similarities(a, -a, "signed")
+    assert np.allclose(s["spearman_signed"], -1) and np.allclose(s["ssim"], 1)
+    assert np.allclose(s["spearman_abs"], 1)
+    # a gradient is drawn as max |.| over channels: the sign flip is invisible there, not in the sum
+    g = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    s = M.similarities(g, -g, "sensitivity")
     assert np.allclose(s["spearman_abs"], 1) and np.allclose(s["spearman_signed"], -1)
-    assert np.allclose(M.ssim(a, a), 1)
-    assert np.isnan(M.spearman(torch.zeros(1, 8, 8), a)[0])
+    assert np.allclose(M.ssim(a[:, 0], a[:, 0]), 1)
+    assert np.isnan(M.spearman(torch.zeros(1, 8, 8), a[:, 0])[0])
 
 
 # -- rendering rules -----------------------------------------------------------------------------------

@@ -10,9 +10,10 @@ Randomization rule: every parameter tensor of a unit is redrawn, seeded, from a 
 tensor's own mean and standard deviation: scale kept, learnt structure gone. Buffers (batch-norm
 running statistics) are kept, so activations stay in range.
 
-Similarities per image, between 2-D maps (:func:`xai.render.maps.saliency_map`):
-* Spearman rank correlation of the absolute maps, and of the signed maps;
-* SSIM of the absolute maps, each scaled to [0, 1] by the renderer's clipping rule.
+Similarities per image (:func:`similarities`):
+* Spearman rank correlation of the absolute 2-D maps as drawn (:func:`xai.render.maps.saliency_map`),
+  and of the signed sums over channels;
+* SSIM of the absolute 2-D maps, each scaled to [0, 1] by the renderer's clipping rule.
 """
 from __future__ import annotations
 
@@ -109,12 +110,17 @@ def ssim(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
     return np.array(out)
 
 
-def similarities(original: torch.Tensor, randomized: torch.Tensor) -> dict[str, np.ndarray]:
-    """The three similarities of Adebayo et al. between ``[B, H, W]`` maps."""
+def similarities(original: torch.Tensor, randomized: torch.Tensor, kind: str = "signed") -> dict[str, np.ndarray]:
+    """The similarities of Adebayo et al. between the attributions ``[B, C, H, W]`` of a method of ``kind``:
+    ``spearman_abs`` and ``ssim`` on the method's 2-D map as drawn (absolute values), ``spearman_signed``
+    on the signed sum over channels (for a non-negative method the two Spearman values coincide)."""
+    from ..render.maps import aggregate, saliency_map
+
+    a, b = saliency_map(original, kind), saliency_map(randomized, kind)
     return {
-        "spearman_abs": spearman(original.abs(), randomized.abs()),
-        "spearman_signed": spearman(original, randomized),
-        "ssim": ssim(original, randomized),
+        "spearman_abs": spearman(a.abs(), b.abs()),
+        "spearman_signed": spearman(aggregate(original, "sum"), aggregate(randomized, "sum")),
+        "ssim": ssim(a, b),
     }
 
 
@@ -122,7 +128,7 @@ def similarities(original: torch.Tensor, randomized: torch.Tensor) -> dict[str, 
 class SanityResult:
     """``curves[method]``: one row per depth, ``{"unit", "depth", "spearman_abs": [...], ...}`` with one
     value per image (or ``"error"``); ``units``: the randomized units in order; ``first_maps[method]``:
-    the first image's map for the trained model and after each depth (for figures)."""
+    the first image's 2-D map for the trained model and after each depth (for figures)."""
 
     curves: dict[str, list[dict]]
     units: list[str]
@@ -130,25 +136,30 @@ class SanityResult:
 
 
 def sanity_curves(model: nn.Module, explain: dict[str, Callable[[nn.Module], torch.Tensor]],
-                  seed: int = 0) -> SanityResult:
-    """Similarity to the trained model's map at each randomization depth, per method.
+                  kinds: dict[str, str] | None = None, seed: int = 0) -> SanityResult:
+    """Similarity to the trained model's attributions at each randomization depth, per method.
 
-    ``explain`` maps a method name to ``f(model) -> [B, H, W]`` maps (the images and targets are the
-    caller's). A method that fails on a randomized model records the error for that depth rather than
+    ``explain`` maps a method name to ``f(model) -> [B, C, H, W]`` attributions (the images and targets
+    are the caller's); ``kinds`` gives each method's kind (:data:`xai.attribution.KINDS`, default
+    "signed"). A method that fails on a randomized model records the error for that depth rather than
     stopping the test.
     """
+    from ..render.maps import saliency_map
+
+    kinds = {name: (kinds or {}).get(name, "signed") for name in explain}
     originals = {name: f(model) for name, f in explain.items()}
-    result = SanityResult({name: [] for name in explain}, [], {name: [m[0]] for name, m in originals.items()})
+    result = SanityResult({name: [] for name in explain}, [],
+                          {name: [saliency_map(a[:1], kinds[name])[0]] for name, a in originals.items()})
     for depth, (unit, net) in enumerate(cascading_randomization(model, seed), start=1):
         result.units.append(unit)
         for name, f in explain.items():
             row: dict = {"unit": unit, "depth": depth}
             try:
-                maps = f(net)
-                sims = similarities(originals[name], maps)
+                attr = f(net)
+                sims = similarities(originals[name], attr, kinds[name])
                 row.update({k: [None if np.isnan(v) else round(float(v), 5) for v in vals]
                             for k, vals in sims.items()})
-                result.first_maps[name].append(maps[0])
+                result.first_maps[name].append(saliency_map(attr[:1], kinds[name])[0])
             except XaiError as e:
                 row["error"] = str(e)
                 result.first_maps[name].append(None)

@@ -53,7 +53,7 @@ from . import saliency
 from .saliency import Batch, all_maps, fmnist_batch, fmnist_indices, model_id, photo_batch
 
 STUDY = "faithfulness"
-CODE_VERSION = 2
+CODE_VERSION = 3
 METRICS = ("deletion_zero", "deletion_blur", "insertion_zero", "insertion_blur")
 BASELINE_ROWS = ("random", "centre")
 
@@ -197,9 +197,9 @@ def _sanity_of(entry: models.ModelEntry, b: Batch, names: list[str], profile: Pr
         except XaiError as e:
             not_applicable[name] = str(e)
             continue
-        explain[name] = (lambda net, m=m, opts=opts: R.saliency_map(m(net, b.x, b.targets, **opts), m.kind))
+        explain[name] = (lambda net, m=m, opts=opts: m(net, b.x, b.targets, **opts))
     start = time.perf_counter()
-    result = sanity_curves(entry.model, explain, seed=profile.seed)
+    result = sanity_curves(entry.model, explain, {n: attribution.get(n).kind for n in explain}, seed=profile.seed)
     methods = {}
     for name, rows in result.curves.items():
         methods[name] = {k: [None if "error" in r or all(v is None for v in r[k]) else
