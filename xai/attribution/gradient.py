@@ -29,14 +29,15 @@ def gradient_x_input(model, inputs: torch.Tensor, target: Target, *, output: str
     """Gradient times input (Shrikumar et al. 2016): the first-order Taylor term against a black image."""
     from captum.attr import InputXGradient
 
-    module, x, t = prepare(model, inputs, target)
-    return finish(InputXGradient(scorer(module, output)).attribute(x, target=t), inputs)
+    module, x, t = prepare(model, inputs, target)  # x is a detached copy: marking it does not touch inputs
+    return finish(InputXGradient(scorer(module, output)).attribute(x.requires_grad_(True), target=t), inputs)
 
 
 def _gradient(module: nn.Module, x: torch.Tensor, t: torch.Tensor, output: str) -> torch.Tensor:
     from captum.attr import Saliency
 
-    return Saliency(scorer(module, output)).attribute(x, target=t, abs=False)
+    # captum warns about inputs that do not require gradients; ours are fresh copies, so ask up front
+    return Saliency(scorer(module, output)).attribute(x.detach().requires_grad_(True), target=t, abs=False)
 
 
 def noise_gradient_moments(model, inputs: torch.Tensor, target: Target, *, samples: int = 32,
