@@ -92,7 +92,9 @@ class _Quiet(http.server.SimpleHTTPRequestHandler):
 
 class _Server(http.server.ThreadingHTTPServer):
     def handle_error(self, request, client_address):
-        pass  # a browser that navigates away mid-transfer (the root redirect) breaks the pipe; not an error
+        # A browser that navigates away mid-transfer (the root redirect) breaks the pipe; not an error.
+        if not issubclass(sys.exc_info()[0], (BrokenPipeError, ConnectionResetError)):
+            super().handle_error(request, client_address)
 
 
 @pytest.fixture(scope="session")
