@@ -3,6 +3,49 @@
 Pages stay declarative: they name artifacts and conditions; this extension reads ``book/_generated``
 at build time and emits the HTML. A missing artifact, a missing key or a claim that no longer holds
 is a build error at the page and line that asked for it (see ``data.py`` for the rules).
+
+Authoring reference (MyST)::
+
+    {res}`overview/photos.json:[id=coffee].predictions.efficientnet_lite0.0.p|.0%`   a value
+    {res}`len(photos)|,d`        an expression over names bound by {bind}, a claim or a figure's :let:
+
+    ```{bind}                    names for the rest of the page, one per line
+    sal = saliency/results.json
+    inet = sal["imagenet"]
+    ```
+
+    :::{claim}                   must hold, or the build fails with the values that broke it
+    :let: t = inet["targets"]; wrong = [p for m in t for p in t[m] if t[m][p]["correct"] is False]
+    :when: len(wrong) >= 1
+    Prose with {res}`wrong|list`.
+    :::
+
+    ::::{cases}                  results that may go either way: exactly one case must hold
+    :::{case}
+    :when: x > 0.5
+    ...
+    :::
+    :::{case}
+    :when: x <= 0.5
+    ...
+    :::
+    ::::
+
+    ```{xai-figure} saliency/choices.webp        one image (:alt: required, :width: text|page|screen)
+    ```{xai-explorer}            records -> image grid with controls: :data: (list of objects; a
+                                 reference or an expression), :image: (key, default image), :alt: and
+                                 :note: (str.format templates over a record), :select: keys (pickers),
+                                 :slider: keys, :columns: / :rows: keys, :where:, :let:, :axis-labels:
+    ```{xai-channels}            channel grid; hover/focus enlarges with :exemplars: (list of paths)
+    ```{xai-table}               :data: records, :columns: key=Header|fmt, expr=Header|fmt
+    ```{generated} overview/models.md            a Markdown snippet a study wrote
+    ```{study} saliency          provenance note (or "not computed" when the study is not registered)
+    ```{byline}  ```{profiles-table}  ```{environment-table}
+
+Formats after ``|``: any Python format spec (``.3f``, ``.1%``, ``,d``), ``list`` ("a, b and c"),
+``count`` (length), ``?yes:no``. Expressions are Python without attribute access or dunders, with
+``len min max sum mean median sorted items keys values argmax argmin isclose round abs all any ...``.
+Each figure, table and claim's caption is MyST, so captions can hold ``{res}`` and ``{cite:p}``.
 """
 from __future__ import annotations
 
