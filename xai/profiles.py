@@ -39,6 +39,10 @@ PROFILES: dict[str, Profile] = {
             "misclassification": {"mean_images": 32},
             "counterfactual": {"fmnist_cases": 6},
             "cleverhans": {"attribution_images": 64, "spray_images": 200},
+            "featvis": {"size": 96, "grid_steps": 64, "grid_channels": 8, "grid_layers": 4, "class_steps": 96,
+                        "class_samples": 2, "ladder_steps": 96, "progress_steps": [0, 16, 48, 96, 192],
+                        "photo_count": 2, "photo_steps": 48, "fmnist_steps": 96, "fmnist_channels": 8,
+                        "fmnist_class_samples": 2, "exemplar_images": 2000},
         },
     ),
     "smoke": Profile(
@@ -69,6 +73,10 @@ PROFILES: dict[str, Profile] = {
             "cleverhans": {"budget": "smoke", "sets": ["clean", "square"], "fraction": 1.0, "test_images": 2000,
                            "attribution_images": 16, "spray_images": 100,
                            "methods": {"gradient": {}, "integrated_gradients": {"steps": 4}, "grad_cam": {}}},
+            "featvis": {"size": 32, "grid_steps": 3, "grid_channels": 4, "grid_layers": 2, "class_steps": 3,
+                        "class_samples": 2, "max_classes": 2, "ladder_classes": 2, "ladder_steps": 4,
+                        "progress_steps": [0, 2, 4], "photo_count": 1, "photo_steps": 4, "fmnist_steps": 3,
+                        "fmnist_channels": 4, "fmnist_class_samples": 1, "exemplar_images": 256, "exemplars": 4},
         },
     ),
 }

@@ -68,11 +68,13 @@ class Jitter(Transform):
         h, w = x.shape[2] - self.d, x.shape[3] - self.d
         if h < 1 or w < 1:
             raise XaiError(f"cannot jitter a {x.shape[2]}x{x.shape[3]} image by {self.d} pixels")
-        crops = []
-        for i, g in enumerate(gens):
-            dy, dx = (int(v) for v in torch.randint(self.d + 1, (2,), generator=g))
-            crops.append(x[i, :, dy:dy + h, dx:dx + w])
-        return torch.stack(crops)
+        offsets = torch.stack([torch.randint(self.d + 1, (2,), generator=g) for g in gens]).to(x.device)
+        # One gather for the whole batch: per-image slices would each allocate a full-batch gradient.
+        rows = (offsets[:, 0, None] + torch.arange(h, device=x.device))[:, None, :, None]
+        cols = (offsets[:, 1, None] + torch.arange(w, device=x.device))[:, None, None, :]
+        batch = torch.arange(x.shape[0], device=x.device)[:, None, None, None]
+        chans = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
+        return x[batch, chans, rows, cols]
 
 
 class Warp(Transform):

@@ -22,6 +22,7 @@ STUDIES: dict[str, str] = {
     "misclassification": "xai.studies.misclassification",
     "counterfactual": "xai.studies.counterfactual",
     "cleverhans": "xai.studies.cleverhans",
+    "featvis": "xai.studies.featvis",
 }
 
 

@@ -1,0 +1,117 @@
+"""The feature-visualization study on the smoke profile, into a temporary store; and the engine on a
+trained (smoke-budget) Fashion-MNIST model."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from xai import models, profiles
+from xai.featvis import objectives as O, param as P, render
+from xai.render.store import Store
+from xai.studies import STUDIES, featvis
+
+
+def test_class_visualizations_of_a_trained_model_reach_their_class():
+    entry = models.load("fmnist_cnn", budget="smoke", progress=False)
+    classes = list(range(entry.num_classes))
+    r = render(entry.model, O.class_logit(classes), P.FFTParam(10, 1, 28, seed=0), (), steps=64, seed=0)
+    with torch.no_grad():
+        top1 = entry.model(r.images.to(entry.device)).argmax(-1).cpu()
+    assert (top1 == torch.tensor(classes)).sum() >= 9, top1.tolist()
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    root = tmp_path_factory.mktemp("featvis")
+    profile = profiles.get("smoke")
+    store = Store(root, profile.name)
+    summary = featvis.run(profile, store)
+    return profile, store, summary
+
+
+def test_registered():
+    assert STUDIES["featvis"] == "xai.studies.featvis"
+
+
+def test_smoke_study_writes_every_section(smoke):
+    profile, store, summary = smoke
+    res = store.read_json("featvis/results.json")
+    for key in ("settings", "grids", "classes", "transfer", "ladder", "progress", "photo_start", "objective",
+                "fmnist", "quality", "timing"):
+        assert key in res, key
+    assert set(res["grids"]) == set(profile.imagenet_models) | set(profile.fmnist_models)
+    opts = profile.options["featvis"]
+    for name, grid in res["grids"].items():
+        assert len(grid["layers"]) == opts["grid_layers"]
+        for row in grid["layers"]:
+            assert len(row["channels"]) == len(row["images"]) == len(row["values"]) == opts[
+                "grid_channels" if grid["family"] == "imagenet" else "fmnist_channels"]
+            # Channels are the most active ones, in decreasing order of activity.
+            assert row["activity"] == sorted(row["activity"], reverse=True)
+            assert all(math.isfinite(v) for v in row["values"])
+            if grid["family"] == "fmnist":
+                assert len(row["exemplars"]) == len(row["channels"])
+                for acts in row["exemplar_activations"]:
+                    assert acts == sorted(acts, reverse=True) and len(acts) == opts["exemplars"]
+    lite0 = profile.imagenet_models[0]
+    n_classes = len(res["classes"]["classes"])
+    assert len(res["classes"]["images"][lite0]) == n_classes * opts["class_samples"]
+    assert len(res["transfer"]["rows"]) == n_classes * opts["class_samples"]
+    assert set(res["transfer"]["rows"][0]["eval"]) == set(profile.imagenet_models)
+    assert [r["id"] for r in res["ladder"]["rungs"]] == ["none", "l2", "tv_blur", "fft", "transforms", "all",
+                                                          "default"]
+    assert [r["id"] for r in res["objective"]["rows"]] == ["logit", "softmax"]
+    assert [f["step"] for f in res["progress"]["units"][0]["frames"]] == opts["progress_steps"]
+    variants = [v["id"] for v in res["photo_start"]["photos"][0]["variants"]]
+    assert variants[:2] == ["noise_class", "photo_class"] and len(variants) == 4
+    for name in profile.fmnist_models:
+        assert len(res["fmnist"][name]["classes"]["images"]) == 10 * opts["fmnist_class_samples"]
+    assert res["quality"]["bar"] == 0.9 and lite0 in res["quality"]["own_top1_rate"]
+    assert summary["jobs"] == len(res["timing"]["jobs"]) and summary["cached_jobs"] == 0
+    # Every image path named anywhere in the results exists.
+    paths = [v for v in _strings(res) if v.endswith(".png")]
+    assert paths and all(store.path(p).is_file() for p in paths)
+
+
+def test_progress_step_equals_the_ladder_default_rung(smoke):
+    """The progress run and the ladder's default rung share classes and seeds: the same image at that step."""
+    _, store, _ = smoke
+    res = store.read_json("featvis/results.json")
+    steps = res["ladder"]["steps"]
+    default = next(r for r in res["ladder"]["rungs"] if r["id"] == "default")
+    for unit, path in zip(res["progress"]["units"], default["images"]):
+        frame = next(f for f in unit["frames"] if f["step"] == steps)
+        a, b = featvis.read_png(store, frame["path"]), featvis.read_png(store, path)
+        assert (a - b).abs().max() <= 2 / 255
+
+
+def test_rerun_reads_the_cache_and_a_changed_knob_reruns_only_its_jobs(smoke):
+    profile, store, _ = smoke
+    again = featvis.run(profile, store)
+    assert again["cached_jobs"] == again["jobs"]
+    changed = profiles.with_options(profile, featvis={**profile.options["featvis"], "ladder_steps": 3})
+    third = featvis.run(changed, store)
+    jobs = store.read_json("featvis/results.json")["timing"]["jobs"]
+    rerun = sorted(j["name"] for j in jobs if not j["cached"])
+    assert rerun == ["featvis/ladder/static", "featvis/ladder/transforms"]
+    assert third["jobs"] - third["cached_jobs"] == 2
+
+
+def _strings(obj):
+    if isinstance(obj, str):
+        yield obj
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            yield from _strings(v)
+    elif isinstance(obj, list):
+        for v in obj:
+            yield from _strings(v)
+
+
+def test_results_json_is_plain_json(smoke):
+    _, store, _ = smoke
+    text = store.path("featvis/results.json").read_text()
+    assert "NaN" not in text and json.loads(text)

@@ -1,0 +1,721 @@
+"""Chapter: feature visualization. What do units and classes of our models respond to most?
+
+Every image is rendered by :mod:`xai.featvis` (batched activation maximization, one image per unit).
+Unless a section says otherwise the settings are the engine's defaults: a colour-decorrelated Fourier
+parameterization (1/f scaling), Lucid's standard transforms (pad, jitter, scale, rotate) ending at the
+render size, Adam at learning rate 0.05, no penalties; the number of steps is a profile knob
+(``<section>_steps``) chosen to fit the time budget. Each rendering job is cached under a key of
+everything that determines it (weights, units, seeds, settings, code version), so a rerun only redoes
+what changed. Class visualizations are judged on the saved 8-bit PNG, as the reader sees it, at the
+render size (``evaluation_size``: what was optimized), and again resized to each model's input size.
+
+Artifacts (under ``featvis/``; ``<m>`` a model, ``<layer>`` a dotted layer name, ``<c>`` a class index):
+
+``results.json``
+    ``settings``: ``size`` (ImageNet render px), ``fmnist_size``, ``lr``, ``param`` (text), ``transforms``
+    (text), ``<section>_steps``, ``seed``, ``channel_rule`` (text).
+    ``grids.<m>``: ``family``, ``channel_rule``, ``layers`` (list, shallow to deep) of ``layer``,
+    ``channels`` (rendered channel indices, in image order), ``activity`` (each channel's mean activation
+    on the selection images), ``values`` (each rendering's final objective: the channel's spatial mean,
+    untransformed), ``start_values`` (the same at step 0), ``images`` (PNG paths, one per channel),
+    ``montage`` (one PNG, channels row-major, 8 per row), ``seconds``, ``ms_per_image_step``; for
+    Fashion-MNIST models also ``exemplars`` (per channel: PNG strip of the top-9 test images, 28 px each)
+    and ``exemplar_indices`` / ``exemplar_activations`` (per channel, top first).
+    ``classes``: ``render_models``, ``classes`` (list of ``index``, ``name``, ``photos``), ``samples``,
+    ``diversity`` (``weight``, ``layer`` per model), ``images.<m>`` (list of ``class``, ``name``,
+    ``sample``, ``path``, ``value``), ``montage.<m>`` (rows: classes; columns: samples), ``own_top1_rate.<m>``,
+    ``unregularized.<m>`` (one unregularized rendering per class: raw sigmoid pixels, no transforms:
+    ``images`` as above, ``own_top1_rate``, ``transfer_top1_rate.<eval model>``).
+    ``transfer``: ``models`` (evaluating models), ``evaluation_size``, ``rows`` (one per class
+    visualization: ``path``, ``render_model``, ``class``, ``name``, ``eval.<m>``: ``top1`` (index),
+    ``top1_name``, ``top1_p``, ``target_rank`` (1 = top-1), ``top5`` (bool), ``target_p``,
+    ``top1_at_input_size`` (bool)), ``summary.<render m>.<eval m>``: ``top1_rate``, ``top5_rate``,
+    ``mean_target_p``, ``top1_rate_at_input_size``, ``n``.
+    ``ladder``: ``render_model``, ``classes``, ``steps``, ``seeds`` (one per class, shared by every rung),
+    ``rungs`` (list of ``id``, ``label``, ``param``, ``transforms``, ``penalties``, ``images`` (one per
+    class), ``values``, ``own_top1_rate``, ``own_target_p`` (list), ``transfer_top1_rate.<m>``).
+    ``progress``: ``render_model``, ``steps`` (snapshot steps), ``units`` (list of ``class``, ``name``,
+    ``frames``: list of ``step``, ``path``, ``value`` (objective), ``target_p``).
+    ``photo_start``: ``render_model``, ``steps``, ``snapshot_steps``, ``dream_layers``, ``photos`` (list of
+    ``id``, ``class``, ``name``, ``photo`` (PNG of the start image), ``variants``: list of ``id``
+    (``noise_class`` | ``photo_class`` | ``dream_<layer>``), ``label``, ``path``, ``value``, ``target_p``,
+    ``snapshots`` (``{step: path}``)).
+    ``objective``: logit vs softmax probability: ``render_model``, ``classes``, ``rows`` (list of ``id``
+    (``logit`` | ``softmax``), ``images``, ``own_top1_rate``, ``own_target_p``, ``mean_logit`` (the
+    target's logit on the final images), ``transfer_top1_rate.<m>``).
+    ``fmnist.<m>``: ``test_accuracy``, ``classes`` (``images``: list of ``class``, ``name``, ``sample``,
+    ``path``, ``value``; ``montage``; ``own_top1_rate``).
+    ``quality``: ``bar`` (0.9), ``render_models``, ``own_top1_rate.<m>`` (class visualizations with the
+    default settings), ``passed`` (every rendering model at or above the bar), ``transfer_top1_rate.<render
+    m>.<eval m>``, ``unregularized_own_top1_rate.<m>``, ``unregularized_transfer_top1_rate.<render
+    m>.<eval m>``.
+    ``timing``: ``seconds`` (this run, cached jobs cost ~0), ``render_seconds`` (sum of all jobs' own
+    rendering times, cached or not), ``image_steps``, ``ms_per_image_step`` (``<m>``: for the jobs at the
+    ImageNet render size through the whole model), ``jobs`` (list of ``name``, ``images``, ``steps``,
+    ``seconds``, ``ms_per_image_step``, ``cached``).
+PNG files: ``imagenet/<m>/grid/<layer>/c<ch>.png``, ``imagenet/<m>/grid/<layer>.png`` (montage),
+``imagenet/<m>/classes/<c>_<s>.png``, ``imagenet/<m>/classes.png``, ``imagenet/<m>/unregularized/<c>.png``,
+``ladder/<rung>/<c>.png``, ``progress/<c>/step<k>.png``, ``photo/<photo>/start.png``,
+``photo/<photo>/<variant>.png``, ``photo/<photo>/<variant>/step<k>.png``, ``objective/<logit|softmax>/<c>.png``,
+``fmnist/<m>/grid/<layer>/c<ch>.png``, ``fmnist/<m>/grid/<layer>.png``, ``fmnist/<m>/exemplars/<layer>/c<ch>.png``,
+``fmnist/<m>/classes/<c>_<s>.png``, ``fmnist/<m>/classes.png``; ``jobs/*.json`` are the cache records.
+"""
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .. import featvis, models
+from ..data import fashion_mnist, images
+from ..featvis import Penalties, Rendering
+from ..featvis import objectives as O
+from ..featvis import param as P
+from ..featvis import transforms as T
+from ..errors import XaiError
+from ..layers import capture, num_prefix_tokens
+from ..profiles import Profile
+from ..render.store import Store, cache_key
+from .overview import photo_ids
+from .saliency import load, model_id
+
+STUDY = "featvis"
+ROOT = "featvis"
+CODE_VERSION = 1
+QUALITY_BAR = 0.9
+
+DEFAULTS = {
+    "size": 128,  # ImageNet render size (px)
+    "batch": 64,  # most images in one optimization (memory bound)
+    "grid_steps": 128,
+    "grid_channels": 16,
+    "grid_layers": None,  # None: every layer of interest of the entry
+    "class_steps": 128,
+    "class_samples": 3,
+    "max_classes": 12,  # None: every labelled class of the profile's photos (15 in the manifest)
+    "class_models": None,  # ImageNet models that render class visualizations; None: the profile's first
+    # Weight of the diversity term between the samples of a class. Measured on lite0 (2 classes x 3
+    # samples, 96 steps): 0 -> mean Gram similarity 0.70, 5 -> 0.43, 20 -> 0.17, all still top-1.
+    "diversity": 10.0,
+    "unregularized": True,  # also render every class once without any regularization (the contrast)
+    "ladder_classes": 3,
+    "ladder_steps": 128,
+    "progress_steps": [0, 16, 64, 256, 512],
+    "photo_count": 3,  # labelled photos (of the profile) for the noise-vs-photo start
+    "photo_steps": 128,
+    "dream_layers": [2, 3],  # positions in the entry's layers of interest for DeepDream
+    "fmnist_steps": 128,
+    "fmnist_channels": 16,
+    "fmnist_class_samples": 3,
+    "exemplar_images": None,  # Fashion-MNIST test images scanned for channel selection and exemplars; None: all
+    "exemplars": 9,
+}
+
+# Penalty weights of the ladder, relative to a class logit (tens): each visibly changes the image.
+LADDER_PENALTIES = {"l2": 30.0, "tv": 30.0, "blur": 300.0}
+MONTAGE_COLUMNS = 8
+
+
+def option(profile: Profile, key: str):
+    return profile.option(STUDY, key, DEFAULTS[key])
+
+
+# -- images in and out ------------------------------------------------------------------------------
+def png(img: torch.Tensor) -> bytes:
+    from PIL import Image
+
+    a = (img.detach().float().cpu().clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+    im = Image.fromarray(a[0] if a.shape[0] == 1 else a.transpose(1, 2, 0))
+    buf = io.BytesIO()
+    im.save(buf, format="PNG", optimize=True)
+    return buf.getvalue()
+
+
+def read_png(store: Store, rel: str) -> torch.Tensor:
+    from PIL import Image
+
+    a = np.asarray(Image.open(store.path(rel)), dtype=np.float32) / 255
+    return torch.from_numpy(a[None] if a.ndim == 2 else a.transpose(2, 0, 1).copy())
+
+
+def _pngs(store: Store, paths: Sequence[str]) -> torch.Tensor:
+    return torch.stack([read_png(store, p) for p in paths])
+
+
+def montage(tiles: Sequence[torch.Tensor], columns: int, gap: int = 2) -> torch.Tensor:
+    """Tiles ``[C, h, w]`` row-major on a white background."""
+    c, h, w = tiles[0].shape
+    rows = -(-len(tiles) // columns)
+    out = torch.ones(c, rows * (h + gap) - gap, columns * (w + gap) - gap)
+    for k, t in enumerate(tiles):
+        r, q = divmod(k, columns)
+        out[:, r * (h + gap):r * (h + gap) + h, q * (w + gap):q * (w + gap) + w] = t
+    return out
+
+
+def square_crop(img: torch.Tensor, size: int) -> torch.Tensor:
+    """Shorter side resized to ``size``, centre-cropped to a square."""
+    s = size / min(img.shape[1:])
+    x = F.interpolate(img[None].float(), scale_factor=s, mode="bilinear", antialias=True, align_corners=False)[0]
+    top, left = (x.shape[1] - size) // 2, (x.shape[2] - size) // 2
+    return x[:, top:top + size, left:left + size].clamp(0, 1).contiguous()
+
+
+# -- rendering jobs ---------------------------------------------------------------------------------
+class Jobs:
+    """Runs rendering jobs through the store: a job whose key is unchanged is read back, not rerun."""
+
+    def __init__(self, store: Store):
+        self.store = store
+        self.log: list[dict] = []
+
+    def run(self, name: str, spec: dict, paths: list[str], compute: Callable[[], Rendering], *,
+            model=None, objective: O.Objective | None = None,
+            snapshot_path: Callable[[int, int], str] | None = None) -> dict:
+        rel = f"{ROOT}/jobs/{name.replace('/', '__')}.json"
+        key = cache_key(STUDY, CODE_VERSION, name, spec)
+        if self.store.fresh(rel, key):
+            rec = self.store.read_json(rel)
+            wanted = rec["images"] + [p for ps in rec["snapshots"].values() for p in ps]
+            if all(self.store.path(p).exists() for p in wanted):
+                self.log.append(self._entry(name, rec, cached=True))
+                return rec
+        r = compute()
+        if len(paths) != r.images.shape[0]:
+            raise AssertionError(f"job {name}: {len(paths)} paths for {r.images.shape[0]} images")
+        for img, p in zip(r.images, paths):
+            self.store.write_bytes(p, png(img))
+        snaps, snap_values = {}, {}
+        for step, imgs in sorted(r.snapshots.items()):
+            sp = [snapshot_path(step, i) for i in range(imgs.shape[0])] if snapshot_path else []
+            for img, p in zip(imgs, sp):
+                self.store.write_bytes(p, png(img))
+            snaps[str(step)] = sp
+            if model is not None and objective is not None:
+                snap_values[str(step)] = _floats(featvis.evaluate(model, objective, imgs))
+        n = r.images.shape[0]
+        rec = {"name": name, "images": paths, "values": _floats(r.values), "snapshots": snaps,
+               "snapshot_values": snap_values, "steps": r.steps, "n": n, "seconds": round(r.seconds, 3),
+               "ms_per_image_step": round(1000 * r.seconds / max(1, n * r.steps), 3), "spec": spec}
+        self.store.write_json(rel, rec, key)
+        self.log.append(self._entry(name, rec, cached=False))
+        return rec
+
+    @staticmethod
+    def _entry(name: str, rec: dict, cached: bool) -> dict:
+        return {"name": name, "images": rec["n"], "steps": rec["steps"], "seconds": rec["seconds"],
+                "ms_per_image_step": rec["ms_per_image_step"], "cached": cached}
+
+
+def _floats(t: torch.Tensor) -> list[float]:
+    return [round(float(v), 5) for v in t.flatten()]
+
+
+def default_transforms(size: int) -> T.Compose:
+    """Lucid's standard set, ending at the render size (so fixed-size models such as the ViT take it)."""
+    return T.standard(size, out_size=size)
+
+
+def _chunks(n: int, size: int) -> list[range]:
+    return [range(i, min(n, i + size)) for i in range(0, n, size)]
+
+
+def _render_chunked(entry, make_objective: Callable[[list[int]], O.Objective],
+                    make_param: Callable[[list[int]], P.ImageParam], transforms, steps: int, seeds: list[int],
+                    batch: int, **kw) -> Rendering:
+    """Render images in chunks of at most ``batch`` (per-image seeds make the split invisible)."""
+    parts = []
+    for chunk in _chunks(len(seeds), batch):
+        idx = list(chunk)
+        parts.append(featvis.render(entry.model, make_objective(idx), make_param(idx), transforms, steps,
+                                    seed=[seeds[i] for i in idx], **kw))
+    if len(parts) == 1:
+        return parts[0]
+    return Rendering(images=torch.cat([p.images for p in parts]), values=torch.cat([p.values for p in parts]),
+                     history=torch.cat([p.history for p in parts], dim=1),
+                     snapshots={s: torch.cat([p.snapshots[s] for p in parts]) for s in parts[0].snapshots},
+                     seconds=sum(p.seconds for p in parts), steps=steps)
+
+
+# -- classification of rendered images ------------------------------------------------------------
+@torch.no_grad()
+def probabilities(entry: models.ModelEntry, x: torch.Tensor, at_input_size: bool = False) -> torch.Tensor:
+    """Softmax of ``entry`` on images ``x`` at their own size, or resized to the model's input size."""
+    if at_input_size:
+        x = F.interpolate(x.float(), size=entry.input_size[1:], mode="bilinear", antialias=True, align_corners=False)
+    out = []
+    for chunk in torch.split(x, 32):
+        out.append(entry.model(chunk.to(entry.device)).softmax(-1).float().cpu())
+    return torch.cat(out)
+
+
+def classify(entry: models.ModelEntry, x: torch.Tensor, targets: Sequence[int]) -> list[dict]:
+    """Per image: top-1, the target's rank and probability, top-5 membership, top-1 at input size."""
+    p = probabilities(entry, x)
+    p_in = probabilities(entry, x, at_input_size=True)
+    rows = []
+    for k, t in enumerate(targets):
+        rank = int((p[k] > p[k, t]).sum()) + 1
+        top = int(p[k].argmax())
+        rows.append({"top1": top, "top1_name": entry.class_names[top], "top1_p": round(float(p[k, top]), 4),
+                     "target_rank": rank, "top5": rank <= 5, "target_p": round(float(p[k, t]), 4),
+                     "top1_at_input_size": int(p_in[k].argmax()) == t})
+    return rows
+
+
+def _rate(flags: Sequence[bool]) -> float | None:
+    return round(float(np.mean(flags)), 4) if len(flags) else None
+
+
+# -- the study ----------------------------------------------------------------------------------------
+def run(profile: Profile, store: Store) -> dict:
+    start = time.perf_counter()
+    jobs = Jobs(store)
+    size = option(profile, "size")
+    results: dict = {"settings": _settings(profile)}
+    imagenet = {name: load(name, profile) for name in profile.imagenet_models}
+    class_list = _class_list(profile)
+    render_models = option(profile, "class_models") or list(profile.imagenet_models[:1])
+    for name in render_models:
+        if name not in imagenet:
+            raise XaiError(f"featvis class_models {name!r} is not among the profile's ImageNet models")
+    primary = imagenet[render_models[0]]
+
+    results["grids"] = {}
+    photos = photo_ids(profile)
+    for name, entry in imagenet.items():
+        results["grids"][name] = imagenet_grids(entry, photos, profile, jobs)
+    results["classes"] = class_visualizations(imagenet, render_models, class_list, profile, jobs)
+    results["transfer"] = transfer(imagenet, results["classes"], store)
+    results["ladder"], results["objective"] = ladder(primary, imagenet, class_list, profile, jobs, store)
+    results["progress"] = progress(primary, class_list, profile, jobs, store)
+    results["photo_start"] = photo_start(primary, profile, jobs, store)
+
+    results["fmnist"] = {}
+    if profile.fmnist_models:
+        x_test, y_test = fashion_mnist.load("test")
+        limit = option(profile, "exemplar_images")
+        x_scan = x_test if limit is None else x_test[:limit]
+        for name in profile.fmnist_models:
+            entry = load(name, profile)
+            results["grids"][name] = fmnist_grids(entry, x_scan, profile, jobs, store)
+            results["fmnist"][name] = fmnist_classes(entry, profile, jobs, store)
+
+    results["quality"] = _quality(results)
+    results["timing"] = _timing(jobs, time.perf_counter() - start, size, render_models, profile)
+    store.write_json(f"{ROOT}/results.json", results)
+    q = results["quality"]
+    return {"own_top1_rate": q["own_top1_rate"], "passed": q["passed"],
+            "transfer_top1_rate": q["transfer_top1_rate"],
+            "unregularized_own_top1_rate": q["unregularized_own_top1_rate"],
+            "render_seconds": results["timing"]["render_seconds"], "jobs": len(jobs.log),
+            "cached_jobs": sum(j["cached"] for j in jobs.log)}
+
+
+def _settings(profile: Profile) -> dict:
+    s = {k: option(profile, k) for k in DEFAULTS}
+    return {**s, "fmnist_size": 28, "lr": featvis.DEFAULT_LR, "seed": profile.seed,
+            "param": "Fourier spectrum scaled by 1/f, ImageNet colour decorrelation, sigmoid (Olah et al. 2017)",
+            "transforms": repr(default_transforms(s["size"])),
+            "channel_rule": ("the channels with the highest mean activation (averaged over positions and over the "
+                             "profile's photos, ImageNet; over the scanned test images, Fashion-MNIST)")}
+
+
+def _class_list(profile: Profile) -> list[dict]:
+    """The labelled ImageNet classes of the profile's photos, in manifest order, each once."""
+    seen: dict[int, dict] = {}
+    for pid in photo_ids(profile):
+        p = images.photo(pid)
+        if p.label is None:
+            continue
+        seen.setdefault(p.label, {"index": p.label, "name": p.label_name, "photos": []})["photos"].append(pid)
+    classes = list(seen.values())
+    limit = option(profile, "max_classes")
+    return classes if limit is None else classes[:limit]
+
+
+# -- (1) per-layer grids -------------------------------------------------------------------------------
+@torch.no_grad()
+def channel_activity(entry: models.ModelEntry, x: torch.Tensor, layers: list[str], batch: int = 64) -> dict:
+    """Per layer, ``[N, C]``: each image's spatial-mean activation of each channel."""
+    out: dict[str, list[torch.Tensor]] = {layer: [] for layer in layers}
+    for chunk in torch.split(x, batch):
+        acts, _ = capture(entry.model, chunk.to(entry.device), layers, truncate=True)
+        a = O.Activations(acts, None, _prefix(entry))
+        for layer in layers:
+            out[layer].append(a.layer(layer).mean((2, 3)).float().cpu())
+    return {layer: torch.cat(v) for layer, v in out.items()}
+
+
+def _prefix(entry: models.ModelEntry) -> int:
+    return num_prefix_tokens(entry.model)
+
+
+def _grid_layers(entry: models.ModelEntry, profile: Profile) -> list[str]:
+    limit = option(profile, "grid_layers")
+    layers = list(entry.layers)
+    if limit is None or limit >= len(layers):
+        return layers
+    # Evenly spread over the entry's layers, always keeping the first and the last.
+    picks = np.linspace(0, len(layers) - 1, limit).round().astype(int)
+    return [layers[i] for i in dict.fromkeys(picks.tolist())]
+
+
+def _grid(entry, layers, activity, k, size, channels_in, steps, profile, jobs, prefix) -> list[dict]:
+    rows = []
+    mean = {layer: activity[layer].mean(0) for layer in layers}
+    for li, layer in enumerate(layers):
+        order = torch.argsort(mean[layer], descending=True)[:k].tolist()
+        seeds = [profile.seed + 1000 * li + c for c in order]
+        paths = [f"{prefix}/grid/{layer}/c{c}.png" for c in order]
+        spec = {"model": model_id(entry), "layer": layer, "channels": order, "size": size, "steps": steps,
+                "seeds": seeds, "transforms": repr(default_transforms(size))}
+        objective = O.channel(layer, order)
+        rec = jobs.run(f"{prefix}/grid/{layer}", spec, paths, lambda: _render_chunked(
+            entry, lambda idx: O.channel(layer, [order[i] for i in idx]),
+            lambda idx: P.FFTParam(len(idx), channels_in, size, seed=[seeds[i] for i in idx]),
+            default_transforms(size), steps, seeds, option(profile, "batch"), snapshots=(0,)),
+            model=entry.model, objective=objective)
+        mont = f"{prefix}/grid/{layer}.png"
+        jobs.store.write_bytes(mont, png(montage([read_png(jobs.store, p) for p in paths], MONTAGE_COLUMNS)))
+        rows.append({"layer": layer, "channels": order, "activity": _floats(mean[layer][order]),
+                     "values": rec["values"], "start_values": rec["snapshot_values"].get("0", []),
+                     "images": paths, "montage": mont, "seconds": rec["seconds"],
+                     "ms_per_image_step": rec["ms_per_image_step"]})
+    return rows
+
+
+def imagenet_grids(entry: models.ModelEntry, photos: list[str], profile: Profile, jobs: Jobs) -> dict:
+    layers = _grid_layers(entry, profile)
+    x = torch.stack([entry.prepare(images.load(pid)) for pid in photos])
+    activity = channel_activity(entry, x, layers)
+    size = option(profile, "size")
+    rows = _grid(entry, layers, activity, option(profile, "grid_channels"), size, 3, option(profile, "grid_steps"),
+                 profile, jobs, f"{ROOT}/imagenet/{entry.name}")
+    return {"family": entry.family, "selection_images": photos,
+            "channel_rule": "highest mean activation over the profile's photos", "layers": rows}
+
+
+def fmnist_grids(entry: models.ModelEntry, x_scan: torch.Tensor, profile: Profile, jobs: Jobs,
+                 store: Store) -> dict:
+    layers = _grid_layers(entry, profile)
+    activity = channel_activity(entry, x_scan, layers)
+    prefix = f"{ROOT}/fmnist/{entry.name}"
+    rows = _grid(entry, layers, activity, option(profile, "fmnist_channels"), entry.input_size[1], 1,
+                 option(profile, "fmnist_steps"), profile, jobs, prefix)
+    n_ex = option(profile, "exemplars")
+    for row in rows:
+        strips, idxs, acts = [], [], []
+        for c in row["channels"]:
+            a = activity[row["layer"]][:, c]
+            top = torch.argsort(a, descending=True)[:n_ex]
+            rel = f"{prefix}/exemplars/{row['layer']}/c{c}.png"
+            store.write_bytes(rel, png(montage(list(x_scan[top]), len(top), gap=1)))
+            strips.append(rel)
+            idxs.append(top.tolist())
+            acts.append(_floats(a[top]))
+        row.update({"exemplars": strips, "exemplar_indices": idxs, "exemplar_activations": acts})
+    return {"family": entry.family, "selection_images": int(x_scan.shape[0]),
+            "channel_rule": "highest mean activation over the scanned Fashion-MNIST test images",
+            "exemplar_rule": "the test images with the highest spatial-mean activation of the channel",
+            "layers": rows}
+
+
+# -- (2) class visualizations --------------------------------------------------------------------------
+def _diversity_layer(entry: models.ModelEntry) -> str:
+    return entry.layers[len(entry.layers) // 2]
+
+
+def render_classes(entry: models.ModelEntry, targets: list[int], samples: int, size: int, steps: int,
+                   seed: int, profile: Profile, jobs: Jobs, prefix: str, channels_in: int = 3) -> dict:
+    """``samples`` images per class, kept apart by a diversity term within each class; one job."""
+    n = len(targets) * samples
+    cls = [t for t in targets for _ in range(samples)]
+    group = [k for k in range(len(targets)) for _ in range(samples)]
+    seeds = [seed + 10 * t + s for t in targets for s in range(samples)]
+    weight = option(profile, "diversity") if samples > 1 else 0.0
+    layer = _diversity_layer(entry)
+    paths = [f"{prefix}/classes/{t}_{s}.png" for t in targets for s in range(samples)]
+    spec = {"model": model_id(entry), "classes": targets, "samples": samples, "size": size, "steps": steps,
+            "seeds": seeds, "diversity": weight, "layer": layer, "transforms": repr(default_transforms(size))}
+    # Diversity couples the samples of a class, so a chunk must hold whole classes.
+    per_chunk = max(samples, option(profile, "batch") // samples * samples)
+
+    def objective(idx: list[int]) -> O.Objective:
+        obj = O.class_logit([cls[i] for i in idx])
+        if weight:
+            obj = obj + weight * O.diversity(layer, [group[i] for i in idx])
+        return obj
+
+    rec = jobs.run(f"{prefix}/classes", spec, paths, lambda: _render_chunked(
+        entry, objective, lambda idx: P.FFTParam(len(idx), channels_in, size, seed=[seeds[i] for i in idx]),
+        default_transforms(size), steps, seeds, per_chunk))
+    mont = f"{prefix}/classes.png"
+    jobs.store.write_bytes(mont, png(montage([read_png(jobs.store, p) for p in paths], samples)))
+    rows = [{"class": c, "name": entry.class_names[c], "sample": k % samples, "path": p, "value": v}
+            for k, (c, p, v) in enumerate(zip(cls, paths, rec["values"]))]
+    x = _pngs(jobs.store, paths)
+    top1 = probabilities(entry, x).argmax(-1)
+    return {"images": rows, "montage": mont, "layer": layer, "weight": weight,
+            "own_top1_rate": _rate([int(t) == c for t, c in zip(top1, cls)]), "n": n}
+
+
+def render_unregularized(entry: models.ModelEntry, targets: list[int], size: int, steps: int, seed: int,
+                         profile: Profile, jobs: Jobs, prefix: str) -> dict:
+    seeds = [seed + 10 * t for t in targets]
+    paths = [f"{prefix}/unregularized/{t}.png" for t in targets]
+    spec = {"model": model_id(entry), "classes": targets, "size": size, "steps": steps, "seeds": seeds}
+    rec = jobs.run(f"{prefix}/unregularized", spec, paths, lambda: _render_chunked(
+        entry, lambda idx: O.class_logit([targets[i] for i in idx]),
+        lambda idx: P.PixelParam(len(idx), 3, size, seed=[seeds[i] for i in idx]), (), steps, seeds,
+        option(profile, "batch")))
+    return {"images": [{"class": t, "name": entry.class_names[t], "sample": 0, "path": p, "value": v}
+                       for t, p, v in zip(targets, paths, rec["values"])]}
+
+
+def class_visualizations(imagenet: dict, render_models: list[str], class_list: list[dict], profile: Profile,
+                         jobs: Jobs) -> dict:
+    size, steps, samples = option(profile, "size"), option(profile, "class_steps"), option(profile, "class_samples")
+    targets = [c["index"] for c in class_list]
+    out: dict = {"render_models": render_models, "classes": class_list, "samples": samples, "steps": steps,
+                 "diversity": {}, "images": {}, "montage": {}, "own_top1_rate": {}, "unregularized": {}}
+    for name in render_models:
+        entry = imagenet[name]
+        prefix = f"{ROOT}/imagenet/{name}"
+        res = render_classes(entry, targets, samples, size, steps, profile.seed, profile, jobs, prefix)
+        out["diversity"][name] = {"weight": res["weight"], "layer": res["layer"]}
+        out["images"][name], out["montage"][name] = res["images"], res["montage"]
+        out["own_top1_rate"][name] = res["own_top1_rate"]
+        if option(profile, "unregularized"):
+            out["unregularized"][name] = render_unregularized(entry, targets, size, steps, profile.seed,
+                                                              profile, jobs, prefix)
+    return out
+
+
+# -- (7) transfer ----------------------------------------------------------------------------------------
+def transfer(imagenet: dict, classes: dict, store: Store) -> dict:
+    rows = [{"path": r["path"], "render_model": m, "class": r["class"], "name": r["name"]}
+            for m, rs in classes["images"].items() for r in rs]
+    if rows:
+        x = _pngs(store, [r["path"] for r in rows])
+        targets = [r["class"] for r in rows]
+        for name, entry in imagenet.items():
+            for r, ev in zip(rows, classify(entry, x, targets)):
+                r.setdefault("eval", {})[name] = ev
+    summary: dict = {}
+    for rm in classes["images"]:
+        for em in imagenet:
+            sel = [r["eval"][em] for r in rows if r["render_model"] == rm]
+            summary.setdefault(rm, {})[em] = {
+                "n": len(sel), "top1_rate": _rate([e["target_rank"] == 1 for e in sel]),
+                "top5_rate": _rate([e["top5"] for e in sel]),
+                "mean_target_p": round(float(np.mean([e["target_p"] for e in sel])), 4) if sel else None,
+                "top1_rate_at_input_size": _rate([e["top1_at_input_size"] for e in sel])}
+    for rm, unreg in classes["unregularized"].items():
+        x = _pngs(store, [r["path"] for r in unreg["images"]])
+        targets = [r["class"] for r in unreg["images"]]
+        unreg["own_top1_rate"] = _top1_rate(imagenet[rm], x, targets)
+        unreg["transfer_top1_rate"] = {em: _top1_rate(e, x, targets) for em, e in imagenet.items()}
+    return {"models": list(imagenet), "evaluation_size": "render size (also reported: resized to each model's input size)",
+            "rows": rows, "summary": summary}
+
+
+def _top1_rate(entry: models.ModelEntry, x: torch.Tensor, targets: Sequence[int]) -> float | None:
+    top1 = probabilities(entry, x).argmax(-1)
+    return _rate([int(t) == c for t, c in zip(top1, targets)])
+
+
+def _target_p(entry: models.ModelEntry, x: torch.Tensor, targets: Sequence[int]) -> list[float]:
+    p = probabilities(entry, x)
+    return [round(float(p[k, t]), 4) for k, t in enumerate(targets)]
+
+
+# -- (3) the regularization ladder and (6) logit vs softmax -------------------------------------------------
+RUNGS = [
+    # id, label, parameterization, transforms?, penalties, objective
+    ("none", "none: raw pixels", "pixel", False, {}, "logit"),
+    ("l2", "L2 penalty", "pixel", False, {"l2": LADDER_PENALTIES["l2"]}, "logit"),
+    ("tv_blur", "total variation + blur", "pixel", False,
+     {"tv": LADDER_PENALTIES["tv"], "blur": LADDER_PENALTIES["blur"]}, "logit"),
+    ("fft", "Fourier + colour decorrelation", "fft", False, {}, "logit"),
+    ("transforms", "jitter + scale + rotate", "pixel", True, {}, "logit"),
+    ("all", "all of the above", "fft", True, dict(LADDER_PENALTIES), "logit"),
+    ("default", "default: Fourier + decorrelation + transforms", "fft", True, {}, "logit"),
+    ("softmax", "default, maximising the softmax probability", "fft", True, {}, "softmax"),
+]
+
+
+def ladder(entry: models.ModelEntry, imagenet: dict, class_list: list[dict], profile: Profile, jobs: Jobs,
+           store: Store) -> tuple[dict, dict]:
+    """Every rung renders the same classes from the same seeds. Rungs with and without transforms run as
+    two batched jobs (a batch shares one transform pipeline); parameterizations and penalties vary per image."""
+    size, steps = option(profile, "size"), option(profile, "ladder_steps")
+    classes = [c["index"] for c in class_list[:option(profile, "ladder_classes")]]
+    seeds = [profile.seed + 7 * c + 3 for c in classes]
+    rung_rows: dict[str, dict] = {}
+    for with_transforms in (False, True):
+        rungs = [r for r in RUNGS if r[3] == with_transforms]
+        n = len(rungs) * len(classes)
+        cls, all_seeds = [], []
+        weights = {k: torch.zeros(n) for k in ("l2", "tv", "blur", "logit", "softmax")}
+        for ri, (_, _, _, _, pen, obj) in enumerate(rungs):
+            for ci, c in enumerate(classes):
+                k = ri * len(classes) + ci
+                for pk, pv in pen.items():
+                    weights[pk][k] = pv
+                weights[obj][k] = 1.0
+                cls.append(c)
+                all_seeds.append(seeds[ci])
+        paths = [f"{ROOT}/ladder/{r[0]}/{c}.png" for r in rungs for c in classes]
+        spec = {"model": model_id(entry), "rungs": [r[:3] + (r[3], sorted(r[4].items()), r[5]) for r in rungs],
+                "classes": classes, "seeds": seeds, "size": size, "steps": steps,
+                "transforms": repr(default_transforms(size)) if with_transforms else None}
+
+        def compute(rungs=rungs, cls=cls, all_seeds=all_seeds, weights=weights, with_transforms=with_transforms):
+            param = P.Stack([P.FFTParam(len(classes), 3, size, seed=seeds) if r[2] == "fft"
+                             else P.PixelParam(len(classes), 3, size, seed=seeds) for r in rungs])
+            objective = weights["logit"] * O.class_logit(cls) + weights["softmax"] * O.class_prob(cls)
+            penalties = Penalties(l2=weights["l2"], tv=weights["tv"], blur=weights["blur"])
+            return featvis.render(entry.model, objective, param, default_transforms(size) if with_transforms else (),
+                                  steps, seed=all_seeds, penalties=penalties)
+
+        rec = jobs.run(f"{ROOT}/ladder/{'transforms' if with_transforms else 'static'}", spec, paths, compute)
+        for ri, r in enumerate(rungs):
+            sl = slice(ri * len(classes), (ri + 1) * len(classes))
+            rung_rows[r[0]] = {"id": r[0], "label": r[1], "param": r[2], "transforms": r[3],
+                               "penalties": r[4], "objective": r[5], "images": paths[sl],
+                               "values": rec["values"][sl]}
+    for row in rung_rows.values():
+        x = _pngs(store, row["images"])
+        row["own_top1_rate"] = _top1_rate(entry, x, classes)
+        row["own_target_p"] = _target_p(entry, x, classes)
+        row["transfer_top1_rate"] = {m: _top1_rate(e, x, classes) for m, e in imagenet.items()}
+        with torch.no_grad():
+            logits = entry.model(x.to(entry.device)).float().cpu()
+        row["mean_logit"] = round(float(logits[torch.arange(len(classes)), classes].mean()), 4)
+    names = [entry.class_names[c] for c in classes]
+    ladder_out = {"render_model": entry.name, "classes": [{"index": c, "name": nm} for c, nm in zip(classes, names)],
+                  "steps": steps, "seeds": seeds,
+                  "rungs": [rung_rows[r[0]] for r in RUNGS if r[5] == "logit" and r[0] != "default"]
+                  + [rung_rows["default"]]}
+    objective_out = {"render_model": entry.name, "classes": ladder_out["classes"], "steps": steps,
+                     "rows": [{**{k: rung_rows[rid][k] for k in ("images", "own_top1_rate", "own_target_p",
+                                                                 "mean_logit", "transfer_top1_rate")},
+                               "id": label} for rid, label in (("default", "logit"), ("softmax", "softmax"))]}
+    return ladder_out, objective_out
+
+
+# -- (4) progress over steps ---------------------------------------------------------------------------------
+def progress(entry: models.ModelEntry, class_list: list[dict], profile: Profile, jobs: Jobs, store: Store) -> dict:
+    size = option(profile, "size")
+    shots = sorted(option(profile, "progress_steps"))
+    classes = [c["index"] for c in class_list[:option(profile, "ladder_classes")]]
+    seeds = [profile.seed + 7 * c + 3 for c in classes]  # the ladder's seeds: its default rung is step ``ladder_steps``
+    spec = {"model": model_id(entry), "classes": classes, "seeds": seeds, "size": size, "snapshots": shots,
+            "transforms": repr(default_transforms(size))}
+    objective = O.class_logit(classes)
+    paths = [f"{ROOT}/progress/{c}/final.png" for c in classes]
+    rec = jobs.run(f"{ROOT}/progress", spec, paths, lambda: featvis.render(
+        entry.model, objective, P.FFTParam(len(classes), 3, size, seed=seeds), default_transforms(size), shots[-1],
+        seed=seeds, snapshots=shots), model=entry.model, objective=objective,
+        snapshot_path=lambda step, i: f"{ROOT}/progress/{classes[i]}/step{step}.png")
+    frame_paths = [rec["snapshots"][str(s)][i] for i in range(len(classes)) for s in shots]
+    target_p = iter(_target_p(entry, _pngs(store, frame_paths), [c for c in classes for _ in shots]))
+    units = []
+    for i, c in enumerate(classes):
+        frames = [{"step": s, "path": rec["snapshots"][str(s)][i], "value": rec["snapshot_values"][str(s)][i],
+                   "target_p": next(target_p)} for s in shots]
+        units.append({"class": c, "name": entry.class_names[c], "frames": frames})
+    return {"render_model": entry.name, "steps": shots, "units": units}
+
+
+# -- (5) noise start vs photo start, DeepDream on a photo ---------------------------------------------------------
+def photo_start(entry: models.ModelEntry, profile: Profile, jobs: Jobs, store: Store) -> dict:
+    size, steps = option(profile, "size"), option(profile, "photo_steps")
+    pids = [pid for pid in photo_ids(profile) if images.photo(pid).label is not None][:option(profile, "photo_count")]
+    dream_layers = [entry.layers[i] for i in option(profile, "dream_layers")]
+    variants = [("noise_class", "class logit from noise"), ("photo_class", "class logit from the photo")] + \
+               [(f"dream_{layer}", f"DeepDream at {layer} from the photo") for layer in dream_layers]
+    snaps = sorted({0, steps // 4, steps})
+    starts = {pid: square_crop(images.load(pid), size) for pid in pids}
+    for pid, img in starts.items():
+        store.write_bytes(f"{ROOT}/photo/{pid}/start.png", png(img))
+    labels = [images.photo(pid).label for pid in pids]
+    n_var, n_ph = len(variants), len(pids)
+    cls = [labels[j] for _ in variants for j in range(n_ph)]
+    seeds = [profile.seed + 500 + j for _ in variants for j in range(n_ph)]
+    w_cls = torch.tensor([1.0 if v[0].endswith("_class") else 0.0 for v in variants for _ in pids])
+    objective = w_cls * O.class_logit(cls)
+    for layer in dream_layers:
+        w = torch.tensor([1.0 if v[0] == f"dream_{layer}" else 0.0 for v in variants for _ in pids])
+        objective = objective + w * O.deepdream(layer)
+    start_batch = torch.stack([starts[pid] for pid in pids]) if pids else torch.zeros(0, 3, size, size)
+    paths = [f"{ROOT}/photo/{pid}/{v[0]}.png" for v in variants for pid in pids]
+    spec = {"model": model_id(entry), "photos": pids, "variants": [v[0] for v in variants], "size": size,
+            "steps": steps, "seeds": seeds, "snapshots": snaps, "transforms": repr(default_transforms(size))}
+    if not pids:
+        return {"render_model": entry.name, "steps": steps, "snapshot_steps": snaps, "dream_layers": dream_layers,
+                "photos": []}
+
+    def compute():
+        parts = [P.FFTParam(n_ph, 3, size, seed=seeds[:n_ph])]
+        parts += [P.FFTParam(n_ph, 3, size, init=start_batch) for _ in variants[1:]]
+        return featvis.render(entry.model, objective, P.Stack(parts), default_transforms(size), steps, seed=seeds,
+                              snapshots=snaps)
+
+    rec = jobs.run(f"{ROOT}/photo_start", spec, paths, compute, model=entry.model, objective=objective,
+                   snapshot_path=lambda step, i: f"{ROOT}/photo/{pids[i % n_ph]}/{variants[i // n_ph][0]}/step{step}.png")
+    final_p = _target_p(entry, _pngs(store, paths), cls)
+    photo_p = _target_p(entry, start_batch, labels)
+    out = []
+    for j, pid in enumerate(pids):
+        vs = []
+        for vi, (vid, label) in enumerate(variants):
+            k = vi * n_ph + j
+            vs.append({"id": vid, "label": label, "path": paths[k], "value": rec["values"][k], "target_p": final_p[k],
+                       "snapshots": {s: ps[k] for s, ps in rec["snapshots"].items()}})
+        out.append({"id": pid, "class": labels[j], "name": entry.class_names[labels[j]],
+                    "photo": f"{ROOT}/photo/{pid}/start.png", "photo_target_p": photo_p[j], "variants": vs})
+    return {"render_model": entry.name, "steps": steps, "snapshot_steps": snaps, "dream_layers": dream_layers,
+            "photos": out}
+
+
+# -- (8) Fashion-MNIST class visualizations ----------------------------------------------------------------
+def fmnist_classes(entry: models.ModelEntry, profile: Profile, jobs: Jobs, store: Store) -> dict:
+    res = render_classes(entry, list(range(entry.num_classes)), option(profile, "fmnist_class_samples"),
+                         entry.input_size[1], option(profile, "fmnist_steps"), profile.seed, profile, jobs,
+                         f"{ROOT}/fmnist/{entry.name}", channels_in=entry.input_size[0])
+    return {"test_accuracy": entry.info.get("test_accuracy"), "classes": {
+        "images": res["images"], "montage": res["montage"], "own_top1_rate": res["own_top1_rate"],
+        "diversity": {"weight": res["weight"], "layer": res["layer"]}}}
+
+
+# -- summaries ---------------------------------------------------------------------------------------------
+def _quality(results: dict) -> dict:
+    cl, tr = results["classes"], results["transfer"]["summary"]
+    own = cl["own_top1_rate"]
+    return {
+        "bar": QUALITY_BAR, "render_models": cl["render_models"], "own_top1_rate": own,
+        "passed": bool(own) and all(v is not None and v >= QUALITY_BAR for v in own.values()),
+        "transfer_top1_rate": {rm: {em: s["top1_rate"] for em, s in ev.items()} for rm, ev in tr.items()},
+        "unregularized_own_top1_rate": {m: u.get("own_top1_rate") for m, u in cl["unregularized"].items()},
+        "unregularized_transfer_top1_rate": {m: u.get("transfer_top1_rate") for m, u in cl["unregularized"].items()},
+    }
+
+
+def _timing(jobs: Jobs, seconds: float, size: int, render_models: list[str], profile: Profile) -> dict:
+    per_model = {}
+    for name in profile.imagenet_models:
+        # Jobs through the whole model at the render size: class visualizations and the ladder.
+        sel = [j for j in jobs.log if j["name"].startswith(f"{ROOT}/imagenet/{name}/classes")
+               or (name == render_models[0] and j["name"].startswith(f"{ROOT}/ladder"))]
+        img_steps = sum(j["images"] * j["steps"] for j in sel)
+        if img_steps:
+            per_model[name] = round(1000 * sum(j["seconds"] for j in sel) / img_steps, 3)
+    return {"seconds": round(seconds, 2), "render_seconds": round(sum(j["seconds"] for j in jobs.log), 2),
+            "image_steps": sum(j["images"] * j["steps"] for j in jobs.log), "ms_per_image_step": per_model,
+            "size": size, "jobs": jobs.log}
