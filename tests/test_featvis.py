@@ -127,11 +127,17 @@ def test_pixel_clip_and_maco_stay_valid():
         p.pixels.add_(5)
     p.project()
     assert p().max() <= 1 and p.pixels.max() <= 1
-    mag = P.natural_magnitude([torch.rand(3, 40, 50)], 16)
+    mag = P.natural_magnitude([torch.rand(3, 40, 50) * 0.6 + 0.2], 16)
     m = P.FFTParam(2, 3, 16, magnitude=mag, seed=1)
     x = m()
     assert x.shape == (2, 3, 16, 16) and x.min() >= 0 and x.max() <= 1
     assert [n for n, _ in m.named_parameters()] == ["phase"]  # the magnitude is not optimized
+    # Whatever the phase, each image keeps the given magnitude (undo the sigmoid and the colour map).
+    z = torch.einsum("nchw,dc->ndhw", torch.logit(x.detach().double()), torch.linalg.inv(m.color.double()))
+    kept = torch.fft.rfft2(z, norm="ortho").abs()
+    inner = (slice(None), slice(None), slice(None), slice(1, -1))  # rfft2 edge columns are not free
+    assert torch.allclose(kept[inner], mag.double()[None].expand_as(kept)[inner], rtol=1e-3, atol=1e-4)
+    assert not torch.allclose(x[0], x[1])
 
 
 def test_transforms_draw_independently_per_image():

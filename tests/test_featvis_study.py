@@ -61,8 +61,8 @@ def test_smoke_study_writes_every_section(smoke):
     assert len(res["classes"]["images"][lite0]) == n_classes * opts["class_samples"]
     assert len(res["transfer"]["rows"]) == n_classes * opts["class_samples"]
     assert set(res["transfer"]["rows"][0]["eval"]) == set(profile.imagenet_models)
-    assert [r["id"] for r in res["ladder"]["rungs"]] == ["none", "l2", "tv_blur", "fft", "transforms", "all",
-                                                          "default"]
+    assert [r["id"] for r in res["ladder"]["rungs"]] == ["none", "l2", "tv_blur", "transforms", "fft", "all",
+                                                          "default", "maco"]
     assert [r["id"] for r in res["objective"]["rows"]] == ["logit", "softmax"]
     assert [f["step"] for f in res["progress"]["units"][0]["frames"]] == opts["progress_steps"]
     variants = [v["id"] for v in res["photo_start"]["photos"][0]["variants"]]

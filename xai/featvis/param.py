@@ -122,7 +122,9 @@ class FFTParam(ImageParam):
     """A Fourier spectrum per image, scaled by ``1/f**decay``, optionally colour-decorrelated, then a sigmoid.
 
     With ``magnitude`` given (MACO), the spectrum's magnitude is fixed to it and only the phase is
-    optimized; each image is standardised before the sigmoid, as the phase alone sets no contrast.
+    optimized. The magnitude lives in the space the parameterization works in (decorrelated logits,
+    before the 1/f scaling, which it replaces): :func:`natural_magnitude` measures it on real photos, so
+    every image keeps the photos' power spectrum and contrast whatever its phase.
     """
 
     def __init__(self, n: int, channels: int, size: int | tuple[int, int], *, decay: float = 1.0,
@@ -168,7 +170,6 @@ class FFTParam(ImageParam):
         if self.maco:
             spec = torch.polar(self.magnitude.expand_as(self.phase), self.phase)
             x = torch.fft.irfft2(spec, s=(h, w), norm="ortho")
-            x = (x - x.mean((1, 2, 3), keepdim=True)) / (x.std((1, 2, 3), keepdim=True) + 1e-6)
         else:
             spec = torch.view_as_complex(self.spectrum) * self.scale
             x = torch.fft.irfft2(spec, s=(h, w), norm="ortho") / _FFT_MAGIC
@@ -176,29 +177,26 @@ class FFTParam(ImageParam):
 
 
 def natural_magnitude(images: Sequence[torch.Tensor], size: int | tuple[int, int], channels: int = 3) -> torch.Tensor:
-    """Mean Fourier magnitude of real photos (each resized and centre-cropped to ``size``), for MACO.
-
-    Computed in the same space the parameterization works in (decorrelated logits), so an image with
-    this magnitude and a random phase has the photos' power spectrum.
+    """Mean Fourier magnitude ``[channels, H, W//2+1]`` of real photos (each resized and centre-cropped to
+    ``size``), for MACO. Measured where :class:`FFTParam` works (decorrelated logits, mean removed), so an
+    image with this magnitude and any phase has the photos' power spectrum.
     """
     h, w = (size, size) if isinstance(size, int) else size
-    probe = FFTParam(1, channels, (h, w), decorrelate=True)
+    if not images:
+        raise XaiError("natural_magnitude needs at least one image")
     mags = []
     for img in images:
         x = img if img.shape[0] == channels else img.mean(0, keepdim=True).expand(channels, -1, -1)
         s = max(h / x.shape[1], w / x.shape[2])
-        x = F.interpolate(x[None].float(), scale_factor=s, mode="bilinear", antialias=True, align_corners=False)
-        top, left = (x.shape[2] - h) // 2, (x.shape[3] - w) // 2
-        x = x[:, :, top:top + h, left:left + w].clamp(0, 1)
-        z = torch.logit(x.clamp(_LOGIT_EPS, 1 - _LOGIT_EPS))
-        if probe.decorrelate:
-            z = torch.einsum("nchw,dc->ndhw", z, torch.linalg.inv(probe.color))
+        new = (max(h, round(x.shape[1] * s)), max(w, round(x.shape[2] * s)))
+        x = F.interpolate(x[None].float(), size=new, mode="bilinear", antialias=True, align_corners=False)
+        top, left = (new[0] - h) // 2, (new[1] - w) // 2
+        z = torch.logit(x[:, :, top:top + h, left:left + w].clamp(_LOGIT_EPS, 1 - _LOGIT_EPS))
+        if channels == 3:
+            z = torch.einsum("nchw,dc->ndhw", z, torch.linalg.inv(COLOR_DECORRELATION))
         z = z - z.mean((2, 3), keepdim=True)
         mags.append(torch.fft.rfft2(z, norm="ortho").abs()[0])
-    if not mags:
-        raise XaiError("natural_magnitude needs at least one image")
     return torch.stack(mags).mean(0)
-
 
 
 class Stack(ImageParam):

@@ -93,7 +93,9 @@ class Warp(Transform):
 def _warp(x: torch.Tensor, matrices: torch.Tensor) -> torch.Tensor:
     theta = torch.cat([matrices, torch.zeros(x.shape[0], 2, 1)], dim=2).to(x.device, x.dtype)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    # Outside the image is grey, like the pad: replicating the border instead would hand the edge
+    # pixels the gradient of every position outside, and they saturate.
+    return F.grid_sample(x - 0.5, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + 0.5
 
 
 class RandomScale(Warp):

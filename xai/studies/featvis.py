@@ -31,9 +31,12 @@ Artifacts (under ``featvis/``; ``<m>`` a model, ``<layer>`` a dotted layer name,
     ``top1_name``, ``top1_p``, ``target_rank`` (1 = top-1), ``top5`` (bool), ``target_p``,
     ``top1_at_input_size`` (bool)), ``summary.<render m>.<eval m>``: ``top1_rate``, ``top5_rate``,
     ``mean_target_p``, ``top1_rate_at_input_size``, ``n``.
-    ``ladder``: ``render_model``, ``classes``, ``steps``, ``seeds`` (one per class, shared by every rung),
-    ``rungs`` (list of ``id``, ``label``, ``param``, ``transforms``, ``penalties``, ``images`` (one per
-    class), ``values``, ``own_top1_rate``, ``own_target_p`` (list), ``transfer_top1_rate.<m>``).
+    ``ladder``: ``render_model``, ``classes`` (list of ``index``, ``name``), ``steps``, ``seeds`` (one per
+    class, shared by every rung), ``rungs`` (list, in this order: ``none``, ``l2``, ``tv_blur``,
+    ``transforms``, ``fft``, ``all`` (the brief's ladder), then ``default`` (the settings of every other
+    section) and ``maco``; each with ``id``, ``label``, ``param`` (pixel | fft | maco), ``transforms``
+    (bool), ``penalties`` (weights), ``objective``, ``images`` (one per class), ``values``,
+    ``own_top1_rate``, ``own_target_p`` (list), ``mean_logit``, ``transfer_top1_rate.<m>``).
     ``progress``: ``render_model``, ``steps`` (snapshot steps), ``units`` (list of ``class``, ``name``,
     ``frames``: list of ``step``, ``path``, ``value`` (objective), ``target_p``).
     ``photo_start``: ``render_model``, ``steps``, ``snapshot_steps``, ``dream_layers``, ``photos`` (list of
@@ -541,10 +544,11 @@ RUNGS = [
     ("l2", "L2 penalty", "pixel", False, {"l2": LADDER_PENALTIES["l2"]}, "logit"),
     ("tv_blur", "total variation + blur", "pixel", False,
      {"tv": LADDER_PENALTIES["tv"], "blur": LADDER_PENALTIES["blur"]}, "logit"),
-    ("fft", "Fourier + colour decorrelation", "fft", False, {}, "logit"),
     ("transforms", "jitter + scale + rotate", "pixel", True, {}, "logit"),
+    ("fft", "Fourier + colour decorrelation", "fft", False, {}, "logit"),
     ("all", "all of the above", "fft", True, dict(LADDER_PENALTIES), "logit"),
     ("default", "default: Fourier + decorrelation + transforms", "fft", True, {}, "logit"),
+    ("maco", "MACO: photos' Fourier magnitude, phase only, + transforms", "maco", True, {}, "logit"),
     ("softmax", "default, maximising the softmax probability", "fft", True, {}, "softmax"),
 ]
 
@@ -556,6 +560,8 @@ def ladder(entry: models.ModelEntry, imagenet: dict, class_list: list[dict], pro
     size, steps = option(profile, "size"), option(profile, "ladder_steps")
     classes = [c["index"] for c in class_list[:option(profile, "ladder_classes")]]
     seeds = [profile.seed + 7 * c + 3 for c in classes]
+    photos = photo_ids(profile)
+    magnitude = P.natural_magnitude([images.load(pid) for pid in photos], size)
     rung_rows: dict[str, dict] = {}
     for with_transforms in (False, True):
         rungs = [r for r in RUNGS if r[3] == with_transforms]
@@ -572,12 +578,14 @@ def ladder(entry: models.ModelEntry, imagenet: dict, class_list: list[dict], pro
                 all_seeds.append(seeds[ci])
         paths = [f"{ROOT}/ladder/{r[0]}/{c}.png" for r in rungs for c in classes]
         spec = {"model": model_id(entry), "rungs": [r[:3] + (r[3], sorted(r[4].items()), r[5]) for r in rungs],
-                "classes": classes, "seeds": seeds, "size": size, "steps": steps,
+                "classes": classes, "seeds": seeds, "size": size, "steps": steps, "magnitude_photos": photos,
                 "transforms": repr(default_transforms(size)) if with_transforms else None}
 
         def compute(rungs=rungs, cls=cls, all_seeds=all_seeds, weights=weights, with_transforms=with_transforms):
-            param = P.Stack([P.FFTParam(len(classes), 3, size, seed=seeds) if r[2] == "fft"
-                             else P.PixelParam(len(classes), 3, size, seed=seeds) for r in rungs])
+            kinds = {"pixel": lambda: P.PixelParam(len(classes), 3, size, seed=seeds),
+                     "fft": lambda: P.FFTParam(len(classes), 3, size, seed=seeds),
+                     "maco": lambda: P.FFTParam(len(classes), 3, size, seed=seeds, magnitude=magnitude)}
+            param = P.Stack([kinds[r[2]]() for r in rungs])
             objective = weights["logit"] * O.class_logit(cls) + weights["softmax"] * O.class_prob(cls)
             penalties = Penalties(l2=weights["l2"], tv=weights["tv"], blur=weights["blur"])
             return featvis.render(entry.model, objective, param, default_transforms(size) if with_transforms else (),
@@ -600,8 +608,7 @@ def ladder(entry: models.ModelEntry, imagenet: dict, class_list: list[dict], pro
     names = [entry.class_names[c] for c in classes]
     ladder_out = {"render_model": entry.name, "classes": [{"index": c, "name": nm} for c, nm in zip(classes, names)],
                   "steps": steps, "seeds": seeds,
-                  "rungs": [rung_rows[r[0]] for r in RUNGS if r[5] == "logit" and r[0] != "default"]
-                  + [rung_rows["default"]]}
+                  "rungs": [rung_rows[r[0]] for r in RUNGS if r[5] == "logit"]}
     objective_out = {"render_model": entry.name, "classes": ladder_out["classes"], "steps": steps,
                      "rows": [{**{k: rung_rows[rid][k] for k in ("images", "own_top1_rate", "own_target_p",
                                                                  "mean_logit", "transfer_top1_rate")},
