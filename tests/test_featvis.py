@@ -15,9 +15,9 @@ from xai.layers import capture
 def tiny_cnn(seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     net = nn.Sequential(OrderedDict([
-        ("conv1", nn.Conv2d(3, 8, 3, padding=1)), ("bn1", nn.BatchNorm2d(8)), ("relu1", nn.ReLU()),
-        ("conv2", nn.Conv2d(8, 12, 3, padding=1, stride=2)), ("relu2", nn.ReLU()),
-        ("conv3", nn.Conv2d(12, 16, 3, padding=1, stride=2)), ("relu3", nn.ReLU()),
+        ("conv1", nn.Conv2d(3, 8, 3, padding=1)), ("bn1", nn.BatchNorm2d(8)), ("act1", nn.SiLU()),
+        ("conv2", nn.Conv2d(8, 12, 3, padding=1, stride=2)), ("act2", nn.SiLU()),
+        ("conv3", nn.Conv2d(12, 16, 3, padding=1, stride=2)), ("act3", nn.SiLU()),
         ("gap", nn.AdaptiveAvgPool2d(1)), ("flatten", nn.Flatten()), ("fc", nn.Linear(16, 5)),
     ]))
     with torch.no_grad():
@@ -152,13 +152,35 @@ def test_transforms_draw_independently_per_image():
     assert T.standard(28, out_size=28)(torch.rand(2, 1, 28, 28), [torch.Generator()] * 2).shape[-2:] == (28, 28)
 
 
-def test_fused_warps_equal_one_matrix():
-    x = torch.rand(1, 3, 16, 16)
-    c = T.Compose([T.RandomScale([1.2]), T.RandomRotate([90])])
-    out = c(x, [torch.Generator()])
-    # Zoom 1.2 then a quarter turn: equal to rotating the zoomed image (up to interpolation at borders).
-    two = T.RandomRotate([90])(T.RandomScale([1.2])(x, [torch.Generator()]), [torch.Generator()])
-    assert torch.allclose(out[..., 4:12, 4:12], two[..., 4:12, 4:12], atol=0.15)
+def test_pad_and_jitter_are_exact_crops():
+    x = torch.rand(2, 3, 10, 12)
+    out = T.Compose([T.Pad(3), T.Jitter(4)])(x, [torch.Generator().manual_seed(s) for s in (1, 2)])
+    padded = torch.nn.functional.pad(x, [3] * 4, value=T.FILL)
+    for i, s in enumerate((1, 2)):
+        dx, dy = (int(v) for v in torch.randint(5, (2,), generator=torch.Generator().manual_seed(s)))
+        assert torch.allclose(out[i], padded[i, :, dy:dy + 12, dx:dx + 14], atol=1e-5)
+
+
+def test_composed_transforms_resample_once_like_the_chain():
+    yy, xx = torch.meshgrid(torch.linspace(0, 6, 40), torch.linspace(0, 6, 40), indexing="ij")
+    x = torch.stack([torch.sin(xx + k) * torch.cos(0.7 * yy - k) for k in range(3)])[None].expand(3, -1, -1, -1)
+    x = 0.5 + 0.4 * x  # smooth, so that interpolating it once or five times gives about the same image
+    ts = T.standard(40, out_size=40).transforms
+
+    def chain(seeds):
+        gens, out = [torch.Generator().manual_seed(s) for s in seeds], x
+        for t in ts:  # one resampling per transform
+            out = t(out, gens)
+        return out
+
+    fused = T.Compose(ts)(x, [torch.Generator().manual_seed(s) for s in (1, 2, 3)])
+    assert fused.shape == (3, 3, 40, 40)
+    inner = (..., slice(6, -6), slice(6, -6))
+    assert (fused - chain((1, 2, 3)))[inner].abs().max() < 0.02
+    assert (fused - chain((4, 5, 6)))[inner].abs().max() > 0.1  # other draws: another geometry
+    # A quarter turn is exact: pixels land on pixels.
+    turn = T.RandomRotate([90])(x[:1], [torch.Generator()])
+    assert torch.allclose(turn[0], torch.rot90(x[0], 1, dims=(1, 2)), atol=1e-5)
 
 
 # -- forward and render ----------------------------------------------------------------------------
@@ -186,12 +208,17 @@ def _render_units(model, units, seed, steps=30, transforms=T.standard(32), **kw)
 
 
 def test_batched_rendering_matches_separate_renderings(cnn):
+    """Same math per image; only float summation order differs between a batch of 3 and a batch of 1.
+    Adam turns those 1e-7 differences into ~1e-4 over 30 steps on this smooth network (on ReLU
+    networks a kink crossed differently can add more); a per-image RNG mix-up would differ by ~0.1."""
     units = [3, 7, 11]
     batched = _render_units(cnn, units, seed=10)
     for i, u in enumerate(units):
         alone = _render_units(cnn, [u], seed=10 + i)
-        assert torch.allclose(batched.images[i], alone.images[0], atol=1e-4), i
-        assert torch.allclose(batched.values[i], alone.values[0], rtol=1e-4, atol=1e-4)
+        assert torch.allclose(batched.images[i], alone.images[0], atol=1e-3), i
+        assert torch.allclose(batched.values[i], alone.values[0], rtol=1e-3, atol=1e-4)
+    shuffled = _render_units(cnn, units, seed=11)  # every image with its neighbour's seed
+    assert not torch.allclose(shuffled.images[0], batched.images[0], atol=1e-2)
 
 
 def test_activation_rises_over_steps(cnn):
@@ -217,7 +244,7 @@ def test_stack_and_per_image_penalties_batch_different_priors(cnn):
                penalties=Penalties(tv=torch.tensor([0.0, 0.3])))
     alone = render(cnn, O.channel("conv2", 4), P.FFTParam(1, 3, 24, seed=2), (), steps=8, seed=2,
                    penalties=Penalties(tv=0.3))
-    assert torch.allclose(r.images[1], alone.images[0], atol=1e-4)
+    assert torch.allclose(r.images[1], alone.images[0], atol=1e-3)
 
 
 def test_render_bad_input_errors(cnn):
