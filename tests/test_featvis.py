@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from xai.errors import UnknownNameError, XaiError
-from xai.featvis import Penalties, evaluate, forward, objectives as O, param as P, render, transforms as T
+from xai.featvis import Penalties, activations, evaluate, forward, objectives as O, param as P, render, transforms as T
 from xai.layers import capture
 
 
@@ -199,6 +199,24 @@ def test_truncated_forward_equals_full_forward(cnn):
     assert torch.equal(acts.layer("conv2"), full["conv2"])
     both = forward(cnn, x, obj + O.class_logit(1))  # reads the output: no truncation
     assert torch.equal(both.output(), cnn(x))
+
+
+def test_pre_activation_reads_the_input_of_an_in_place_activation():
+    torch.manual_seed(0)
+    net = nn.Sequential(OrderedDict([("conv", nn.Conv2d(3, 4, 3)), ("relu", nn.ReLU(inplace=True)),
+                                     ("head", nn.Sequential(nn.BatchNorm2d(4), nn.ReLU6()))])).eval()
+    assert O.pre_activation(net, "relu") == "relu:in"
+    assert O.pre_activation(net, "head") == "head.1:in"  # a block that ends with an activation
+    assert O.pre_activation(net, "conv") == "conv"
+    x = torch.rand(2, 3, 8, 8, requires_grad=True)
+    a = activations(net, x, ["relu:in", "relu"])
+    pre = net.conv(x)
+    assert torch.allclose(a.layer("relu:in"), pre) and (pre < 0).any()  # negatives survive the in-place ReLU
+    assert torch.allclose(a.layer("relu"), pre.clamp(min=0))
+    O.channel("relu:in", 1)(a).sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    with pytest.raises(UnknownNameError):
+        activations(net, x, ["rleu:in"])
 
 
 def _render_units(model, units, seed, steps=30, transforms=T.standard(32), **kw):

@@ -6,7 +6,7 @@
 - ``render``: the Adam loop that optimizes many units at once, one image per unit.
 """
 from . import objectives, param, transforms
-from .render import DEFAULT_LR, DEFAULT_STEPS, Penalties, Rendering, evaluate, forward, render
+from .render import DEFAULT_LR, DEFAULT_STEPS, Penalties, Rendering, activations, evaluate, forward, render
 
-__all__ = ["objectives", "param", "transforms", "render", "evaluate", "forward", "Penalties", "Rendering",
+__all__ = ["objectives", "param", "transforms", "render", "activations", "evaluate", "forward", "Penalties", "Rendering",
            "DEFAULT_LR", "DEFAULT_STEPS"]

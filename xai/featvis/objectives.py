@@ -14,12 +14,30 @@ from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from ..errors import XaiError
-from ..layers import to_spatial
+from ..layers import resolve, to_spatial
 
 # The model's output (logits), as a pseudo-layer name no real module can have.
 OUTPUT = ":output"
+# ``"<module>:in"`` reads a module's input instead of its output (e.g. an activation's pre-activation).
+INPUT = ":in"
+ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Hardswish, nn.Hardtanh, nn.Mish)
+
+
+def pre_activation(model: nn.Module, layer: str) -> str:
+    """What to maximise for ``layer``: its pre-activation when the layer is, or ends with, an activation
+    function (``"<activation module>:in"``), else the layer itself. Lucid visualizes pre-ReLU tensors for
+    the same reasons: a unit that is zero on the start image has no gradient, and a capped one
+    (ReLU6) stops giving any once it saturates."""
+    module = resolve(model, layer)
+    if isinstance(module, ACTIVATIONS):
+        return layer + INPUT
+    children = list(module.named_children())
+    if children and isinstance(children[-1][1], ACTIVATIONS):
+        return f"{layer}.{children[-1][0]}{INPUT}"
+    return layer
 
 Units = int | Sequence[int] | torch.Tensor
 

@@ -22,7 +22,7 @@ from torch import nn
 
 from ..errors import XaiError
 from ..layers import capture, num_prefix_tokens, resolve
-from .objectives import OUTPUT, Activations, Objective
+from .objectives import INPUT, OUTPUT, Activations, Objective
 from .param import ImageParam, Seeds, per_image_seeds
 from .transforms import Compose, Transform
 
@@ -97,17 +97,40 @@ class Rendering:
         return self.images.shape[0] * self.steps / self.seconds if self.seconds else float("nan")
 
 
+def activations(model: nn.Module, x: torch.Tensor, layers: Sequence[str], output: bool = False) -> Activations:
+    """One forward pass reading ``layers`` (a name ending in ``:in`` reads that module's input), and
+    the model output when ``output``; without the output, the pass stops after the deepest layer."""
+    inputs = {name: name[: -len(INPUT)] for name in layers if name.endswith(INPUT)}
+    modules = list(dict.fromkeys(inputs.get(name, name) for name in layers))
+    seen: dict[str, torch.Tensor] = {}
+
+    def keep_input(module_name: str):
+        def hook(_module, args):
+            # A copy: an in-place activation (ReLU(inplace=True)) would overwrite the input next.
+            if module_name not in seen:  # a module run twice: keep its first input, as capture does
+                seen[module_name] = args[0].clone()
+        return hook
+
+    handles = [resolve(model, m).register_forward_pre_hook(keep_input(m)) for m in set(inputs.values())]
+    try:
+        if modules:
+            acts, out = capture(model, x, modules, truncate=not output)
+        else:
+            acts, out = {}, model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    read = {name: seen[inputs[name]] if name in inputs else acts[name] for name in layers}
+    return Activations(read, out, num_prefix_tokens(model))
+
+
 def forward(model: nn.Module, x: torch.Tensor, objective: Objective) -> Activations:
     """One forward pass computing exactly what ``objective`` reads: truncated after its deepest layer,
     or the whole model when it reads the output."""
     layers = [name for name in objective.layers if name != OUTPUT]
     if not layers and not objective.needs_output:
         raise XaiError(f"objective {objective.name} reads no layer and no output")
-    if layers:
-        acts, out = capture(model, x, layers, truncate=not objective.needs_output)
-    else:
-        acts, out = {}, model(x)
-    return Activations(acts, out, num_prefix_tokens(model))
+    return activations(model, x, layers, output=objective.needs_output)
 
 
 def evaluate(model: nn.Module, objective: Objective, images: torch.Tensor) -> torch.Tensor:
@@ -148,7 +171,7 @@ def render(
         raise XaiError(f"snapshot steps {bad} lie outside 0..{steps}")
     for name in objective.layers:
         if name != OUTPUT:
-            resolve(model, name)
+            resolve(model, name.removesuffix(INPUT))
     if model.training:
         raise XaiError("render needs the model in eval mode (batch norm must not mix the images of a batch)")
     transform = transforms if isinstance(transforms, Transform) else Compose(list(transforms))

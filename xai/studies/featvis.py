@@ -15,8 +15,9 @@ Artifacts (under ``featvis/``; ``<m>`` a model, ``<layer>`` a dotted layer name,
     ``settings``: ``size`` (ImageNet render px), ``fmnist_size``, ``lr``, ``param`` (text), ``transforms``
     (text), ``<section>_steps``, ``seed``, ``channel_rule`` (text).
     ``grids.<m>``: ``family``, ``channel_rule``, ``layers`` (list, shallow to deep) of ``layer``,
-    ``channels`` (rendered channel indices, in image order), ``activity`` (each channel's mean activation
-    on the selection images), ``values`` (each rendering's final objective: the channel's spatial mean,
+    ``objective_layer`` (what is maximised: the layer, or its pre-activation ``<activation>:in`` when the
+    layer ends with an activation function, as in Lucid), ``channels`` (rendered channel indices, in
+    image order), ``activity`` (each channel's mean activation on the selection images, same tensor), ``values`` (each rendering's final objective: the channel's spatial mean,
     untransformed), ``start_values`` (the same at step 0), ``images`` (PNG paths, one per channel),
     ``montage`` (one PNG, channels row-major, 8 per row), ``seconds``, ``ms_per_image_step``; for
     Fashion-MNIST models also ``exemplars`` (per channel: PNG strip of the top-9 test images, 28 px each)
@@ -80,7 +81,6 @@ from ..featvis import objectives as O
 from ..featvis import param as P
 from ..featvis import transforms as T
 from ..errors import XaiError
-from ..layers import capture, num_prefix_tokens
 from ..profiles import Profile
 from ..render.store import Store, cache_key
 from .overview import photo_ids
@@ -88,7 +88,7 @@ from .saliency import load, model_id
 
 STUDY = "featvis"
 ROOT = "featvis"
-CODE_VERSION = 1
+CODE_VERSION = 2
 QUALITY_BAR = 0.9
 
 DEFAULTS = {
@@ -343,19 +343,14 @@ def _class_list(profile: Profile) -> list[dict]:
 
 # -- (1) per-layer grids -------------------------------------------------------------------------------
 @torch.no_grad()
-def channel_activity(entry: models.ModelEntry, x: torch.Tensor, layers: list[str], batch: int = 64) -> dict:
-    """Per layer, ``[N, C]``: each image's spatial-mean activation of each channel."""
-    out: dict[str, list[torch.Tensor]] = {layer: [] for layer in layers}
+def channel_activity(entry: models.ModelEntry, x: torch.Tensor, targets: list[str], batch: int = 64) -> dict:
+    """Per objective layer, ``[N, C]``: each image's spatial-mean activation of each channel."""
+    out: dict[str, list[torch.Tensor]] = {t: [] for t in targets}
     for chunk in torch.split(x, batch):
-        acts, _ = capture(entry.model, chunk.to(entry.device), layers, truncate=True)
-        a = O.Activations(acts, None, _prefix(entry))
-        for layer in layers:
-            out[layer].append(a.layer(layer).mean((2, 3)).float().cpu())
-    return {layer: torch.cat(v) for layer, v in out.items()}
-
-
-def _prefix(entry: models.ModelEntry) -> int:
-    return num_prefix_tokens(entry.model)
+        a = featvis.activations(entry.model, chunk.to(entry.device), targets)
+        for t in targets:
+            out[t].append(a.layer(t).mean((2, 3)).float().cpu())
+    return {t: torch.cat(v) for t, v in out.items()}
 
 
 def _grid_layers(entry: models.ModelEntry, profile: Profile) -> list[str]:
@@ -368,37 +363,40 @@ def _grid_layers(entry: models.ModelEntry, profile: Profile) -> list[str]:
     return [layers[i] for i in dict.fromkeys(picks.tolist())]
 
 
-def _grid(entry, layers, activity, k, size, channels_in, steps, profile, jobs, prefix) -> list[dict]:
+def _grid(entry, layers, x_select, k, size, channels_in, steps, profile, jobs, prefix) -> tuple[list[dict], dict]:
+    """Render the ``k`` most active channels of each layer; returns the rows and the activity per layer."""
+    targets = {layer: O.pre_activation(entry.model, layer) for layer in layers}
+    activity = channel_activity(entry, x_select, list(targets.values()))
     rows = []
-    mean = {layer: activity[layer].mean(0) for layer in layers}
     for li, layer in enumerate(layers):
-        order = torch.argsort(mean[layer], descending=True)[:k].tolist()
+        target = targets[layer]
+        mean = activity[target].mean(0)
+        order = torch.argsort(mean, descending=True)[:k].tolist()
         seeds = [profile.seed + 1000 * li + c for c in order]
         paths = [f"{prefix}/grid/{layer}/c{c}.png" for c in order]
-        spec = {"model": model_id(entry), "layer": layer, "channels": order, "size": size, "steps": steps,
-                "seeds": seeds, "transforms": repr(default_transforms(size))}
-        objective = O.channel(layer, order)
+        spec = {"model": model_id(entry), "layer": layer, "objective_layer": target, "channels": order,
+                "size": size, "steps": steps, "seeds": seeds, "transforms": repr(default_transforms(size))}
+        objective = O.channel(target, order)
         rec = jobs.run(f"{prefix}/grid/{layer}", spec, paths, lambda: _render_chunked(
-            entry, lambda idx: O.channel(layer, [order[i] for i in idx]),
+            entry, lambda idx: O.channel(target, [order[i] for i in idx]),
             lambda idx: P.FFTParam(len(idx), channels_in, size, seed=[seeds[i] for i in idx]),
             default_transforms(size), steps, seeds, option(profile, "batch"), snapshots=(0,)),
             model=entry.model, objective=objective)
         mont = f"{prefix}/grid/{layer}.png"
-        jobs.store.write_bytes(mont, png(montage([read_png(jobs.store, p) for p in paths], MONTAGE_COLUMNS)))
-        rows.append({"layer": layer, "channels": order, "activity": _floats(mean[layer][order]),
+        jobs.store.write_bytes(mont, png(montage(_pngs(jobs.store, paths), MONTAGE_COLUMNS)))
+        rows.append({"layer": layer, "objective_layer": target, "channels": order, "activity": _floats(mean[order]),
                      "values": rec["values"], "start_values": rec["snapshot_values"].get("0", []),
                      "images": paths, "montage": mont, "seconds": rec["seconds"],
                      "ms_per_image_step": rec["ms_per_image_step"]})
-    return rows
+    return rows, {layer: activity[targets[layer]] for layer in layers}
 
 
 def imagenet_grids(entry: models.ModelEntry, photos: list[str], profile: Profile, jobs: Jobs) -> dict:
     layers = _grid_layers(entry, profile)
     x = torch.stack([entry.prepare(images.load(pid)) for pid in photos])
-    activity = channel_activity(entry, x, layers)
     size = option(profile, "size")
-    rows = _grid(entry, layers, activity, option(profile, "grid_channels"), size, 3, option(profile, "grid_steps"),
-                 profile, jobs, f"{ROOT}/imagenet/{entry.name}")
+    rows, _ = _grid(entry, layers, x, option(profile, "grid_channels"), size, 3, option(profile, "grid_steps"),
+                    profile, jobs, f"{ROOT}/imagenet/{entry.name}")
     return {"family": entry.family, "selection_images": photos,
             "channel_rule": "highest mean activation over the profile's photos", "layers": rows}
 
@@ -406,10 +404,9 @@ def imagenet_grids(entry: models.ModelEntry, photos: list[str], profile: Profile
 def fmnist_grids(entry: models.ModelEntry, x_scan: torch.Tensor, profile: Profile, jobs: Jobs,
                  store: Store) -> dict:
     layers = _grid_layers(entry, profile)
-    activity = channel_activity(entry, x_scan, layers)
     prefix = f"{ROOT}/fmnist/{entry.name}"
-    rows = _grid(entry, layers, activity, option(profile, "fmnist_channels"), entry.input_size[1], 1,
-                 option(profile, "fmnist_steps"), profile, jobs, prefix)
+    rows, activity = _grid(entry, layers, x_scan, option(profile, "fmnist_channels"), entry.input_size[1], 1,
+                           option(profile, "fmnist_steps"), profile, jobs, prefix)
     n_ex = option(profile, "exemplars")
     for row in rows:
         strips, idxs, acts = [], [], []
