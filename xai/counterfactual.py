@@ -9,7 +9,9 @@ so every iterate is a real image. ``dist`` is the squared L2 norm (``l2``) or th
 favours changing few pixels) of ``d``; ``TV`` (the total variation of ``d``) favours smooth, blob-like
 edits over scattered pixels. Both are sums over pixels, so ``weight`` and ``tv`` are per-pixel prices.
 The classification term is a hinge on the log-probability: once the target reaches ``confidence`` only
-the penalties act and pull the edit back towards the boundary.
+the penalties act and pull the edit back towards the boundary. An image still short of the target after
+``patience`` steps has its penalties halved (and again every ``patience`` steps), as Carlini & Wagner
+(2017) search their constant, so that strong penalties delay success rather than prevent it.
 
 This is a search for ``min penalty(d) subject to p_target(x + d) >= confidence``: the returned
 counterfactual is the successful iterate with the smallest penalty seen, not merely the first success
@@ -90,8 +92,8 @@ def counterfactual(model, inputs: torch.Tensor, target, *, confidence: float = 0
 
     ``weight`` scales the proximity penalty and ``tv`` the total-variation penalty (see the module
     docstring), both per pixel; ``lr`` is Adam's step size in pixel units, so it bounds how far a pixel
-    moves per step. After every image has succeeded, optimization stops once no image's penalty has
-    improved for ``patience`` steps.
+    moves per step. ``patience`` is also the stopping rule: after every image has succeeded, optimization
+    stops once no image's best penalty has improved for ``patience`` steps.
     """
     if distance not in DISTANCES:
         raise XaiError(f"unknown distance {distance!r}; choose from {', '.join(DISTANCES)}")
@@ -114,6 +116,7 @@ def counterfactual(model, inputs: torch.Tensor, target, *, confidence: float = 0
     first = torch.full((b,), -1, dtype=torch.long, device=x.device)
     history: list[float] = []
     since_improved = 0
+    scale = torch.ones(b, device=x.device)
 
     def penalty(d: torch.Tensor) -> torch.Tensor:
         p = d.pow(2).flatten(1).sum(1) if distance == "l2" else d.abs().flatten(1).sum(1)
@@ -123,7 +126,7 @@ def counterfactual(model, inputs: torch.Tensor, target, *, confidence: float = 0
         for step in range(steps + 1):
             logp = module(x + delta).log_softmax(-1).gather(1, t[:, None]).squeeze(1)
             pen = penalty(delta)
-            loss = (log_conf - logp).clamp_min(0) + pen
+            loss = (log_conf - logp).clamp_min(0) + scale * pen
             history.append(float(loss.detach().mean()))
             with torch.no_grad():
                 ok = logp >= log_conf
@@ -136,9 +139,17 @@ def counterfactual(model, inputs: torch.Tensor, target, *, confidence: float = 0
                 break
             opt.zero_grad(set_to_none=True)
             loss.sum().backward()
+            before = delta.detach().clone()
             opt.step()
-            with torch.no_grad():  # project: x + delta stays a valid image
-                delta.copy_((x + delta).clamp(0, 1) - x)
+            with torch.no_grad():
+                if distance == "l1":
+                    # Adam's normalised steps make an L1-penalised pixel hop across zero forever; stopping it
+                    # at zero (as orthant-wise L1 methods do) lets unneeded pixels return exactly to the original.
+                    crossed = delta * before < 0
+                    delta[crossed] = 0
+                delta.copy_((x + delta).clamp(0, 1) - x)  # project: x + delta stays a valid image
+                if step and step % patience == 0:
+                    scale[first < 0] /= 2  # still short of the target: the penalties give way
     success = first >= 0
     best[~success] = (x + delta.detach())[~success]
     with torch.no_grad():

@@ -52,6 +52,10 @@ class ShortcutReport:
     flip_rate: float | None = None
     removal_drop: float | None = None
     occlusion_drop: float | None = None
+    accuracy: float | None = None  # on the images as given
+    marked_accuracy: float | None = None  # with the marker added to every image
+    class_accuracy: float | None = None  # on the class's images as given
+    class_marked_accuracy: float | None = None  # on the class's images with the marker added
     attribution: dict[str, dict] = field(default_factory=dict)  # method -> region_mass summary
     attribution_agrees: bool | None = None
     images: dict[str, int] = field(default_factory=dict)
@@ -117,22 +121,27 @@ def detect_shortcut(model, images: torch.Tensor, labels: torch.Tensor, cls: int 
         raise XaiError(f"no image of class {name!r} among the {len(labels)} given")
 
     clean_pred = _predict(module, images, batch_size)
+    clean_hit = (clean_pred[own] == c).float().mean()
     report = ShortcutReport(
         model=getattr(model, "name", type(module).__name__), class_index=c, class_name=name,
         candidate=marker.name if marker is not None else "region", relies=False, rule="", reasons=[],
-        area_share=sm.area_share(region))
+        area_share=sm.area_share(region), accuracy=float((clean_pred == labels).float().mean()),
+        class_accuracy=float(clean_hit))
     carrying = images[own]
     if marker is not None:
         marked = marker.apply(images)
         marked_pred = _predict(module, marked, batch_size)
         eligible = others & (clean_pred != c)
         report.flip_rate = float((marked_pred[eligible] == c).float().mean()) if eligible.any() else None
-        report.removal_drop = float((marked_pred[own] == c).float().mean() - (clean_pred[own] == c).float().mean())
+        marked_hit = (marked_pred[own] == c).float().mean()
+        report.removal_drop = float(marked_hit - clean_hit)
+        report.marked_accuracy = float((marked_pred == labels).float().mean())
+        report.class_marked_accuracy = float(marked_hit)
         carrying = marked[own]
         report.images.update(flip=int(eligible.sum()), class_images=int(own.sum()))
     else:
         occluded = _predict(module, fill_region(carrying, region), batch_size)
-        report.occlusion_drop = float((clean_pred[own] == c).float().mean() - (occluded == c).float().mean())
+        report.occlusion_drop = float(clean_hit - (occluded == c).float().mean())
         report.images["occlusion"] = len(carrying)
 
     # Explain cls on images that carry the candidate: marked images of every class (the flip setting),
