@@ -17,8 +17,9 @@ Artifacts (under ``featvis/``; ``<m>`` a model, ``<layer>`` a dotted layer name,
     ``grids.<m>``: ``family``, ``channel_rule``, ``layers`` (list, shallow to deep) of ``layer``,
     ``objective_layer`` (what is maximised: the layer, or its pre-activation ``<activation>:in`` when the
     layer ends with an activation function, as in Lucid), ``channels`` (rendered channel indices, in
-    image order), ``activity`` (each channel's mean activation on the selection images, same tensor), ``values`` (each rendering's final objective: the channel's spatial mean,
-    untransformed), ``start_values`` (the same at step 0), ``images`` (PNG paths, one per channel),
+    image order), ``activity`` (each channel's mean activation on the selection images, same tensor),
+    ``values`` (each rendering's final objective: the channel's spatial mean, untransformed),
+    ``start_values`` (the same at step 0), ``images`` (PNG paths, one per channel),
     ``montage`` (one PNG, channels row-major, 8 per row), ``seconds``, ``ms_per_image_step``; for
     Fashion-MNIST models also ``exemplars`` (per channel: PNG strip of the top-9 test images, 28 px each)
     and ``exemplar_indices`` / ``exemplar_activations`` (per channel, top first).
@@ -48,7 +49,7 @@ Artifacts (under ``featvis/``; ``<m>`` a model, ``<layer>`` a dotted layer name,
     (``logit`` | ``softmax``), ``images``, ``own_top1_rate``, ``own_target_p``, ``mean_logit`` (the
     target's logit on the final images), ``transfer_top1_rate.<m>``).
     ``fmnist.<m>``: ``test_accuracy``, ``classes`` (``images``: list of ``class``, ``name``, ``sample``,
-    ``path``, ``value``; ``montage``; ``own_top1_rate``).
+    ``path``, ``value``; ``montage``; ``own_top1_rate``; ``diversity``: ``weight``, ``layer``).
     ``quality``: ``bar`` (0.9), ``render_models``, ``own_top1_rate.<m>`` (class visualizations with the
     default settings), ``passed`` (every rendering model at or above the bar), ``transfer_top1_rate.<render
     m>.<eval m>``, ``unregularized_own_top1_rate.<m>``, ``unregularized_transfer_top1_rate.<render
@@ -59,8 +60,9 @@ Artifacts (under ``featvis/``; ``<m>`` a model, ``<layer>`` a dotted layer name,
     ``seconds``, ``ms_per_image_step``, ``cached``).
 PNG files: ``imagenet/<m>/grid/<layer>/c<ch>.png``, ``imagenet/<m>/grid/<layer>.png`` (montage),
 ``imagenet/<m>/classes/<c>_<s>.png``, ``imagenet/<m>/classes.png``, ``imagenet/<m>/unregularized/<c>.png``,
-``ladder/<rung>/<c>.png``, ``progress/<c>/step<k>.png``, ``photo/<photo>/start.png``,
-``photo/<photo>/<variant>.png``, ``photo/<photo>/<variant>/step<k>.png``, ``objective/<logit|softmax>/<c>.png``,
+``ladder/<rung>/<c>.png`` (also the ``objective`` rows: ``ladder/default`` is the logit, ``ladder/softmax``),
+``progress/<c>/step<k>.png`` (``final.png``: the last step again), ``photo/<photo>/start.png``,
+``photo/<photo>/<variant>.png``, ``photo/<photo>/<variant>/step<k>.png``,
 ``fmnist/<m>/grid/<layer>/c<ch>.png``, ``fmnist/<m>/grid/<layer>.png``, ``fmnist/<m>/exemplars/<layer>/c<ch>.png``,
 ``fmnist/<m>/classes/<c>_<s>.png``, ``fmnist/<m>/classes.png``; ``jobs/*.json`` are the cache records.
 """
@@ -104,6 +106,9 @@ DEFAULTS = {
     # Weight of the diversity term between the samples of a class. Measured on lite0 (2 classes x 3
     # samples, 96 steps): 0 -> mean Gram similarity 0.70, 5 -> 0.43, 20 -> 0.17, all still top-1.
     "diversity": 10.0,
+    # Fashion-MNIST logits are several times smaller than ImageNet's (~10 vs ~50): weight 10 drowned
+    # them (smoke-budget CNN: 30 % own top-1), weight 1 keeps the full-budget VGG at 100 %.
+    "fmnist_diversity": 1.0,
     "unregularized": True,  # also render every class once without any regularization (the contrast)
     "ladder_classes": 3,
     "ladder_steps": 128,
@@ -118,8 +123,12 @@ DEFAULTS = {
     "exemplars": 9,
 }
 
-# Penalty weights of the ladder, relative to a class logit (tens): each visibly changes the image.
-LADDER_PENALTIES = {"l2": 30.0, "tv": 30.0, "blur": 300.0}
+# Penalty weights of the ladder. Penalties are means over pixels, so their per-pixel gradients are tiny:
+# on a lite0 class image at 128 px, a class logit's mean |gradient| was 23,000x that of L2 (weight 1),
+# 1,800x that of TV and 31,000x that of blur. Weights of that order visibly change the image (lower
+# contrast for L2, smoother for TV + blur) while every image stays its class's top-1; 30x smaller
+# weights left the images unchanged (measured on tabby, espresso, missile).
+LADDER_PENALTIES = {"l2": 1e4, "tv": 1e3, "blur": 1e4}
 MONTAGE_COLUMNS = 8
 
 
@@ -431,13 +440,14 @@ def _diversity_layer(entry: models.ModelEntry) -> str:
 
 
 def render_classes(entry: models.ModelEntry, targets: list[int], samples: int, size: int, steps: int,
-                   seed: int, profile: Profile, jobs: Jobs, prefix: str, channels_in: int = 3) -> dict:
+                   seed: int, diversity: float, profile: Profile, jobs: Jobs, prefix: str,
+                   channels_in: int = 3) -> dict:
     """``samples`` images per class, kept apart by a diversity term within each class; one job."""
     n = len(targets) * samples
     cls = [t for t in targets for _ in range(samples)]
     group = [k for k in range(len(targets)) for _ in range(samples)]
     seeds = [seed + 10 * t + s for t in targets for s in range(samples)]
-    weight = option(profile, "diversity") if samples > 1 else 0.0
+    weight = diversity if samples > 1 else 0.0
     layer = _diversity_layer(entry)
     paths = [f"{prefix}/classes/{t}_{s}.png" for t in targets for s in range(samples)]
     spec = {"model": model_id(entry), "classes": targets, "samples": samples, "size": size, "steps": steps,
@@ -486,7 +496,8 @@ def class_visualizations(imagenet: dict, render_models: list[str], class_list: l
     for name in render_models:
         entry = imagenet[name]
         prefix = f"{ROOT}/imagenet/{name}"
-        res = render_classes(entry, targets, samples, size, steps, profile.seed, profile, jobs, prefix)
+        res = render_classes(entry, targets, samples, size, steps, profile.seed, option(profile, "diversity"),
+                             profile, jobs, prefix)
         out["diversity"][name] = {"weight": res["weight"], "layer": res["layer"]}
         out["images"][name], out["montage"][name] = res["images"], res["montage"]
         out["own_top1_rate"][name] = res["own_top1_rate"]
@@ -691,8 +702,9 @@ def photo_start(entry: models.ModelEntry, profile: Profile, jobs: Jobs, store: S
 # -- (8) Fashion-MNIST class visualizations ----------------------------------------------------------------
 def fmnist_classes(entry: models.ModelEntry, profile: Profile, jobs: Jobs, store: Store) -> dict:
     res = render_classes(entry, list(range(entry.num_classes)), option(profile, "fmnist_class_samples"),
-                         entry.input_size[1], option(profile, "fmnist_steps"), profile.seed, profile, jobs,
-                         f"{ROOT}/fmnist/{entry.name}", channels_in=entry.input_size[0])
+                         entry.input_size[1], option(profile, "fmnist_steps"), profile.seed,
+                         option(profile, "fmnist_diversity"), profile, jobs, f"{ROOT}/fmnist/{entry.name}",
+                         channels_in=entry.input_size[0])
     return {"test_accuracy": entry.info.get("test_accuracy"), "classes": {
         "images": res["images"], "montage": res["montage"], "own_top1_rate": res["own_top1_rate"],
         "diversity": {"weight": res["weight"], "layer": res["layer"]}}}
