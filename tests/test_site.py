@@ -152,7 +152,10 @@ class Visit:
         host = urlsplit(base).netloc
         self.page.on("console", lambda m: m.type == "error" and self.problems.append(f"console error: {m.text}"))
         self.page.on("pageerror", lambda e: self.problems.append(f"page error: {e}"))
-        self.page.on("requestfailed", lambda r: self.problems.append(f"request failed: {r.url} ({r.failure})"))
+        # ERR_ABORTED is the browser cancelling an image whose src a control has already replaced (a fast
+        # slider under load); a missing file still shows up as a 404 response or a broken naturalWidth.
+        self.page.on("requestfailed", lambda r: None if "ERR_ABORTED" in str(r.failure) else
+                     self.problems.append(f"request failed: {r.url} ({r.failure})"))
         self.page.on("response", lambda r: r.status >= 400 and self.problems.append(f"HTTP {r.status}: {r.url}"))
         self.page.on("request", lambda r: urlsplit(r.url).scheme in ("http", "https")
                      and urlsplit(r.url).netloc != host and self.problems.append(f"request to another host: {r.url}"))
