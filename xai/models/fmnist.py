@@ -97,6 +97,9 @@ class TrainConfig:
     lr: float = 3e-3
     weight_decay: float = 0.05
     seed: int = 0
+    # NHWC memory layout while training: 1.75x faster for MobileNetV3's depthwise convolutions on this
+    # CPU (1099 vs 629 img/s), slower for ResNet-18 (256 vs 317), about equal for the others.
+    channels_last: bool = False
 
 
 @dataclass(frozen=True)
@@ -105,17 +108,21 @@ class Arch:
     layers: list[str]  # shallow -> deep
     description: str
     epochs: int  # full budget
+    lr: float = 3e-3  # one-cycle peak learning rate
+    channels_last: bool = False  # see TrainConfig
     version: int = 1  # bump when the architecture or its training changes meaning: old checkpoints retrain
 
 
 ARCHS: dict[str, Arch] = {
-    "fmnist_cnn": Arch(plain_cnn, ["relu1", "relu2", "relu3", "relu4"], "plain CNN, 4 conv layers", 3, version=2),
+    "fmnist_cnn": Arch(plain_cnn, ["relu1", "relu2", "relu3", "relu4"], "plain CNN, 4 conv layers", 4, version=2),
     "fmnist_vgg": Arch(narrow_vgg, ["features.2", "features.6", "features.13", "features.17", "features.20"],
                        "torchvision VGG-BN, narrowed", 2),
     "fmnist_resnet18": Arch(resnet18_28px, ["relu", "layer1", "layer2", "layer3", "layer4"],
                             "torchvision ResNet-18, 28 px stem", 2),
+    # 3 epochs at lr 3e-3 gave 88.8 %, at 1e-2 89.8 %: it underfits (train loss 0.35), so a fourth epoch,
+    # paid for by the NHWC layout.
     "fmnist_mobilenetv3": Arch(mobilenetv3, ["bn1", "blocks.1", "blocks.3", "blocks.5", "conv_head"],
-                               "timm MobileNetV3-Small", 3),
+                               "timm MobileNetV3-Small", 4, lr=1e-2, channels_last=True),
     "fmnist_vit": Arch(small_vit, ["blocks.0", "blocks.1", "blocks.2", "blocks.3"],
                        "timm ViT, patch 4, width 96, depth 4", 5),
 }
@@ -124,10 +131,12 @@ BUDGETS = ("full", "smoke")
 
 
 def train_config(name: str, budget: str) -> TrainConfig:
+    arch = ARCHS[name]
     if budget == "full":
-        return TrainConfig(epochs=ARCHS[name].epochs, train_size=None, test_size=None)
+        return TrainConfig(epochs=arch.epochs, train_size=None, test_size=None, lr=arch.lr,
+                           channels_last=arch.channels_last)
     if budget == "smoke":
-        return TrainConfig(epochs=2, train_size=4096, test_size=1000)
+        return TrainConfig(epochs=2, train_size=4096, test_size=1000, lr=arch.lr, channels_last=arch.channels_last)
     raise XaiError(f"unknown training budget {budget!r}; choose from {', '.join(BUDGETS)}")
 
 
@@ -183,6 +192,8 @@ def train(model: nn.Module, cfg: TrainConfig, *, progress: bool = True, desc: st
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch)
     loss_fn = nn.CrossEntropyLoss()
+    layout = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model.to(memory_format=layout)
     start = time.perf_counter()
     bar = tqdm(total=cfg.epochs * steps_per_epoch, desc=desc or "train", disable=not progress, unit="batch")
     for _epoch in range(cfg.epochs):
@@ -190,7 +201,7 @@ def train(model: nn.Module, cfg: TrainConfig, *, progress: bool = True, desc: st
         order = torch.randperm(len(x_train), generator=gen)
         for i in range(steps_per_epoch):
             idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
-            xb = (_flip(x_train[idx], gen) if hflip else x_train[idx]).to(device)
+            xb = (_flip(x_train[idx], gen) if hflip else x_train[idx]).to(device).contiguous(memory_format=layout)
             loss = loss_fn(model(xb), y_train[idx].to(device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -200,6 +211,7 @@ def train(model: nn.Module, cfg: TrainConfig, *, progress: bool = True, desc: st
             bar.set_postfix(loss=f"{loss.item():.3f}")
     bar.close()
     train_seconds = time.perf_counter() - start
+    model.to(memory_format=torch.contiguous_format)  # hooks and readers downstream expect NCHW
     acc = evaluate(model, x_test, y_test)
     model.eval()
     return {"test_accuracy": acc, "test_images": len(x_test), "train_images": len(x_train),
