@@ -372,3 +372,17 @@ def test_clear_errors(fmnist_cnn_smoke, lite0):
         A.grad_cam(mlp, torch.rand(1, 1, 4, 4), 0, layer="1")
     with pytest.raises(XaiError, match="CAM methods are not applicable"):
         A.grad_cam(mlp, torch.rand(1, 1, 4, 4), 0)
+
+
+def test_fast_layout_runs_nhwc_and_gives_the_module_back_unchanged():
+    from xai.attribution._common import fast_layout
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    x = torch.rand(5, 3, 12, 12)
+    before = net(x)
+    with fast_layout(net):
+        assert net[0].weight.is_contiguous(memory_format=torch.channels_last)
+        inside = net(x)
+    assert all(p.is_contiguous() for p in net.parameters())
+    torch.testing.assert_close(inside, before, rtol=1e-5, atol=1e-6)

@@ -20,7 +20,7 @@ from torch import nn
 
 from ..errors import XaiError
 from ..layers import capture, num_prefix_tokens, resolve, to_spatial
-from ._common import Target, check_positive, finish, prepare, unwrap
+from ._common import Target, check_positive, fast_layout, finish, prepare, unwrap
 
 
 class CAM:
@@ -104,16 +104,18 @@ class ScoreCAM(CAM):
         lo, hi = flat.amin(2), flat.amax(2)
         masks = (up - lo[..., None, None]) / (hi - lo).clamp_min(1e-8)[..., None, None]
         w = torch.zeros(b, c, device=acts.device)
-        for i in range(b):
-            keep = torch.arange(c, device=acts.device)
-            if max_channels is not None:
-                check_positive("max_channels", max_channels)
-                keep = flat[i].var(1).topk(min(max_channels, c)).indices
-            keep = keep[(hi[i, keep] - lo[i, keep]) > 0]  # a constant map masks nothing
-            for j in range(0, len(keep), internal_batch_size):
-                ks = keep[j:j + internal_batch_size]
-                masked = inputs[i:i + 1] * masks[i, ks, None]
-                w[i, ks] = module(masked).softmax(-1)[:, targets[i]]
+        if max_channels is not None:
+            check_positive("max_channels", max_channels)
+        with fast_layout(module):
+            for i in range(b):
+                keep = torch.arange(c, device=acts.device)
+                if max_channels is not None:
+                    keep = flat[i].var(1).topk(min(max_channels, c)).indices
+                keep = keep[(hi[i, keep] - lo[i, keep]) > 0]  # a constant map masks nothing
+                for j in range(0, len(keep), internal_batch_size):
+                    ks = keep[j:j + internal_batch_size]
+                    masked = inputs[i:i + 1] * masks[i, ks, None]
+                    w[i, ks] = module(masked).softmax(-1)[:, targets[i]]
         return w
 
 

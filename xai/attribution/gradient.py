@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import XaiError
-from ._common import Target, check_positive, finish, prepare, scorer
+from ._common import Target, check_positive, fast_layout, finish, prepare, scorer
 
 BASELINES = ("black", "blur", "uniform")
 
@@ -30,14 +30,17 @@ def gradient_x_input(model, inputs: torch.Tensor, target: Target, *, output: str
     from captum.attr import InputXGradient
 
     module, x, t = prepare(model, inputs, target)  # x is a detached copy: marking it does not touch inputs
-    return finish(InputXGradient(scorer(module, output)).attribute(x.requires_grad_(True), target=t), inputs)
+    with fast_layout(module):
+        attr = InputXGradient(scorer(module, output)).attribute(x.requires_grad_(True), target=t)
+    return finish(attr, inputs)
 
 
 def _gradient(module: nn.Module, x: torch.Tensor, t: torch.Tensor, output: str) -> torch.Tensor:
     from captum.attr import Saliency
 
     # captum warns about inputs that do not require gradients; ours are fresh copies, so ask up front
-    return Saliency(scorer(module, output)).attribute(x.detach().requires_grad_(True), target=t, abs=False)
+    with fast_layout(module):
+        return Saliency(scorer(module, output)).attribute(x.detach().requires_grad_(True), target=t, abs=False)
 
 
 def noise_gradient_moments(model, inputs: torch.Tensor, target: Target, *, samples: int = 32,
@@ -133,6 +136,7 @@ def integrated_gradients(model, inputs: torch.Tensor, target: Target, *, baselin
     module, x, t = prepare(model, inputs, target)
     ref = baseline(x, baseline_kind, sigma=sigma, seed=seed)
     ig = IntegratedGradients(scorer(module, output))
-    attr = ig.attribute(x, baselines=ref, target=t, n_steps=steps, method=method,
-                        internal_batch_size=max(internal_batch_size, x.shape[0]))
+    with fast_layout(module):
+        attr = ig.attribute(x, baselines=ref, target=t, n_steps=steps, method=method,
+                            internal_batch_size=max(internal_batch_size, x.shape[0]))
     return finish(attr, inputs)

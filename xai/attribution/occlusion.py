@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import XaiError
-from ._common import Target, check_positive, finish, prepare, scorer
+from ._common import Target, check_positive, fast_layout, finish, prepare, scorer
 from .gradient import baseline as make_baseline
 
 
@@ -34,9 +34,10 @@ def occlusion(model, inputs: torch.Tensor, target: Target, *, window: int | floa
         raise XaiError(f"unknown occlusion fill {fill!r}; choose black or blur")
     ref = make_baseline(x, fill)
     per_eval = max(1, internal_batch_size // x.shape[0])
-    attr = Occlusion(scorer(module, output)).attribute(
-        x, sliding_window_shapes=(c, window, window), strides=(c, stride, stride), baselines=ref,
-        target=t, perturbations_per_eval=per_eval)
+    with fast_layout(module):
+        attr = Occlusion(scorer(module, output)).attribute(
+            x, sliding_window_shapes=(c, window, window), strides=(c, stride, stride), baselines=ref,
+            target=t, perturbations_per_eval=per_eval)
     return finish(attr, inputs)
 
 
