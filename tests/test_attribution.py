@@ -386,3 +386,13 @@ def test_fast_layout_runs_nhwc_and_gives_the_module_back_unchanged():
         inside = net(x)
     assert all(p.is_contiguous() for p in net.parameters())
     torch.testing.assert_close(inside, before, rtol=1e-5, atol=1e-6)
+
+
+def test_default_cam_layer_skips_a_layer_after_the_global_pool():
+    torch.manual_seed(0)
+    net = nn.Sequential(OrderedDict([("conv", nn.Conv2d(1, 4, 3, padding=1)), ("relu", nn.ReLU()),
+                                     ("pool", nn.AdaptiveAvgPool2d(1)), ("head", nn.Conv2d(4, 6, 1)),
+                                     ("flat", nn.Flatten()), ("fc", nn.Linear(6, 3))]))
+    x = torch.rand(1, 1, 8, 8)
+    assert A.default_layer(net, x, ["conv", "head"]) == "conv"  # head is 1x1, though its gradient is not zero
+    assert A.default_layer(net, x, ["head"]) == "head"  # nothing better: the 1x1 layer is still returned

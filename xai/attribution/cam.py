@@ -172,14 +172,23 @@ def default_layer(model, x: torch.Tensor, candidates: Sequence[str] | None = Non
     finally:
         for h in handles:
             h.remove()
+    moving = []
     for name, g in reversed(list(zip(order, grads))):
         if g is None:
             continue
         try:
-            if to_spatial(g, prefix).ne(0).any():
-                return name
+            g = to_spatial(g, prefix)
         except XaiError:
             continue
+        if g.ne(0).any():
+            moving.append((name, g.shape[-2] * g.shape[-1]))
+    # A 1x1 layer (e.g. timm MobileNetV3's conv_head, after its global pool) moves the prediction but
+    # draws one uniform cell: the deepest layer with a real grid is the useful choice.
+    for name, positions in moving:
+        if positions > 1:
+            return name
+    if moving:
+        return moving[0][0]
     raise XaiError("no layer of this model has spatial positions that move its prediction; "
                    "CAM methods are not applicable")
 

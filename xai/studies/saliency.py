@@ -20,14 +20,23 @@ Artifacts (under ``saliency/``):
     ``imagenet.not_applicable.<model>.<method>``: the reason a method gave no map (absent if it did).
     ``fmnist.models``, ``fmnist.images`` (test-set indices), ``fmnist.labels``, ``fmnist.cam_layer.<model>``,
     ``fmnist.targets.<model>`` (list of ``index``, ``name``, ``p``, ``correct``), ``fmnist.gallery.<model>``,
-    ``fmnist.not_applicable.<model>.<method>``.
+    ``fmnist.not_applicable.<model>.<method>``, ``fmnist.non_rectifiers.<model>`` (its activation types
+    that are not rectifiers, e.g. ``["GELU"]``).
     ``timings.<model>.<method>``: ``seconds_per_image`` (wall clock of the batched call / images),
     ``images``, ``device``; measured when the map was computed, so a cached rerun reports the original.
     ``logit_vs_softmax.<model>.<photo>``: ``p`` (top-1 probability), ``spearman_softmax`` (rank correlation
     of the max-|gradient| maps of the softmax probability and of the logit); figure path in
     ``logit_vs_softmax.figure``. The log-softmax gradient is the softmax's divided by p, the same map.
     ``choices``: ``figure``, ``model``, ``photo``: sign, channel aggregation and smoothing side by side.
-``gallery/<photo>.webp``, ``fmnist/<model>.webp``, ``logit_vs_softmax.webp``, ``choices.webp``,
+    ``sensitivity``: one free parameter per method, varied on the first photo of the first ImageNet
+    model: ``figure``, ``model``, ``photos``, ``targets`` (class names), ``seconds``, ``parameters.<id>``
+    (``ig_baseline``, ``smoothgrad_noise``, ``occlusion_window``): ``method``, ``parameter``, ``reference``
+    (the value the others are compared with: the study's baseline, no noise, the study's window in px),
+    ``variants`` (list of ``value``, ``label``, ``spearman``: per photo, rank correlation of the 2-D map
+    with the reference's, null where a map is constant); IG variants also have ``score_difference``
+    (f(x) - f(x'), the target's logit) and ``attribution_sum`` per photo, occlusion variants ``stride``
+    (px); ``steps`` (IG), ``samples`` (SmoothGrad), ``side`` (occlusion, px).
+``gallery/<photo>.webp``, ``fmnist/<model>.webp``, ``logit_vs_softmax.webp``, ``choices.webp``, ``sensitivity.webp``,
 ``parts/*.json`` (cached pieces).
 """
 from __future__ import annotations
@@ -67,6 +76,7 @@ DEFAULTS = {
     "occlusion_window": 1 / 7,  # fraction of the side (or px); None: the method's default (a seventh)
     "occlusion_stride": 1 / 7,  # fraction of the side (or px); None: half the window (4x the cost)
     "score_cam_channels": 32,  # the most varying channels; None: every channel (1280 at EfficientNet's head)
+    "sensitivity_noise": [0.05, 0.15, 0.3],  # SmoothGrad noise levels of the sensitivity figure
     "internal_batch_size": 32,  # images per forward pass inside a method (ImageNet models)
     "fmnist_internal_batch_size": 256,  # the same for the 28 px models, which need bigger batches to be efficient
 }
@@ -226,10 +236,27 @@ def cam_layer(entry: models.ModelEntry, x: torch.Tensor) -> str:
     return attribution.default_layer(entry, x[:1].to(entry.device))
 
 
+def _warm_up(entry: models.ModelEntry, x: torch.Tensor) -> None:
+    """One forward and backward pass before any method is timed: the first pass of a model pays for
+    oneDNN's kernel set-up (on lite0, the first method timed took 8x its later cost)."""
+    x = x.to(entry.device).requires_grad_(True)
+    entry.model(x).max().backward()
+
+
+NON_RECTIFIERS = {"gelu", "silu", "swish", "hardswish", "mish", "elu", "selu", "celu", "leakyrelu", "softplus",
+                  "prelu", "tanh"}
+
+
+def non_rectifiers(entry: models.ModelEntry) -> list[str]:
+    """The activation types of a model that are not rectifiers (where guided methods are undefined)."""
+    return sorted({type(m).__name__ for m in entry.model.modules() if type(m).__name__.lower() in NON_RECTIFIERS})
+
+
 def all_maps(entry: models.ModelEntry, batch: Batch, profile: Profile, names: Sequence[str]) -> tuple[dict, str]:
     """``({method: Maps}, cam layer)`` for one model and batch. SmoothGrad, SmoothGrad² and VarGrad are
     three statistics of the same noisy gradients: they are drawn once, and each reports that time."""
     layer = cam_layer(entry, batch.x)
+    _warm_up(entry, batch.x[:1])
     moments: dict = {}
 
     def noise_stat(name: str, opts: dict):
@@ -336,6 +363,12 @@ def imagenet_part(profile: Profile, store: Store, names: list[str], timings: dic
                     method_options(profile, "integrated_gradients"), method_options(profile, "smoothgrad"))
     results["choices"] = store.cached_json(f"{STUDY}/parts/choices.json", key,
                                            lambda: choices(entries[first], batches[first], store, profile))
+    key = cache_key(STUDY, CODE_VERSION, "sensitivity", model_id(entries[first]), photos[:1],
+                    {n_: method_options(profile, n_) for n_ in ("integrated_gradients", "smoothgrad", "occlusion")},
+                    option(profile, "sensitivity_noise"))
+    results["sensitivity"] = store.cached_json(
+        f"{STUDY}/parts/sensitivity.json", key,
+        lambda: sensitivity(entries[first], batches[first].subset(1), store, profile))
     return results
 
 
@@ -344,7 +377,7 @@ def fmnist_part(profile: Profile, store: Store, names: list[str], timings: dict)
     _, y = fashion_mnist.load("test")
     results = {"models": list(profile.fmnist_models), "images": indices,
                "labels": [fashion_mnist.CLASSES[int(y[i])] for i in indices], "cam_layer": {}, "targets": {},
-               "gallery": {}, "not_applicable": {}}
+               "gallery": {}, "not_applicable": {}, "non_rectifiers": {}}
     for name in profile.fmnist_models:
         entry = load(name, profile)
         b = fmnist_batch(entry, indices)
@@ -354,6 +387,7 @@ def fmnist_part(profile: Profile, store: Store, names: list[str], timings: dict)
              "correct": int(t) == int(y[i])} for i, t, p in zip(indices, b.targets, b.probs)]
         timings[name] = {m: timing_row(entry, v, len(indices)) for m, v in mp.items()}
         results["not_applicable"][name] = {m: v.error for m, v in mp.items() if v.error}
+        results["non_rectifiers"][name] = non_rectifiers(entry)
         rel = f"{STUDY}/fmnist/{name}.webp"
         key = cache_key(STUDY, CODE_VERSION, "fmnist", model_id(entry), indices, names,
                         results["cam_layer"][name], {n_: method_options(profile, n_, entry) for n_ in names})
@@ -440,6 +474,100 @@ def choices(entry: models.ModelEntry, batch: Batch, store: Store, profile: Profi
     return {"figure": rel, "model": entry.name, "photo": b.ids[0], "target": entry.class_names[int(b.targets[0])]}
 
 
+def sensitivity(entry: models.ModelEntry, batch: Batch, store: Store, profile: Profile) -> dict:
+    """How much a map depends on a free parameter of its method, on the same photos: the baseline of
+    Integrated Gradients, the noise level of SmoothGrad and the window of occlusion. Each variant's 2-D
+    map (as drawn and as the metrics rank it) is compared with a reference by Spearman's rank
+    correlation: the study's own baseline and window, and for SmoothGrad the plain gradient (no noise)
+    that it smooths. Integrated Gradients also records what each baseline leaves to explain, the logit
+    difference f(x) - f(x'), and the sum of its attributions. Maps go through the attribution cache, so
+    the study's own settings cost nothing here."""
+    import matplotlib.pyplot as plt
+
+    from ..metrics import spearman
+
+    start = time.perf_counter()
+    x, t = batch.x, batch.targets
+
+    def maps_of(name: str, options: dict) -> torch.Tensor:
+        mp = compute_maps(entry, batch, name, options)
+        if mp.maps is None:
+            raise XaiError(f"sensitivity: {mp.error}")
+        return mp.maps
+
+    @torch.no_grad()
+    def target_logit(images: torch.Tensor) -> torch.Tensor:
+        out = entry.model(images.to(entry.device)).float().cpu()
+        return out.gather(1, t.view(-1, 1)).squeeze(1)
+
+    def rho(a: torch.Tensor, b: torch.Tensor) -> list:
+        return [None if np.isnan(v) else round(float(v), 4) for v in spearman(a, b)]
+
+    params: dict = {}
+    ig = method_options(profile, "integrated_gradients", entry)
+    fx = target_logit(x)
+    ig_maps = [maps_of("integrated_gradients", {**ig, "baseline_kind": kind}) for kind in attribution.BASELINES]
+    reference = ig_maps[attribution.BASELINES.index(ig["baseline_kind"])]
+    # The signed map is the sum over colour channels, so its total is the attributions' total.
+    variants = [{"value": kind, "label": f"{kind} baseline", "spearman": rho(m, reference),
+                 "score_difference": [round(float(v), 4) for v in fx - target_logit(
+                     attribution.baseline(x, kind, seed=ig["seed"]))],
+                 "attribution_sum": [round(float(v), 4) for v in m.flatten(1).sum(1)]}
+                for kind, m in zip(attribution.BASELINES, ig_maps)]
+    params["ig_baseline"] = {"method": "integrated_gradients", "parameter": "baseline",
+                             "reference": ig["baseline_kind"], "steps": ig["steps"], "variants": variants,
+                             "maps": ig_maps}
+
+    sg = method_options(profile, "smoothgrad", entry)
+    sg_maps = [maps_of("gradient", method_options(profile, "gradient", entry))]
+    sg_maps += [maps_of("smoothgrad", {**sg, "noise": noise}) for noise in option(profile, "sensitivity_noise")]
+    variants = [{"value": noise, "label": f"noise {noise:.0%}" if noise else "gradient (no noise)",
+                 "spearman": rho(m, sg_maps[0])}
+                for noise, m in zip([0.0, *option(profile, "sensitivity_noise")], sg_maps)]
+    params["smoothgrad_noise"] = {"method": "smoothgrad", "parameter": "noise", "reference": 0.0,
+                                  "samples": sg["samples"], "variants": variants, "maps": sg_maps}
+
+    occ = method_options(profile, "occlusion", entry)
+    side = int(min(x.shape[-2:]))
+
+    def pixels(size: int | float | None, default: int) -> int:
+        """An occlusion option as the method reads it: a float is a fraction of the side, None its default."""
+        return default if size is None else max(1, round(size * side)) if isinstance(size, float) else size
+
+    w = pixels(occ["window"], max(1, side // 7))
+    stride = pixels(occ["stride"], max(1, w // 2))
+    # Half and twice the study's window; the study's own map (its options as they are) comes from the cache.
+    # Strides never exceed the study's, so that a window that divides the side covers every pixel.
+    windows = [(max(1, w // 2), max(1, min(w // 2, stride))), (w, stride), (2 * w, stride)]
+    occ_maps = [maps_of("occlusion", occ if size == w else {**occ, "window": size, "stride": st})
+                for size, st in windows]
+    variants = [{"value": size, "label": f"{size} px window", "stride": st, "spearman": rho(m, occ_maps[1])}
+                for (size, st), m in zip(windows, occ_maps)]
+    params["occlusion_window"] = {"method": "occlusion", "parameter": "window (px)", "reference": w,
+                                  "side": side, "variants": variants, "maps": occ_maps}
+
+    cols = 1 + max(len(p["variants"]) for p in params.values())
+    titles = {"ig_baseline": "Integrated Gradients:\nbaseline", "smoothgrad_noise": "SmoothGrad:\nnoise level",
+              "occlusion_window": "Occlusion:\nwindow"}
+    fig, axes = plt.subplots(len(params), cols, figsize=(cols * 1.8, len(params) * 2.0), squeeze=False)
+    for r, (pid, p) in enumerate(params.items()):
+        R.show_image(axes[r, 0], x[0], titles[pid], fontsize=7)
+        signed = R.is_signed(attribution.get(p["method"]).kind)
+        for c, (v, m) in enumerate(zip(p["variants"], p.pop("maps")), start=1):
+            first = v["spearman"][0]
+            rho_text = "reference" if v["value"] == p["reference"] else (
+                "ρ undefined" if first is None else f"ρ = {first:.2f}")
+            R.draw(axes[r, c], m[0], signed=signed, title=f"{v['label']}\n{rho_text}", fontsize=7)
+        for c in range(1 + len(p["variants"]), cols):
+            axes[r, c].axis("off")
+    fig.subplots_adjust(wspace=0.05, hspace=0.45)
+    rel = f"{STUDY}/sensitivity.webp"
+    store.write_figure(rel, fig, dpi=110)
+    return {"figure": rel, "model": entry.name, "photos": batch.ids,
+            "targets": [entry.class_names[int(i)] for i in t], "parameters": params,
+            "seconds": round(time.perf_counter() - start, 2)}
+
+
 def run(profile: Profile, store: Store) -> dict:
     names = method_names(profile)
     timings: dict = {}
@@ -450,6 +578,7 @@ def run(profile: Profile, store: Store) -> dict:
     if results["imagenet"]:
         results["logit_vs_softmax"] = results["imagenet"].pop("logit_vs_softmax")
         results["choices"] = results["imagenet"].pop("choices")
+        results["sensitivity"] = results["imagenet"].pop("sensitivity")
     results["fmnist"] = fmnist_part(profile, store, names, timings) if profile.fmnist_models else {}
     results["timings"] = timings
     store.write_json(f"{STUDY}/results.json", results)
