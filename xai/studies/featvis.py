@@ -20,7 +20,9 @@ Artifacts (under ``featvis/``; ``<m>`` a model, ``<layer>`` a dotted layer name,
     image order), ``activity`` (each channel's mean activation on the selection images, same tensor),
     ``values`` (each rendering's final objective: the channel's spatial mean, untransformed),
     ``start_values`` (the same at step 0), ``images`` (PNG paths, one per channel),
-    ``montage`` (one PNG, channels row-major, 8 per row), ``seconds``, ``ms_per_image_step``; for
+    ``montage`` (one PNG, channels row-major, 8 per row), ``wavelength_px`` (each image's characteristic
+    wavelength, :func:`pattern_wavelength`) and ``median_wavelength_px``, for colour images ``colourfulness``
+    (:func:`colourfulness`) and ``median_colourfulness``, ``seconds``, ``ms_per_image_step``; for
     Fashion-MNIST models also ``exemplars`` (per channel: PNG strip of the top-9 test images, 28 px each)
     and ``exemplar_indices`` / ``exemplar_activations`` (per channel, top first).
     ``classes``: ``render_models``, ``classes`` (list of ``index``, ``name``, ``photos``), ``samples``,
@@ -156,6 +158,31 @@ def read_png(store: Store, rel: str) -> torch.Tensor:
 
 def _pngs(store: Store, paths: Sequence[str]) -> torch.Tensor:
     return torch.stack([read_png(store, p) for p in paths])
+
+
+def pattern_wavelength(images: torch.Tensor) -> list[float]:
+    """Characteristic wavelength (px) of each image ``[N, C, h, w]``: one over the power-weighted mean
+    radial spatial frequency of its grey levels (mean removed). Large for broad shapes, small for fine
+    texture, so the scale of what a layer's units respond to can be compared across layers."""
+    grey = images.float().mean(1)
+    grey = grey - grey.mean((1, 2), keepdim=True)
+    power = torch.fft.rfft2(grey).abs() ** 2
+    h, w = grey.shape[1:]
+    fy = torch.fft.fftfreq(h)[:, None]
+    fx = torch.fft.rfftfreq(w)[None, :]
+    radius = torch.sqrt(fy ** 2 + fx ** 2)
+    mean_f = (power * radius).sum((1, 2)) / power.sum((1, 2)).clamp_min(1e-12)
+    return [round(float(1 / f), 2) if f > 0 else float("nan") for f in mean_f]
+
+
+def colourfulness(images: torch.Tensor) -> list[float]:
+    """Hasler and Suesstrunk's (2003) colourfulness of each RGB image ``[N, 3, h, w]`` in [0, 1]: the
+    spread and mean of its opponent colour channels; 0 for grey images."""
+    r, g, b = images.float().unbind(1)
+    rg, yb = r - g, 0.5 * (r + g) - b
+    spread = torch.sqrt(rg.std((1, 2)) ** 2 + yb.std((1, 2)) ** 2)
+    offset = torch.sqrt(rg.mean((1, 2)) ** 2 + yb.mean((1, 2)) ** 2)
+    return [round(float(v), 4) for v in spread + 0.3 * offset]
 
 
 def montage(tiles: Sequence[torch.Tensor], columns: int, gap: int = 2) -> torch.Tensor:
@@ -392,8 +419,13 @@ def _grid(entry, layers, x_select, k, size, channels_in, steps, profile, jobs, p
             default_transforms(size), steps, seeds, option(profile, "batch"), snapshots=(0,)),
             model=entry.model, objective=objective)
         mont = f"{prefix}/grid/{layer}.png"
-        jobs.store.write_bytes(mont, png(montage(_pngs(jobs.store, paths), MONTAGE_COLUMNS)))
+        tiles = _pngs(jobs.store, paths)
+        jobs.store.write_bytes(mont, png(montage(tiles, MONTAGE_COLUMNS)))
+        wavelengths = pattern_wavelength(tiles)
         rows.append({"layer": layer, "objective_layer": target, "channels": order, "activity": _floats(mean[order]),
+                     "wavelength_px": wavelengths, "median_wavelength_px": float(np.median(wavelengths)),
+                     **({"colourfulness": (c := colourfulness(tiles)), "median_colourfulness": float(np.median(c))}
+                        if tiles.shape[1] == 3 else {}),
                      "values": rec["values"], "start_values": rec["snapshot_values"].get("0", []),
                      "images": paths, "montage": mont, "seconds": rec["seconds"],
                      "ms_per_image_step": rec["ms_per_image_step"]})
