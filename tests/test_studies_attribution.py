@@ -1,5 +1,6 @@
 """The saliency, Grad-CAM and faithfulness studies on the smoke profile, into a temporary store."""
 import json
+import math
 
 import pytest
 import torch
@@ -72,6 +73,24 @@ def test_saliency_results(built):
     lvs = r["logit_vs_softmax"]["efficientnet_lite0"]["chelsea"]
     assert -1 <= lvs["spearman_softmax"] <= 1 and 0 < lvs["p"] <= 1
     assert r["choices"]["photo"] == "chelsea"
+
+
+def test_saliency_sensitivity(built):
+    store, _, _, _ = built
+    s = store.read_json("saliency/results.json")["sensitivity"]
+    assert s["model"] == "efficientnet_lite0" and s["photos"] == ["chelsea"]
+    params = s["parameters"]
+    assert set(params) == {"ig_baseline", "smoothgrad_noise", "occlusion_window"}
+    for p in params.values():
+        reference = [v for v in p["variants"] if v["value"] == p["reference"]]
+        assert len(reference) == 1 and reference[0]["spearman"] == [1.0]  # the reference map against itself
+        assert all(r is None or -1 <= r <= 1 for v in p["variants"] for r in v["spearman"])
+    ig = params["ig_baseline"]
+    assert [v["value"] for v in ig["variants"]] == list(attribution.BASELINES)
+    assert all(math.isfinite(x) for v in ig["variants"] for x in v["score_difference"] + v["attribution_sum"])
+    occ = params["occlusion_window"]
+    assert [v["value"] for v in occ["variants"]] == [occ["reference"] // 2, occ["reference"], 2 * occ["reference"]]
+    assert all((occ["side"] - v["value"]) % v["stride"] == 0 for v in occ["variants"])  # every pixel covered
 
 
 def test_gradcam_results(built):
