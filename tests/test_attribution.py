@@ -375,10 +375,11 @@ def test_clear_errors(fmnist_cnn_smoke, lite0):
 
 
 def test_fast_layout_runs_nhwc_and_gives_the_module_back_unchanged():
-    from xai.attribution._common import fast_layout
+    from xai.layers import fast_layout
 
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3, groups=8), nn.AdaptiveAvgPool2d(1),
+                        nn.Flatten())
     x = torch.rand(5, 3, 12, 12)
     before = net(x)
     with fast_layout(net):
@@ -386,6 +387,9 @@ def test_fast_layout_runs_nhwc_and_gives_the_module_back_unchanged():
         inside = net(x)
     assert all(p.is_contiguous() for p in net.parameters())
     torch.testing.assert_close(inside, before, rtol=1e-5, atol=1e-6)
+    dense = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3))
+    with fast_layout(dense):  # no depthwise convolution: nothing measured to gain, left alone
+        assert dense[0].weight.is_contiguous()
 
 
 def test_default_cam_layer_skips_a_layer_after_the_global_pool():

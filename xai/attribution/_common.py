@@ -7,8 +7,7 @@ wrong size silently and explain a different computation).
 from __future__ import annotations
 
 import weakref
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -108,27 +107,6 @@ def scorer(module: nn.Module, output: str):
     if output == "softmax":
         return lambda z: module(z).softmax(-1)
     return lambda z: module(z).log_softmax(-1)
-
-
-@contextmanager
-def fast_layout(module: nn.Module) -> Iterator[None]:
-    """Run the block's passes over many images (masked, occluded, noisy or path batches) in NHWC layout.
-
-    oneDNN's NHWC convolutions are faster on CPU: measured on this 2-core Xeon, efficientnet_lite0
-    forwards 32 images at 41 img/s in NCHW and 72 img/s in NHWC, and a forward + input-gradient pass of
-    16 images at 28 vs 34 img/s, with the same float32 arithmetic. The module is put back in its own
-    layout afterwards, so callers never see the change. Inputs need no conversion: the first
-    convolution of an NHWC module returns NHWC whatever it is given.
-    """
-    convs = [m for m in module.modules() if isinstance(m, nn.Conv2d)]
-    if not convs or convs[0].weight.is_contiguous(memory_format=torch.channels_last):
-        yield
-        return
-    module.to(memory_format=torch.channels_last)
-    try:
-        yield
-    finally:
-        module.to(memory_format=torch.contiguous_format)
 
 
 def check_positive(name: str, value: int) -> int:

@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import XaiError
-from ..layers import capture, num_prefix_tokens, resolve, to_spatial
-from ._common import Target, check_positive, fast_layout, finish, prepare, unwrap
+from ..layers import capture, fast_layout, num_prefix_tokens, resolve, to_spatial
+from ._common import Target, check_positive, finish, prepare, unwrap
 
 
 class CAM:

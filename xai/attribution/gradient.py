@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import XaiError
-from ._common import Target, check_positive, fast_layout, finish, prepare, scorer
+from ..layers import fast_layout
+from ._common import Target, check_positive, finish, prepare, scorer
 
 BASELINES = ("black", "blur", "uniform")
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 import torch
 
 from ..errors import XaiError
-from ._common import Target, check_positive, fast_layout, finish, prepare, scorer
+from ..layers import fast_layout
+from ._common import Target, check_positive, finish, prepare, scorer
 from .gradient import baseline as make_baseline
 
 

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import XaiError
-from ..layers import capture, num_prefix_tokens, resolve
+from ..layers import capture, fast_layout, num_prefix_tokens, resolve
 from .objectives import INPUT, OUTPUT, Activations, Objective
 from .param import ImageParam, Seeds, per_image_seeds
 from .transforms import Compose, Transform
@@ -184,7 +184,7 @@ def render(
     history = torch.zeros(steps, n)
     shots: dict[int, torch.Tensor] = {}
     start = time.perf_counter()
-    with torch.enable_grad():
+    with torch.enable_grad(), fast_layout(model):
         for step in range(steps + 1):
             if step in snapshots:
                 with torch.no_grad():

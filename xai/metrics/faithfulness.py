@@ -15,7 +15,8 @@ import math
 
 import torch
 
-from ..attribution._common import Target, check_positive, fast_layout, prepare, select
+from ..attribution._common import Target, check_positive, prepare, select
+from ..layers import fast_layout
 from ..attribution.gradient import baseline as reference
 from ..errors import XaiError
 
