@@ -115,3 +115,18 @@ def test_results_json_is_plain_json(smoke):
     _, store, _ = smoke
     text = store.path("featvis/results.json").read_text()
     assert "NaN" not in text and json.loads(text)
+
+
+def test_pattern_wavelength_and_colourfulness_measure_what_they_say():
+    from xai.studies.featvis import colourfulness, pattern_wavelength
+
+    x = torch.arange(64, dtype=torch.float32)
+    fine = (torch.sin(2 * math.pi * x / 4) * 0.5 + 0.5).expand(3, 64, 64)  # vertical stripes, 4 px period
+    broad = (torch.sin(2 * math.pi * x / 16) * 0.5 + 0.5).expand(3, 64, 64)
+    wl = pattern_wavelength(torch.stack([fine, broad]))
+    assert wl[0] == pytest.approx(4, rel=0.05) and wl[1] == pytest.approx(16, rel=0.05)
+    grey = torch.full((3, 8, 8), 0.5)
+    red = torch.zeros(3, 8, 8)
+    red[0] = 1
+    c = colourfulness(torch.stack([grey, red]))
+    assert c[0] == pytest.approx(0, abs=1e-6) and c[1] == pytest.approx(0.3 * math.sqrt(1.25), rel=1e-3)  # rg 1, yb 0.5

@@ -43,6 +43,8 @@ _UNDEFINED = {
     F.prelu: "PReLU", F.rrelu: "RReLU", F.logsigmoid: "LogSigmoid", F.tanhshrink: "Tanhshrink",
     torch.tanh: "Tanh", torch.Tensor.tanh: "Tanh", F.tanh: "Tanh",
 }
+# Their names, which are also the names of the torch.nn modules that call them.
+UNDEFINED_ACTIVATIONS = frozenset(_UNDEFINED.values())
 
 
 class _Rectifier(torch.autograd.Function):

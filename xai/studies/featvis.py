@@ -422,10 +422,12 @@ def _grid(entry, layers, x_select, k, size, channels_in, steps, profile, jobs, p
         tiles = _pngs(jobs.store, paths)
         jobs.store.write_bytes(mont, png(montage(tiles, MONTAGE_COLUMNS)))
         wavelengths = pattern_wavelength(tiles)
+        colour = {}
+        if tiles.shape[1] == 3:
+            c = colourfulness(tiles)
+            colour = {"colourfulness": c, "median_colourfulness": float(np.median(c))}
         rows.append({"layer": layer, "objective_layer": target, "channels": order, "activity": _floats(mean[order]),
-                     "wavelength_px": wavelengths, "median_wavelength_px": float(np.median(wavelengths)),
-                     **({"colourfulness": (c := colourfulness(tiles)), "median_colourfulness": float(np.median(c))}
-                        if tiles.shape[1] == 3 else {}),
+                     "wavelength_px": wavelengths, "median_wavelength_px": float(np.median(wavelengths)), **colour,
                      "values": rec["values"], "start_values": rec["snapshot_values"].get("0", []),
                      "images": paths, "montage": mont, "seconds": rec["seconds"],
                      "ms_per_image_step": rec["ms_per_image_step"]})

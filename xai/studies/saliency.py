@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import textwrap
 import time
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -209,6 +210,7 @@ def compute_maps(entry: models.ModelEntry, batch: Batch, method: str, options: d
                 path.unlink(missing_ok=True)  # a damaged cache file is recomputed, never trusted
     todo = [i for i in range(len(keys)) if i not in cached]
     if todo:
+        _warm_up(entry, batch.x[:1])
         start = time.perf_counter()
         try:
             if compute is None:
@@ -236,29 +238,32 @@ def cam_layer(entry: models.ModelEntry, x: torch.Tensor) -> str:
     return attribution.default_layer(entry, x[:1].to(entry.device))
 
 
+_WARMED: weakref.WeakSet = weakref.WeakSet()
+
+
 def _warm_up(entry: models.ModelEntry, x: torch.Tensor) -> None:
-    """One untimed gradient map before any method is timed: the first call in a process pays for
-    captum's import and oneDNN's kernel set-up (on lite0: 0.084 s per image, then 0.028)."""
+    """One untimed gradient map before a model's first timed method: the first call in a process pays
+    for captum's import and oneDNN's kernel set-up (on lite0: 0.084 s per image, then 0.028)."""
+    if entry.model in _WARMED:
+        return
     x = x.to(entry.device)
     with torch.no_grad():
         target = entry.model(x).argmax(1)
     attribution.gradient(entry, x, target)
-
-
-NON_RECTIFIERS = {"gelu", "silu", "swish", "hardswish", "mish", "elu", "selu", "celu", "leakyrelu", "softplus",
-                  "prelu", "tanh"}
+    _WARMED.add(entry.model)
 
 
 def non_rectifiers(entry: models.ModelEntry) -> list[str]:
-    """The activation types of a model that are not rectifiers (where guided methods are undefined)."""
-    return sorted({type(m).__name__ for m in entry.model.modules() if type(m).__name__.lower() in NON_RECTIFIERS})
+    """The activation types of a model for which the guided methods are undefined."""
+    from ..attribution.guided import UNDEFINED_ACTIVATIONS
+
+    return sorted({type(m).__name__ for m in entry.model.modules() if type(m).__name__ in UNDEFINED_ACTIVATIONS})
 
 
 def all_maps(entry: models.ModelEntry, batch: Batch, profile: Profile, names: Sequence[str]) -> tuple[dict, str]:
     """``({method: Maps}, cam layer)`` for one model and batch. SmoothGrad, SmoothGrad² and VarGrad are
     three statistics of the same noisy gradients: they are drawn once, and each reports that time."""
     layer = cam_layer(entry, batch.x)
-    _warm_up(entry, batch.x[:1])
     moments: dict = {}
 
     def noise_stat(name: str, opts: dict):
