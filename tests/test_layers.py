@@ -60,3 +60,71 @@ def test_vit_tokens_become_spatial_maps():
 def test_layer_shapes(lite0):
     shapes = dict(layers.layer_shapes(lite0.model, lite0.input_size))
     assert shapes["blocks.3"] == (80, 14, 14) and shapes["classifier"] == (1000,)
+
+
+def test_fold_batchnorm_keeps_outputs_gradients_and_the_original(lite0):
+    m = lite0.model
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    x = torch.rand(2, *lite0.input_size, generator=torch.Generator().manual_seed(0))
+    folded = layers.fold_batchnorm(m, x[:1])
+    assert folded is not None
+    kinds = {type(mod).__name__ for _, mod in folded.named_modules()}
+    assert "BatchNormAct2d" not in kinds and "_FoldedNorm" in kinds
+    # the same names: every layer a caller reads still resolves
+    assert {n for n, _ in m.named_modules()} == {n for n, _ in folded.named_modules()}
+    with torch.no_grad():
+        a, b = m(x), folded(x)
+    assert (a - b).abs().max() < 1e-4 * a.abs().max()
+    grads = []
+    for net in (m, folded):
+        xi = x.clone().requires_grad_(True)
+        net(xi)[:, 3].sum().backward()
+        grads.append(xi.grad)
+    # ReLU6 gates flip where a pre-activation sits within rounding of 0 or 6: a few pixels move
+    off = (grads[0] - grads[1]).abs() > 1e-3 * grads[0].abs().max()
+    assert off.float().mean() < 5e-3
+    assert torch.corrcoef(torch.stack([grads[0].flatten(), grads[1].flatten()]))[0, 1] > 0.9999
+    assert all(torch.equal(v, m.state_dict()[k]) for k, v in before.items())  # the model is not touched
+    # a block's output reads the same; a convolution that is read keeps its own output
+    acts_m, _ = layers.capture(m, x, ["blocks.2", "blocks.2.0.conv_pw"])
+    kept = layers.fold_batchnorm(m, x[:1], keep=["blocks.2.0.conv_pw"])
+    acts_k, _ = layers.capture(kept, x, ["blocks.2", "blocks.2.0.conv_pw"])
+    for n in acts_m:
+        assert torch.allclose(acts_m[n], acts_k[n], rtol=1e-3, atol=1e-4 * acts_m[n].abs().max()), n
+    acts_f, _ = layers.capture(folded, x, ["blocks.2.0.conv_pw"])
+    assert not torch.allclose(acts_f["blocks.2.0.conv_pw"], acts_m["blocks.2.0.conv_pw"], atol=1e-2)
+
+
+class _ConvBN(torch.nn.Module):
+    def __init__(self, reuse: bool):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.bn = torch.nn.BatchNorm2d(4)
+        self.reuse = reuse
+
+    def forward(self, x):
+        y = self.conv(x)
+        return self.bn(y) + y if self.reuse else self.bn(y)
+
+
+def _trained_stats(net):
+    with torch.no_grad():
+        net.bn.running_mean.uniform_(-1, 1)
+        net.bn.running_var.uniform_(0.5, 2)
+        net.bn.weight.uniform_(0.5, 2)
+    return net.eval()
+
+
+def test_fold_batchnorm_refuses_a_convolution_output_used_elsewhere():
+    torch.manual_seed(0)
+    x = torch.rand(1, 3, 8, 8)
+    plain = _trained_stats(_ConvBN(reuse=False))
+    assert layers.fold_batchnorm(plain, x) is not None
+    # the pairing cannot see a functional second use; the check of outputs must catch it
+    reused = _trained_stats(_ConvBN(reuse=True))
+    assert layers._conv_norm_pairs(reused, x) == [("conv", "bn")]
+    assert layers.fold_batchnorm(reused, x) is None
+    train = _ConvBN(reuse=False).train()
+    assert layers.fold_batchnorm(train, x) is None  # batch statistics cannot be folded
+    with layers.fast_model(reused, x) as fast:
+        assert fast is reused

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import XaiError
-from ..layers import capture, fast_layout, num_prefix_tokens, resolve, to_spatial
+from ..layers import capture, fast_layout, fast_model, num_prefix_tokens, resolve, to_spatial
 from ._common import Target, check_positive, finish, prepare, unwrap
 
 
@@ -106,7 +106,7 @@ class ScoreCAM(CAM):
         w = torch.zeros(b, c, device=acts.device)
         if max_channels is not None:
             check_positive("max_channels", max_channels)
-        with fast_layout(module):
+        with fast_model(module, inputs) as fast:
             for i in range(b):
                 keep = torch.arange(c, device=acts.device)
                 if max_channels is not None:
@@ -115,25 +115,50 @@ class ScoreCAM(CAM):
                 for j in range(0, len(keep), internal_batch_size):
                     ks = keep[j:j + internal_batch_size]
                     masked = inputs[i:i + 1] * masks[i, ks, None]
-                    w[i, ks] = module(masked).softmax(-1)[:, targets[i]]
+                    w[i, ks] = fast(masked).softmax(-1)[:, targets[i]]
         return w
+
+
+def _spatial(raw: torch.Tensor, prefix: int, method: str, layer: str) -> torch.Tensor:
+    try:
+        return to_spatial(raw, prefix)
+    except XaiError as e:
+        raise XaiError(f"{method} is not applicable at layer {layer!r}: {e}") from e
+
+
+def _leaf_once():
+    seen = []
+
+    def hook(_module, _inputs, output):
+        if not seen and isinstance(output, torch.Tensor) and not output.requires_grad:
+            seen.append(True)
+            return output.detach().requires_grad_(True)
+        seen.append(True)
+    return hook
 
 
 def layer_activations(module: nn.Module, x: torch.Tensor, t: torch.Tensor, layer: str, *,
                       gradients: bool = True, method: str = "CAM") -> tuple[torch.Tensor, torch.Tensor | None]:
     """A layer's activations ``[B, C, h, w]`` and the gradients of the target logits with respect to them."""
-    resolve(module, layer)
+    target = resolve(module, layer)
     prefix = num_prefix_tokens(module)
-    with torch.enable_grad() if gradients else torch.no_grad():
-        x = x.clone().requires_grad_(gradients)  # frozen parameters: the graph must start at the input
-        acts, out = capture(module, x, [layer], truncate=not gradients)
-        raw = acts[layer]
+    if not gradients:
+        with torch.no_grad():
+            acts, _ = capture(module, x, [layer], truncate=True)
+        return _spatial(acts[layer], prefix, method, layer).detach(), None
+    with torch.enable_grad():
+        # Only the network after the layer needs a graph (as in captum's LayerGradCam): with frozen
+        # parameters nothing before it records one, and the layer's output becomes a leaf.
+        handle = target.register_forward_hook(_leaf_once())
         try:
-            spatial = to_spatial(raw, prefix)
-        except XaiError as e:
-            raise XaiError(f"{method} is not applicable at layer {layer!r}: {e}") from e
-        if not gradients:
-            return spatial.detach(), None
+            with fast_layout(module):
+                acts, out = capture(module, x, [layer], truncate=False)
+        finally:
+            handle.remove()
+        if not acts[layer].requires_grad:  # a layer whose output is not one tensor: graph from the input
+            acts, out = capture(module, x.clone().requires_grad_(True), [layer], truncate=False)
+        raw = acts[layer]
+        spatial = _spatial(raw, prefix, method, layer)
         if not raw.requires_grad:
             raise XaiError(f"{method} is not applicable at layer {layer!r}: its output does not depend on the input")
         score = out.gather(1, t[:, None]).sum()

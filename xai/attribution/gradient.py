@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import XaiError
-from ..layers import fast_layout
+from ..layers import fast_layout, fast_model
 from ._common import Target, check_positive, finish, prepare, scorer
 
 BASELINES = ("black", "blur", "uniform")
@@ -65,12 +65,12 @@ def noise_gradient_moments(model, inputs: torch.Tensor, target: Target, *, sampl
     total_sq = torch.zeros_like(total)
     per_chunk = max(1, internal_batch_size // b)  # samples of every image per forward pass
     done = 0
-    with fast_layout(module):  # once for the whole loop, not per chunk
+    with fast_model(module, x) as fast:  # once for the whole loop, not per chunk
         while done < samples:
             k = min(per_chunk, samples - done)
             eps = torch.randn((k, *x.shape), generator=gen).to(x.device)
             noisy = (x[None] + eps * noise * span.transpose(0, 1)).reshape(k * b, *x.shape[1:])
-            g = _gradient(module, noisy, t.repeat(k), output).reshape(k, *x.shape).double()
+            g = _gradient(fast, noisy, t.repeat(k), output).reshape(k, *x.shape).double()
             total += g.sum(0)
             total_sq += (g * g).sum(0)
             done += k
@@ -137,8 +137,7 @@ def integrated_gradients(model, inputs: torch.Tensor, target: Target, *, baselin
     check_positive("internal_batch_size", internal_batch_size)
     module, x, t = prepare(model, inputs, target)
     ref = baseline(x, baseline_kind, sigma=sigma, seed=seed)
-    ig = IntegratedGradients(scorer(module, output))
-    with fast_layout(module):
-        attr = ig.attribute(x, baselines=ref, target=t, n_steps=steps, method=method,
+    with fast_model(module, x) as fast:
+        attr = IntegratedGradients(scorer(fast, output)).attribute(x, baselines=ref, target=t, n_steps=steps, method=method,
                             internal_batch_size=max(internal_batch_size, x.shape[0]))
     return finish(attr, inputs)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import XaiError
-from ..layers import fast_layout
+from ..layers import fast_model
 from ._common import Target, check_positive, finish, prepare, scorer
 from .gradient import baseline as make_baseline
 
@@ -35,8 +35,8 @@ def occlusion(model, inputs: torch.Tensor, target: Target, *, window: int | floa
         raise XaiError(f"unknown occlusion fill {fill!r}; choose black or blur")
     ref = make_baseline(x, fill)
     per_eval = max(1, internal_batch_size // x.shape[0])
-    with fast_layout(module):
-        attr = Occlusion(scorer(module, output)).attribute(
+    with fast_model(module, x) as fast:
+        attr = Occlusion(scorer(fast, output)).attribute(
             x, sliding_window_shapes=(c, window, window), strides=(c, stride, stride), baselines=ref,
             target=t, perturbations_per_eval=per_eval)
     return finish(attr, inputs)

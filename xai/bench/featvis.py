@@ -14,6 +14,7 @@ would run all earlier calls' hooks too).
 """
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from contextlib import contextmanager
 from unittest import mock
@@ -24,6 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..featvis import evaluate, objectives, render
+from ..featvis.render import forward
+from ..layers import fast_model
 from ..featvis.param import FFTParam
 from ..featvis.transforms import standard
 from .measure import count_flops, time_sides
@@ -51,8 +54,6 @@ def _lucent_hooks_removed():
 def lucent_render_units(module: nn.Module, layer: str, units: list[int], size: int, model_size: int, steps: int,
                         seed: int, unit_seconds: list[float] | None = None) -> torch.Tensor:
     """One ``render_vis`` call per unit, as lucent is used; ``[N, 3, size, size]`` final images."""
-    import time
-
     from lucent.optvis import objectives as lobj
     from lucent.optvis import param as lparam
     from lucent.optvis.render import render_vis
@@ -86,6 +87,33 @@ def final_activation(module: nn.Module, layer: str, units: list[int], images: to
     return evaluate(module, objectives.channel(layer, units), x).tolist()
 
 
+def network_floor(module: nn.Module, layer: str, units: list[int], model_size: int, seed: int,
+                  timed_steps: int = 16) -> float:
+    """Seconds per step of the network passes alone: the truncated forward and backward of one batch
+    of ``len(units)`` images at ``model_size`` px through the same fast copy our renderer uses, with no
+    parameterization, transforms or optimizer. ``steps`` times this bounds any renderer that makes
+    these passes from below, and lucent's time over that bound is the most any of them could gain."""
+    objective = objectives.channel(layer, units)
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.rand(len(units), 3, model_size, model_size, generator=gen).to(_device(module))
+    with torch.enable_grad(), fast_model(module, x, keep=objective.layers) as fast:
+        xr = x.clone().requires_grad_(True)
+
+        def step():
+            torch.autograd.grad(objective(forward(fast, xr, objective)).sum(), xr)
+
+        step()  # warm-up: oneDNN builds its kernels for these shapes on the first pass
+        start = time.perf_counter()
+        for _ in range(timed_steps):
+            step()
+        return (time.perf_counter() - start) / timed_steps
+
+
+def _device(module: nn.Module) -> torch.device:
+    p = next(module.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
 def run(entry, cfg, peak_flops: float, log: Callable[[str], None] = print) -> dict:
     module = entry.model
     device = entry.device
@@ -114,6 +142,9 @@ def run(entry, cfg, peak_flops: float, log: Callable[[str], None] = print) -> di
     timings, outputs = time_sides({"ours": ours, "lucent": lucent}, cfg.featvis_repeats, device, warmup=False)
     for name, tm in timings.items():
         tm.flops = flops[name]
+    # Measured after both sides, on the same warmed-up machine.
+    floor_step = {layer: network_floor(module, layer, units, model_size, seed) for layer in layers}
+    floor_s = sum(floor_step.values()) * steps
     per_layer = {}
     ours_all, lucent_all = [], []
     for layer in layers:
@@ -130,11 +161,15 @@ def run(entry, cfg, peak_flops: float, log: Callable[[str], None] = print) -> di
         "lucent": timings["lucent"].summary(n_units, peak_flops),
         "speedup": timings["lucent"].median / timings["ours"].median,
         "lucent_unit_seconds": [round(s, 4) for s in unit_seconds],
+        "floor": {"step_seconds": floor_step, "run_seconds": floor_s,
+                  "max_speedup": timings["lucent"].median / floor_s,
+                  "ours_over_floor": timings["ours"].median / floor_s},
         "final_activation": per_layer,
         "ours_mean_activation": float(np.mean(ours_all)), "lucent_mean_activation": float(np.mean(lucent_all)),
         "ours_higher_fraction": float(np.mean([x >= y for x, y in zip(ours_all, lucent_all)])),
     }
     log(f"bench: featvis: ours {result['ours']['per_second']:.3f} units/s, lucent "
         f"{result['lucent']['per_second']:.3f} units/s (x{result['speedup']:.2f}); mean final activation "
-        f"ours {result['ours_mean_activation']:.3f}, lucent {result['lucent_mean_activation']:.3f}")
+        f"ours {result['ours_mean_activation']:.3f}, lucent {result['lucent_mean_activation']:.3f}; the network "
+        f"passes alone take {floor_s:.1f} s per run (at most x{result['floor']['max_speedup']:.2f} over lucent)")
     return result

@@ -160,6 +160,14 @@ def markdown(results: dict) -> str:
                   f"| lucent `render_vis` | {_fmt(fv['lucent']['per_second'])} | {fv['lucent']['median_s']:.1f} | "
                   f"{fv['lucent_mean_activation']:.3f} | | {_pct(fv['lucent']['fraction_of_peak'])} |",
                   "", f"Speed-up: {fv['speedup']:.2f}x."]
+        floor = fv.get("floor")
+        if floor:
+            lines += ["", f"**The floor.** The network passes alone (each layer's truncated forward and backward of "
+                      f"{len(fv['channels'])} images at {fv['model_size']} px through the same batch-norm-folded "
+                      f"copy, with no parameterization, transforms or optimizer) take {floor['run_seconds']:.1f} s "
+                      f"for {fv['steps']} steps: any renderer that makes these passes needs at least that, so "
+                      f"on this machine none can be more than {floor['max_speedup']:.2f}x faster than lucent. "
+                      f"Ours takes {floor['ours_over_floor']:.2f}x the floor."]
 
     e2e = results.get("e2e")
     lines += ["", "## End to end", ""]

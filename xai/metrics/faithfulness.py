@@ -16,7 +16,7 @@ import math
 import torch
 
 from ..attribution._common import Target, check_positive, prepare, select
-from ..layers import fast_layout
+from ..layers import fast_model
 from ..attribution.gradient import baseline as reference
 from ..errors import XaiError
 
@@ -74,9 +74,9 @@ def perturbation_curves(model, inputs: torch.Tensor, target: Target, maps: torch
     ranks = ranks.view(r, b, 1, h, w).to(x.device)
     counts = [round(k * h * w / steps) for k in range(steps + 1)]
     scores = torch.empty(r, b, steps + 1)
-    with fast_layout(module):  # every pass below is forward-only
-        ends = torch.cat([_scores(module, start, t, output, internal_batch_size),
-                          _scores(module, end, t, output, internal_batch_size)]).view(2, b)
+    with fast_model(module, x) as fast:  # every pass below is forward-only
+        ends = torch.cat([_scores(fast, start, t, output, internal_batch_size),
+                          _scores(fast, end, t, output, internal_batch_size)]).view(2, b)
         scores[:, :, 0], scores[:, :, steps] = ends[0], ends[1]
         jobs = [(m, i, k) for m in range(r) for i in range(b) for k in range(1, steps)]
         for j in range(0, len(jobs), internal_batch_size):
@@ -86,7 +86,7 @@ def perturbation_curves(model, inputs: torch.Tensor, target: Target, maps: torch
             n = torch.tensor([counts[k] for _, _, k in chunk], device=x.device).view(-1, 1, 1, 1)
             top = ranks[mm, ii] < n  # the first n pixels of each map's order
             batch = torch.where(top, end[ii], start[ii])
-            s = select(module(batch), t[ii], output).float().cpu()
+            s = select(fast(batch), t[ii], output).float().cpu()
             for (m, i, k), v in zip(chunk, s):
                 scores[m, i, k] = v
     return scores[0] if single else scores
