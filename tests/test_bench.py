@@ -240,3 +240,28 @@ def test_report_copes_with_partial_results(smoke):
     met = {t["what"]: t["met"] for t in report.targets(e2e)}
     assert met["warm rebuild, full profile"] is False and met["cold build, full profile (CPU)"] is True
     assert "| full | 50.0 min | 75 s |" in report.markdown(e2e)
+
+
+def test_book_speed_section_from_a_recorded_run(smoke, tmp_path, monkeypatch):
+    from xai import profiles
+    from xai.render.store import Store
+    from xai.studies import speed
+
+    store = Store(root=tmp_path / "gen")
+    profile = profiles.get("smoke")
+    monkeypatch.setattr(speed, "RECORD", tmp_path / "missing.json")
+    assert speed.run(profile, store) == {"measured": False}
+    assert "No benchmark has been recorded" in store.path("speed/section.md").read_text()
+
+    record = tmp_path / "benchmarks.json"
+    record.write_text(json.dumps(smoke["results"]))
+    monkeypatch.setattr(speed, "RECORD", record)
+    assert speed.run(profile, store)["measured"] is True
+    text = store.path("speed/section.md").read_text()
+    assert text.startswith("```{xai-figure} speed/speed.png")
+    assert store.path("speed/speed.png").stat().st_size > 0
+    # BENCHMARKS.md's sections, one level down, with the measured targets in them
+    assert "\n### Targets\n" in text and "\n## " not in text and not text.startswith("# ")
+    for t in smoke["results"]["targets"]:
+        assert f"| {t['what']} | {t['target']} |" in text
+    assert json.loads(store.path("speed/results.json").read_text())["targets"] == smoke["results"]["targets"]
