@@ -126,5 +126,8 @@ def test_fold_batchnorm_refuses_a_convolution_output_used_elsewhere():
     assert layers.fold_batchnorm(reused, x) is None
     train = _ConvBN(reuse=False).train()
     assert layers.fold_batchnorm(train, x) is None  # batch statistics cannot be folded
+    no_stats = _ConvBN(reuse=False)
+    no_stats.bn = torch.nn.BatchNorm2d(4, track_running_stats=False)
+    assert layers.fold_batchnorm(no_stats.eval(), x) is None
     with layers.fast_model(reused, x) as fast:
         assert fast is reused

@@ -184,6 +184,7 @@ def fast_model(module: nn.Module, probe: torch.Tensor, keep: Sequence[str] = ())
         folded.to(memory_format=torch.channels_last)
     yield folded
 
+
 class _FoldedNorm(nn.Module):
     """What is left of a batch norm folded into the convolution before it: the norm's own activation
     and dropout, when it carries them (timm's ``BatchNormAct2d``), under their own names."""
@@ -240,7 +241,9 @@ def _conv_norm_pairs(model: nn.Module, probe: torch.Tensor) -> list[tuple[str, s
     for tid, (conv, _) in produced.items():
         users = [u for u in consumers.get(tid, []) if not u.startswith(conv + ".")]
         norm = modules[users[0]] if len(users) == 1 else None
-        if type(norm).__name__ in ("BatchNorm2d", "BatchNormAct2d") and not norm.training:
+        # eval mode with running statistics: a norm without them normalises by each batch's own
+        if (type(norm).__name__ in ("BatchNorm2d", "BatchNormAct2d") and not norm.training
+                and norm.running_var is not None):
             pairs.append((conv, users[0]))
     return pairs
 
