@@ -400,3 +400,30 @@ def test_default_cam_layer_skips_a_layer_after_the_global_pool():
     x = torch.rand(1, 1, 8, 8)
     assert A.default_layer(net, x, ["conv", "head"]) == "conv"  # head is 1x1, though its gradient is not zero
     assert A.default_layer(net, x, ["head"]) == "head"  # nothing better: the 1x1 layer is still returned
+
+
+def test_grad_cam_at_a_layer_followed_by_an_in_place_activation():
+    # timm puts Hardswish(inplace=True) right after layers a CAM reads (MobileNetV3's conv_head); the
+    # map must use the layer's own output and its gradient, not the activation written over it.
+    class Net(nn.Module):
+        def __init__(self, inplace: bool):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 4, 3, padding=1)
+            self.act = nn.Hardswish(inplace=inplace)
+            self.head = nn.Linear(4, 3)
+
+        def forward(self, x):
+            return self.head(self.act(self.conv(x)).mean((2, 3)))
+
+    torch.manual_seed(0)
+    net = _frozen(Net(inplace=True))
+    twin = _frozen(Net(inplace=False))
+    twin.load_state_dict(net.state_dict())
+    x = torch.randn(2, 1, 6, 6)
+    cam = A.grad_cam(net, x, 1, layer="conv")
+    a = twin.conv(x).detach().requires_grad_(True)
+    (g,) = torch.autograd.grad(twin.head(twin.act(a).mean((2, 3)))[:, 1].sum(), a)
+    expected = F.relu((g.mean((2, 3), keepdim=True) * a).sum(1, keepdim=True)).detach()
+    expected = expected / expected.flatten(1).amax(1).clamp_min(1e-12).view(-1, 1, 1, 1)
+    got = cam / cam.flatten(1).amax(1).clamp_min(1e-12).view(-1, 1, 1, 1)
+    assert torch.allclose(got, expected, atol=1e-5)

@@ -126,15 +126,24 @@ def _spatial(raw: torch.Tensor, prefix: int, method: str, layer: str) -> torch.T
         raise XaiError(f"{method} is not applicable at layer {layer!r}: {e}") from e
 
 
-def _leaf_once():
-    seen = []
+class _GraphFromLayer:
+    """A forward hook that starts the backward graph at a layer's output: the first output that has no
+    graph (frozen parameters, an input without gradients) is replaced by a leaf that requires one.
+    The network continues with a copy, so an in-place op after the layer (timm's ``act(inplace=True)``)
+    changes the copy, and ``leaf`` keeps the layer's own values, to read and to differentiate."""
 
-    def hook(_module, _inputs, output):
-        if not seen and isinstance(output, torch.Tensor) and not output.requires_grad:
-            seen.append(True)
-            return output.detach().requires_grad_(True)
-        seen.append(True)
-    return hook
+    def __init__(self):
+        self.leaf: torch.Tensor | None = None
+        self.ran = False
+
+    def __call__(self, _module, _inputs, output):
+        if self.ran:
+            return None
+        self.ran = True
+        if isinstance(output, torch.Tensor) and not output.requires_grad:
+            self.leaf = output.detach().requires_grad_(True)
+            return self.leaf.clone()
+        return None
 
 
 def layer_activations(module: nn.Module, x: torch.Tensor, t: torch.Tensor, layer: str, *,
@@ -149,15 +158,17 @@ def layer_activations(module: nn.Module, x: torch.Tensor, t: torch.Tensor, layer
     with torch.enable_grad():
         # Only the network after the layer needs a graph (as in captum's LayerGradCam): with frozen
         # parameters nothing before it records one, and the layer's output becomes a leaf.
-        handle = target.register_forward_hook(_leaf_once())
+        start = _GraphFromLayer()
+        handle = target.register_forward_hook(start)
         try:
             with fast_layout(module):
                 acts, out = capture(module, x, [layer], truncate=False)
         finally:
             handle.remove()
-        if not acts[layer].requires_grad:  # a layer whose output is not one tensor: graph from the input
+        raw = start.leaf if start.leaf is not None else acts[layer]
+        if not raw.requires_grad:  # a layer whose output is not one tensor: graph from the input
             acts, out = capture(module, x.clone().requires_grad_(True), [layer], truncate=False)
-        raw = acts[layer]
+            raw = acts[layer]
         spatial = _spatial(raw, prefix, method, layer)
         if not raw.requires_grad:
             raise XaiError(f"{method} is not applicable at layer {layer!r}: its output does not depend on the input")
