@@ -225,6 +225,28 @@ def test_e2e_builds_cold_then_warm(tmp_path, monkeypatch):
     assert [(c / "built").read_text() for c in caches] == ["full", "full"]
 
 
+def test_an_e2e_run_keeps_the_other_profiles_last_measurement(tmp_path, monkeypatch):
+    from xai.bench import e2e
+    from xai.bench.measure import machine
+    from xai.models import default_device
+    from xai.render.store import Store
+
+    monkeypatch.setenv("XAI_GENERATED", str(tmp_path / "generated"))
+    info = machine(default_device())
+    full = {"cold_s": 2000.0, "warm_s": 50.0, "started": "earlier", "cleared": []}
+    Store(profile="smoke").write_json(bench.RESULTS, {"profile": "smoke", "machine": info, "e2e": {"full": full}})
+    quick = {"cold_s": 900.0, "warm_s": 30.0, "started": "now", "cleared": []}
+    monkeypatch.setattr(e2e, "run", lambda profiles, log=print: {p: quick for p in profiles})
+    threads = torch.get_num_threads()  # the smoke config sets one thread; the rest of the session keeps its own
+    try:
+        out = bench.run("smoke", ["e2e"], e2e_profiles=["quick"], markdown_path=tmp_path / "B.md",
+                        log=lambda _: None)
+    finally:
+        torch.set_num_threads(threads)
+    assert out["e2e"] == {"full": full, "quick": quick}
+    assert "| full | 33.3 min | 50 s |" in (tmp_path / "B.md").read_text()
+
+
 def test_report_copes_with_partial_results(smoke):
     import matplotlib.pyplot as plt
 

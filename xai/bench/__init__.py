@@ -166,7 +166,8 @@ def run(profile: str = "full", sections: Sequence[str] = ("attribution", "featvi
 
     if "e2e" in sections:
         # First: a cold build replaces the store's directory, so nothing of this run may be in it yet.
-        results["e2e"] = e2e.run(cfg.e2e_profiles, log)
+        # Profiles not built this time keep their last measurement (on this machine: see _previous).
+        results["e2e"] = {**results.get("e2e", {}), **e2e.run(cfg.e2e_profiles, log)}
         store = Store(profile=profile)
     log(f"bench: {profile} profile on {info['cpu']} ({info['cpu_count']} cores)"
         f"{', ' + info['gpu']['name'] if info['gpu'] else ''}, device {device}")

@@ -91,8 +91,9 @@ def network_floor(module: nn.Module, layer: str, units: list[int], model_size: i
                   timed_steps: int = 8, rounds: int = 3) -> float:
     """Seconds per step of the network passes alone: the truncated forward and backward of one batch
     of ``len(units)`` images at ``model_size`` px through the same fast copy our renderer uses, with no
-    parameterization, transforms or optimizer. ``steps`` times this bounds any renderer that makes
-    these passes from below, and lucent's time over that bound is the most any of them could gain."""
+    parameterization, transforms or optimizer. ``steps`` times this is what any renderer that makes these
+    passes needs (up to this machine's run-to-run spread), and lucent's time over it is the most any of
+    them could gain."""
     objective = objectives.channel(layer, units)
     gen = torch.Generator().manual_seed(seed)
     x = torch.rand(len(units), 3, model_size, model_size, generator=gen).to(_device(module))

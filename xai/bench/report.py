@@ -164,15 +164,16 @@ def markdown(results: dict) -> str:
         if floor:
             lines += ["", f"**The floor.** The network passes alone (each layer's truncated forward and backward of "
                       f"{len(fv['channels'])} images at {fv['model_size']} px through the same batch-norm-folded "
-                      f"copy, with no parameterization, transforms or optimizer) take {floor['run_seconds']:.1f} s "
-                      f"for {fv['steps']} steps: any renderer that makes these passes needs at least that, so "
-                      f"on this machine none can be more than {floor['max_speedup']:.2f}x faster than lucent. "
-                      f"Ours takes {floor['ours_over_floor']:.2f}x the floor."]
+                      f"copy, with no parameterization, transforms or optimizer; the fastest of three rounds, "
+                      f"measured after both sides) take {floor['run_seconds']:.1f} s for {fv['steps']} steps. Ours "
+                      f"takes {floor['ours_over_floor']:.2f}x that; a renderer that did nothing but these passes "
+                      f"would be {floor['max_speedup']:.2f}x faster than lucent."]
 
     e2e = results.get("e2e")
     lines += ["", "## End to end", ""]
     if e2e:
-        lines += ["`make book PROFILE=...` from a cold cache (no generated artifacts, site or trained checkpoints) "
+        lines += ["`make book PROFILE=...` from a cold cache (no generated artifacts, site, trained checkpoints or "
+                  "cached attribution maps: what a fresh clone has) "
                   "and then again warm.", "", "| profile | cold | warm | measured |", "| --- | --- | --- | --- |"]
         for p, v in e2e.items():
             lines.append(f"| {p} | {_seconds(v['cold_s'])} | {_seconds(v['warm_s'])} | {v['started']} |")
