@@ -138,6 +138,7 @@ def integrated_gradients(model, inputs: torch.Tensor, target: Target, *, baselin
     module, x, t = prepare(model, inputs, target)
     ref = baseline(x, baseline_kind, sigma=sigma, seed=seed)
     with fast_model(module, x) as fast:
-        attr = IntegratedGradients(scorer(fast, output)).attribute(x, baselines=ref, target=t, n_steps=steps, method=method,
-                            internal_batch_size=max(internal_batch_size, x.shape[0]))
+        attr = IntegratedGradients(scorer(fast, output)).attribute(
+            x, baselines=ref, target=t, n_steps=steps, method=method,
+            internal_batch_size=max(internal_batch_size, x.shape[0]))
     return finish(attr, inputs)

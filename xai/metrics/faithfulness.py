@@ -16,9 +16,9 @@ import math
 import torch
 
 from ..attribution._common import Target, check_positive, prepare, select
-from ..layers import fast_model
 from ..attribution.gradient import baseline as reference
 from ..errors import XaiError
+from ..layers import fast_model
 
 SUBSTRATES = ("zero", "blur")
 MODES = ("deletion", "insertion")
