@@ -10,6 +10,7 @@ import sys
 
 import numpy as np
 import pytest
+import tolerance as tol
 import torch
 
 from xai import bench
@@ -19,9 +20,24 @@ from xai.bench.e2e import ASIDE_SUFFIX, set_aside
 from xai.errors import UnknownNameError, XaiError
 from xai.paths import REPO
 
-# Pairs that run the same algorithm on both sides: their outputs must match to float precision.
-SAME_ALGORITHM = {("gradient", "captum"), ("integrated_gradients", "captum"), ("occlusion", "captum"),
-                  ("grad_cam", "captum"), ("grad_cam", "pytorch-grad-cam"), ("grad_cam_pp", "pytorch-grad-cam")}
+# Pairs that run the same algorithm on both sides, with the rule of tests/tolerance.py that bounds
+# their end-to-end difference. Methods that run many passes use a copy with batch norms folded into the
+# convolutions (xai.layers.fast_model), which rounds differently from the anchor's pass (rule 3).
+SAME_ALGORITHM = {
+    ("gradient", "captum"): "cross_library",  # one backward pass of the same network
+    ("occlusion", "captum"): "cross_library",  # forward values are continuous: no gate can flip them
+    ("grad_cam", "captum"): "cross_library",
+    ("grad_cam", "pytorch-grad-cam"): "cross_library",
+    # Gradients at 4 path points on the folded copy: a ReLU6 gate within rounding of its kink flips.
+    ("integrated_gradients", "captum"): "kinks",
+    # Cause of the 2.9e-3 seen end to end on an AMD EPYC: rounding in a near-zero denominator, not a
+    # disagreement. The layer gradients of the two passes differ by 7e-7 of their maximum (rule 3; ours
+    # come from a graph started at the layer in NHWC, the library's from the whole network in NCHW), and
+    # blocks.1's activations are signed, so 2 g**2 + sum(a) g**3 comes within 1 % of the 1e-6 eps on some
+    # channels: that amplifies the gradients' rounding about 4000 times. Fed the library's own
+    # activations and gradients in float64, the formulas agree to 3e-16 (the bench's formula check).
+    ("grad_cam_pp", "pytorch-grad-cam"): "ill_conditioned",
+}
 
 
 @pytest.fixture(scope="module")
@@ -83,15 +99,31 @@ def test_same_algorithms_agree_to_float_precision(smoke):
             if pair not in SAME_ALGORITHM:
                 continue
             seen.add(pair)
-            ag = a["agreement"]
+            ag, rule = a["agreement"], SAME_ALGORITHM[pair]
             assert ag["constant_maps"] == 0, pair
-            assert ag["spearman_min"] > 0.99, (pair, ag)
-            # Methods that run many passes use a copy with batch norms folded into the convolutions
-            # (xai.layers.fast_model), which rounds differently: where a pre-activation lies within
-            # rounding of a ReLU6 kink the gate flips, and with 4 path points one flip moves a pixel's
-            # Integrated Gradients by a few thousandths of the map's maximum (2.5e-3 measured).
-            assert ag["rel_max_abs_diff"] < (1e-2 if pair[0] == "integrated_gradients" else 1e-3), (pair, ag)
-    assert seen == SAME_ALGORITHM
+            assert ag["spearman_min"] > tol.RANK, (pair, ag)
+            if rule == "cross_library":  # rule 5, well-conditioned
+                assert ag["rel_max_abs_diff"] <= tol.CROSS_LIBRARY, (pair, ag)
+            elif rule == "kinks":  # rule 4
+                assert ag["share_beyond"][f"{tol.KINK_GAP:.0e}"] <= tol.KINK_SHARE, (pair, ag)
+            else:  # rule 5, ill-conditioned: the formula and its inputs on their own
+                check = a["check"]
+                assert check["formula_float64"]["rel_max_abs_diff"] <= tol.FORMULA64, (pair, check)
+                assert check["layer_activations"]["rel_max_abs_diff"] <= tol.NETWORK, (pair, check)
+                assert check["layer_gradients"]["rel_max_abs_diff"] <= tol.NETWORK, (pair, check)
+    assert seen == set(SAME_ALGORITHM)
+
+
+def test_formula_check_tells_a_real_disagreement_from_rounding(lite0):
+    """The ill-conditioned rule must still catch a formula that differs: Grad-CAM's weights are not
+    Grad-CAM++'s, and fed the same float64 inputs they disagree by far more than FORMULA64."""
+    from xai.bench.attribution import bench_inputs, formula_check
+
+    x, t, _ = bench_inputs(lite0, 64, 2)
+    right = formula_check("grad_cam_pp", "GradCAMPlusPlus", lite0.model, "blocks.1", x, t)
+    wrong = formula_check("grad_cam", "GradCAMPlusPlus", lite0.model, "blocks.1", x, t)
+    assert right["formula_float64"]["rel_max_abs_diff"] <= tol.FORMULA64
+    assert wrong["formula_float64"]["rel_max_abs_diff"] > 1e3 * tol.FORMULA64
 
 
 def test_differing_algorithms_still_point_the_same_way(smoke):

@@ -1,0 +1,93 @@
+"""The suite's one tolerance policy: what "equal to float precision" means, written down once.
+
+Every numerical assert in the suite takes its bound from here, with the rule it follows named at the
+assert. A bound is derived from how the two sides are computed, never from the number one machine gave:
+the same suite must pass on any x86-64 CPU (AVX-512 or not, Intel or AMD), at any thread count, with or
+without denormals (see conftest.py for how to run it under each).
+
+float32 has ``EPS = 2**-23`` (about 1.2e-7): the spacing of floats at 1.0. The rules, by how the two
+sides are computed:
+
+1. **Exact** (``torch.equal``). The same elementwise operations on the same values, whatever the batch,
+   layout or vector width: IEEE arithmetic rounds each elementwise result once, so a batch of 40 and a
+   batch of 1 give the same bits. Examples: the featvis transforms (their coordinates are computed
+   elementwise for this reason), a truncated forward against the full one, a checkpoint reloaded, a
+   seeded run repeated.
+
+2. **Rounding** (:func:`ulps`). A short computation whose kernel may differ: a reduction or a matrix
+   product of ``n`` terms, or a closed form of a few operations, may be summed in another order, fused
+   (FMA) or split across threads by another CPU or batch size. Bound: ``n`` float32 spacings of the
+   magnitude involved, ``ulps(n, scale)``. Toy models with hand-computed answers use this rule with
+   ``n`` = the length of the longest sum in them (the common ``atol=1e-6`` on values of order 1 is
+   ``ulps(8)``).
+
+3. **Network** (:data:`NETWORK`). Two float32 passes through a deep network computed differently (a
+   folded batch norm, NHWC against NCHW, another batch size, another library's graph): errors of
+   ``sqrt(K) * EPS`` per layer of fan-in ``K`` accumulate over the depth ``L``, ``sqrt(K) * L * EPS``;
+   for efficientnet_lite0 (``K <= 1152``, ``L`` about 50) that is about 2e-4 in the worst case and far
+   less typically. Bound: ``NETWORK = 1e-4`` of the largest magnitude compared, for values that are a
+   smooth function of the input (logits, activations, probabilities, gradients of smooth networks).
+
+4. **Kinks** (:data:`KINK_SHARE`). Gradients through piecewise-linear units (ReLU, ReLU6, max-pool) jump
+   where a pre-activation crosses its kink; where it lies within rounding of the kink, the two passes
+   of rule 3 take different branches, and the gradient loses or gains that one unit's contribution
+   over its receptive field. No elementwise bound holds (Integrated Gradients with 4 path points on a
+   folded copy moved some pixels by 2.5e-3 of the map's maximum, on an Intel Xeon and on an AMD EPYC
+   alike), so such comparisons bound the *share* of elements farther apart than ``KINK_GAP = 1e-3`` of
+   the maximum (one unit's contribution is small against the sum over all of them): at most
+   ``KINK_SHARE = 0.5 %``, plus a rank correlation.
+
+5. **Another library, same algorithm.** Its difference from ours is rule 3 (or 4) carried through the
+   method: ``condition * NETWORK``. Well-conditioned methods (gradient, Integrated Gradients, Grad-CAM,
+   occlusion, guided backprop) keep rule 3's bound, scaled by the map's maximum (:data:`CROSS_LIBRARY`).
+   An ill-conditioned formula can amplify the network's rounding without bound (Grad-CAM++'s
+   denominator ``2 g**2 + sum(a) g**3`` nears zero on signed activations): then the test checks the
+   two parts separately, the formula on the *same* inputs in float64 (:data:`FORMULA64`: float64's
+   spacing of 2.2e-16 times a condition of up to 1e6, still far below any real difference between two
+   formulas) and the inputs by rule 3, and the end-to-end maps only by rank.
+
+6. **Optimization** (:data:`OPTIMIZED`). Iterates of an optimizer (Adam, the featvis renderer, the
+   counterfactual search) after many steps: Adam normalises each gradient element by its running
+   magnitude, so a rule-3 difference in a near-zero element becomes a step of full size. Runs that
+   should be the same (batched against one by one) are compared by their objective values and images
+   to ``OPTIMIZED = 1e-3`` of their range; different seeds must differ by far more (``DIFFERENT``).
+
+7. **Statistical.** Estimates from random samples (SmoothGrad, VarGrad, sanity-check correlations) are
+   bounded by their standard error (``k * sigma / sqrt(n)``, ``k = 4``), computed in the test.
+
+8. **Resampling** is rule 1 when the coordinates are computed elementwise, and rule 2 with ``n = 4``
+   (the bilinear weights of four pixels) against another implementation of the same interpolation.
+"""
+from __future__ import annotations
+
+import torch
+
+EPS = float(torch.finfo(torch.float32).eps)  # 2**-23
+
+
+def ulps(n: float, scale: float = 1.0) -> float:
+    """Rule 2: ``n`` float32 spacings at magnitude ``scale``."""
+    return n * EPS * scale
+
+
+NETWORK = 1e-4  # rule 3, relative to the largest magnitude compared
+KINK_GAP = 1e-3  # rule 4: relative to the largest magnitude compared
+KINK_SHARE = 5e-3  # rule 4: share of elements allowed past KINK_GAP (branches taken differently)
+FORMULA64 = 1e-10  # rule 5: two float64 evaluations of the same formula on the same inputs
+RANK = 0.999  # rules 4 and 5: Spearman correlation of maps whose values may not be bounded elementwise
+CROSS_LIBRARY = 1e-3  # rule 5: a well-conditioned method against another library, relative to the map's max
+OPTIMIZED = 1e-3  # rule 6: the same optimization run two ways, relative to the value range
+DIFFERENT = 1e-2  # rule 6: two genuinely different runs differ by at least this (10x OPTIMIZED)
+SIGMA = 4.0  # rule 7: standard errors
+
+
+def network_close(a: torch.Tensor, b: torch.Tensor, rel: float = NETWORK) -> bool:
+    """Rule 3: every element within ``rel`` of the larger side's maximum magnitude."""
+    scale = float(torch.maximum(a.abs().max(), b.abs().max()))
+    return bool(((a - b).abs() <= rel * scale + ulps(1)).all())
+
+
+def share_beyond(a: torch.Tensor, b: torch.Tensor, rel: float = NETWORK) -> float:
+    """Rule 4: the share of elements farther apart than rule 3 allows."""
+    scale = float(torch.maximum(a.abs().max(), b.abs().max()))
+    return float(((a - b).abs() > rel * scale + ulps(1)).float().mean())
