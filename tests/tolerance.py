@@ -77,7 +77,9 @@ FORMULA64 = 1e-10  # rule 5: two float64 evaluations of the same formula on the 
 RANK = 0.999  # rules 4 and 5: Spearman correlation of maps whose values may not be bounded elementwise
 CROSS_LIBRARY = 1e-3  # rule 5: a well-conditioned method against another library, relative to the map's max
 OPTIMIZED = 1e-3  # rule 6: the same optimization run two ways, relative to the value range
-DIFFERENT = 1e-2  # rule 6: two genuinely different runs differ by at least this (10x OPTIMIZED)
+# Things that must differ (another seed, another method, a randomized model) are asserted to differ by
+# at least this share of their range: ten times any bound above, so rounding can never pass for a change.
+DIFFERENT = 1e-2
 SIGMA = 4.0  # rule 7: standard errors
 
 
