@@ -1,10 +1,13 @@
-"""Model-parameter randomization tests (Adebayo et al. 2018), cascading from the top block down.
+"""Model-parameter randomization tests (Adebayo et al. 2018): cascading from the top block down, and
+independent (one unit at a time).
 
 An explanation that still looks the same after the weights it explains were replaced by noise is not
 explaining the model. The network is cut into *units* (its top-level blocks, with a container such as
 ``blocks`` or ``layer1`` opened one level, and a normalisation layer kept with the block before it);
-units are randomized cumulatively from the output side, and after each step every method's map is
-compared with the map of the trained model.
+units are randomized cumulatively from the output side (cascading), or each on its own with the others
+trained (independent), and after each step every method's map is compared with the map of the trained
+model. Both orders draw from one generator, unit after unit from the output side, so a unit gets the
+same weights in both: the independent step of a unit differs from the trained model in that unit only.
 
 Randomization rule: every parameter tensor of a unit is redrawn, seeded, from a Gaussian with that
 tensor's own mean and standard deviation: scale kept, learnt structure gone. Buffers (batch-norm
@@ -85,6 +88,22 @@ def cascading_randomization(model: nn.Module, seed: int = 0) -> Iterator[tuple[s
     for name, params in randomization_units(model):
         randomize_(net, params, gen)
         yield name, net
+
+
+def independent_randomization(model: nn.Module, seed: int = 0) -> Iterator[tuple[str, nn.Module]]:
+    """Yield ``(unit, model)`` with only ``unit`` randomized, the other units trained: one copy, each unit
+    restored before the next is randomized, so hold on to nothing between steps. The caller's model is
+    never touched."""
+    net = copy.deepcopy(model)
+    gen = torch.Generator().manual_seed(seed)
+    params = dict(net.named_parameters())
+    for name, names in randomization_units(model):
+        saved = {n: params[n].detach().clone() for n in names}
+        randomize_(net, names, gen)
+        yield name, net
+        with torch.no_grad():
+            for n, v in saved.items():
+                params[n].copy_(v)
 
 
 def spearman(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
