@@ -65,9 +65,9 @@ def test_smoke_writes_results_figure_and_markdown(smoke):
     with Image.open(smoke["figure"]) as im:
         assert im.format == "PNG" and im.width > 400 and im.height > 200
     text = smoke["markdown"].read_text()
-    for heading in ("## Targets", "## Attribution", "## Feature visualization", "## End to end"):
+    for heading in ("## Targets", "## Attribution", "## Feature visualization", "## Metrics", "## End to end"):
         assert heading in text
-    for row in r["attribution"]["rows"]:
+    for row in r["attribution"]["rows"] + r["metrics"]["rows"]:
         assert f"| {row['label']} |" in text
     # The repository's BENCHMARKS.md is only for the full profile; smoke must not overwrite it.
     assert not (smoke["generated"] / bench.STORE_MARKDOWN).exists()
@@ -135,6 +135,55 @@ def test_differing_algorithms_still_point_the_same_way(smoke):
     assert sg["anchors"][0]["map_agreement"]["spearman_mean"] > 0
     # Score-CAM's channel weights differ by design (probability vs softmax over channels), not its maps' sense.
     assert rows["score_cam"]["anchors"][0]["agreement"]["spearman_mean"] > 0
+
+
+def test_every_metric_quantus_has_gets_a_row(smoke):
+    from xai.metrics import METRICS
+
+    mt = smoke["results"]["metrics"]
+    cfg = bench.config("smoke")
+    assert mt["batch"] == cfg.metrics_batch and mt["attributions"] == "gradient"
+    # Quantus has every family's metrics; deletion and insertion (as AUCs) it has not
+    assert [r["metric"] for r in mt["rows"]] == [n for n in METRICS if n not in ("deletion", "insertion")]
+    for r in mt["rows"]:
+        assert len(r["ours"]["seconds"]) == cfg.repeats and _finite_positive(r["ours"]["median_s"])
+        (a,) = r["anchors"]
+        assert a["library"] == "quantus" and _finite_positive(a["speedup"])
+        assert _finite_positive(a["timing"]["median_s"]) and a["call"]
+        kind = a["agreement"]["kind"]
+        assert kind in ("same inputs", "own draws", "definition differs")
+        if kind == "definition differs":
+            assert a["note"], r["metric"]  # the difference is stated
+
+
+def test_metrics_agree_with_quantus_where_they_share_a_definition(smoke, fmnist_cnn_smoke):
+    """The bench's agreement, by the rules of tests/tolerance.py (as in test_metrics_quantus.py)."""
+    import math as m
+
+    from xai import attribution as A
+    from xai.bench.metrics import bench_inputs
+
+    rows = {r["metric"]: r["anchors"][0]["agreement"] for r in smoke["results"]["metrics"]["rows"]}
+    x, t = bench_inputs(fmnist_cnn_smoke, bench.config("smoke").metrics_batch)
+    n = x[0].numel()
+    total = float(A.gradient(fmnist_cnn_smoke.model, x, t).abs().flatten(1).sum(1).min())
+    bounds = {
+        # Exact: 0/1 predictions averaged; the same sparse systems (tie-free maps; margins checked in the tests)
+        "road_morf": 0.0, "road_lerf": 0.0, "pointing_game": 0.0,
+        # Rule 3: gradients through the same passes, ratios of order 1
+        "max_sensitivity": tol.NETWORK, "avg_sensitivity": tol.NETWORK, "local_lipschitz": tol.NETWORK,
+        # Quantus's epsilons (test_metrics_quantus.py derives them), plus one float32 rounding of ours
+        "sparseness": n * 1e-7 / total + tol.ulps(1), "complexity": n * 1e-12 + tol.ulps(1, m.log(n)),
+        "relevance_mass": tol.ulps(1),
+    }
+    for name, bound in bounds.items():
+        ag = rows[name]
+        assert ag["kind"] == "same inputs" and ag["values"] > 0, name
+        assert ag["max_abs_diff"] <= bound * max(1.0, ag["scale"]), (name, ag)
+    for name in ("faithfulness_correlation", "random_logit"):  # rule 7: paired differences of two estimates
+        ag = rows[name]
+        assert ag["kind"] == "own draws"
+        assert abs(ag["mean_diff"]) <= tol.SIGMA * ag["diff_sem"], (name, ag)
 
 
 def test_featvis_reports_speed_and_final_activations(smoke):
@@ -282,11 +331,12 @@ def test_an_e2e_run_keeps_the_other_profiles_last_measurement(tmp_path, monkeypa
 def test_report_copes_with_partial_results(smoke):
     import matplotlib.pyplot as plt
 
-    for missing in ("attribution", "featvis"):
+    for missing in ("attribution", "featvis", "metrics"):
         partial = {k: v for k, v in smoke["results"].items() if k != missing}
         partial["targets"] = report.targets(partial)
         text = report.markdown(partial)
         assert "## Targets" in text and ("## Attribution" in text) == (missing != "attribution")
+        assert ("## Metrics" in text) == (missing != "metrics")
         plt.close(report.figure(partial))
     cpu_only = {**smoke["results"]["machine"], "gpu": None}  # the cold-build target depends on the device
     e2e = {**smoke["results"], "machine": cpu_only,

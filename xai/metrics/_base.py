@@ -172,7 +172,7 @@ class Metric(ABC):
         from ..attribution._common import prepare
 
         module = x = t = None
-        if self.needs_model or model is not None:
+        if self.needs_model:
             if model is None:
                 raise MissingInputError(self.name, "a model")
             if inputs is None or targets is None:

@@ -31,8 +31,8 @@ import torch
 from ..attribution._common import OUTPUTS, select
 from ..errors import XaiError
 from ..layers import fast_model
-from ._base import (Batch, Metric, flag, fraction, fraction_tuple, full_attributions, generator, non_negative_int, one_of,
-                    param, pearson, pixel_maps, positive, positive_int)
+from ._base import (Batch, Metric, flag, fraction, fraction_tuple, full_attributions, generator, non_negative_int,
+                    one_of, param, pearson, pixel_maps, positive, positive_int)
 from .faithfulness import SUBSTRATES, substrate
 
 

@@ -10,7 +10,7 @@
   similarity after each unit ``[B, units]``; the score is its mean over units (Quantus's
   ``return_average_correlation``), lower is better.
 
-Similarities (``similarity``, :func:`.sanity.similarities`): ``spearman_abs`` (rank correlation of the
+Similarities (``similarity``, :func:`.sanity.similarity`): ``spearman_abs`` (rank correlation of the
 absolute 2-D maps as drawn), ``spearman_signed`` (of the signed channel sums) or ``ssim`` (of the
 absolute maps, scaled as drawn). The maps are drawn by the method's ``kind``
 (:data:`xai.attribution.KINDS`), taken from an :class:`~._base.Explainer`, else the ``kind`` parameter.
@@ -29,9 +29,7 @@ import torch
 
 from ..attribution import KINDS
 from ._base import Batch, Metric, explain_in_chunks, generator, non_negative_int, one_of, param, positive_int
-from .sanity import cascading_randomization, independent_randomization, similarities
-
-SIMILARITIES = ("spearman_abs", "spearman_signed", "ssim")
+from .sanity import SIMILARITIES, cascading_randomization, independent_randomization, similarity
 
 
 def _kind(batch: Batch, default: str) -> str:
@@ -39,7 +37,7 @@ def _kind(batch: Batch, default: str) -> str:
 
 
 def _similarity(original: torch.Tensor, other: torch.Tensor, kind: str, which: str) -> torch.Tensor:
-    return torch.from_numpy(np.asarray(similarities(original.cpu(), other.cpu(), kind)[which], dtype=np.float64))
+    return torch.from_numpy(np.asarray(similarity(original.cpu(), other.cpu(), kind, which), dtype=np.float64))
 
 
 def other_classes(t: torch.Tensor, num_classes: int, gen: torch.Generator) -> torch.Tensor:

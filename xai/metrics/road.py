@@ -12,6 +12,10 @@ mask's outline.
   the score fall fast (lower is better).
 * **LeRF** (least relevant first) removes the bottom ``p``: the score should stay (higher is better).
 
+Pixels tied in the map are removed in a seeded random order (:func:`.faithfulness.pixel_order`), never
+in raster order; Quantus takes ``np.argsort``'s order, which differs wherever a map is flat (gradient x
+input on a black background ties half the pixels of a Fashion-MNIST image at 0).
+
 The score per image is the mean of its curve over the removal ``percentages``; ``output`` is the
 target's softmax probability (as deletion uses), its logit, or ``"accuracy"``: whether the prediction
 is still the target (Rong et al.'s and Quantus's measure, 0 or 1 per image and level).

@@ -129,18 +129,28 @@ def ssim(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
     return np.array(out)
 
 
+SIMILARITIES = ("spearman_abs", "spearman_signed", "ssim")
+
+
+def similarity(original: torch.Tensor, randomized: torch.Tensor, kind: str, which: str) -> np.ndarray:
+    """One of :data:`SIMILARITIES` per image (see :func:`similarities`)."""
+    from ..render.maps import aggregate, saliency_map
+
+    if which == "spearman_signed":
+        return spearman(aggregate(original, "sum"), aggregate(randomized, "sum"))
+    a, b = saliency_map(original, kind), saliency_map(randomized, kind)
+    if which == "spearman_abs":
+        return spearman(a.abs(), b.abs())
+    if which == "ssim":
+        return ssim(a, b)
+    raise XaiError(f"unknown similarity {which!r}; choose from {', '.join(SIMILARITIES)}")
+
+
 def similarities(original: torch.Tensor, randomized: torch.Tensor, kind: str = "signed") -> dict[str, np.ndarray]:
     """The similarities of Adebayo et al. between the attributions ``[B, C, H, W]`` of a method of ``kind``:
     ``spearman_abs`` and ``ssim`` on the method's 2-D map as drawn (absolute values), ``spearman_signed``
     on the signed sum over channels (for a non-negative method the two Spearman values coincide)."""
-    from ..render.maps import aggregate, saliency_map
-
-    a, b = saliency_map(original, kind), saliency_map(randomized, kind)
-    return {
-        "spearman_abs": spearman(a.abs(), b.abs()),
-        "spearman_signed": spearman(aggregate(original, "sum"), aggregate(randomized, "sum")),
-        "ssim": ssim(a, b),
-    }
+    return {which: similarity(original, randomized, kind, which) for which in SIMILARITIES}
 
 
 @dataclass
