@@ -146,3 +146,79 @@ def test_a_killed_precompute_reruns_to_the_artifacts_of_an_uninterrupted_one(tmp
     ref_summary = json.loads((reference / "manifest.json").read_text())["studies"]["overview"]["summary"]
     assert json.loads(manifest.read_text())["studies"]["overview"]["summary"] == ref_summary
 
+
+# -- a site build that fails ----------------------------------------------------------------------------
+
+FAKE_JUPYTER_BOOK = """#!{python}
+# Stands in for jupyter-book: records what it found in its output folder, then does to that folder what a
+# build that fails part-way does (pages gone, others half-written), and exits with FAKE_JB_RC.
+import os, sys
+from pathlib import Path
+args = sys.argv[1:]
+html = Path(args[args.index("--path-output") + 1]) / "_build" / "html"
+index = html / "index.html"
+Path(os.environ["FAKE_JB_SEEN"]).write_text(index.read_text() if index.exists() else "(nothing)")
+html.mkdir(parents=True, exist_ok=True)
+index.unlink(missing_ok=True)
+(html / "half.html").write_text("<html><body>half")
+if os.environ["FAKE_JB_RC"] == "0":
+    index.write_text("new site")
+sys.exit(int(os.environ["FAKE_JB_RC"]))
+"""
+
+
+def build_site(tmp_path: Path, rc: int) -> tuple[subprocess.CompletedProcess, str]:
+    fake = tmp_path / "jupyter-book"
+    fake.write_text(FAKE_JUPYTER_BOOK.replace("{python}", sys.executable))
+    fake.chmod(0o755)
+    seen = tmp_path / "seen.txt"
+    env = _env(XAI_BUILD=str(tmp_path / "_build"), XAI_JUPYTER_BOOK=str(fake), FAKE_JB_RC=str(rc),
+               FAKE_JB_SEEN=str(seen), XAI_GENERATED=str(tmp_path / "generated"))
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "build"), "--skip-precompute"], env=env,
+                          capture_output=True, text=True, timeout=120)
+    return proc, seen.read_text()
+
+
+def site_files(build: Path) -> dict[str, str]:
+    return {p.relative_to(build).as_posix(): p.read_text() for p in build.rglob("*") if p.is_file()}
+
+
+def test_a_failing_site_build_keeps_the_previous_site_and_a_good_one_replaces_it(tmp_path):
+    build = tmp_path / "_build"
+    (build / "html" / "book").mkdir(parents=True)
+    (build / "html" / "index.html").write_text("previous site")
+    (build / "html" / "book" / "intro.html").write_text("previous intro")
+    (build / ".doctrees").mkdir()
+    (build / ".doctrees" / "environment.pickle").write_text("state")
+    before = site_files(build)
+
+    proc, seen = build_site(tmp_path, rc=1)
+    assert proc.returncode == 1
+    assert "previous site is unchanged" in proc.stderr
+    assert seen == "previous site"  # the build started from a copy of the last one (incremental)
+    assert site_files(build) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["_build", "jupyter-book", "seen.txt"]
+
+    proc, seen = build_site(tmp_path, rc=0)
+    assert proc.returncode == 0, proc.stderr
+    after = site_files(build)
+    assert after["html/index.html"] == "new site" and "html/half.html" in after
+    # What the build did not touch carries over from the last build, as in an incremental Sphinx build.
+    assert after["html/book/intro.html"] == "previous intro" and after[".doctrees/environment.pickle"] == "state"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["_build", "jupyter-book", "seen.txt"]
+
+
+def test_a_build_killed_during_the_swap_or_the_build_is_recovered_by_the_next(tmp_path):
+    # Killed between the two renames of the swap: the last good site is the hidden ".old" one.
+    old = tmp_path / "._build.old" / "html"
+    old.mkdir(parents=True)
+    (old / "index.html").write_text("previous site")
+    # Killed during the build: its half-built folder is still there.
+    stale = tmp_path / "._build.next" / "_build" / "html"
+    stale.mkdir(parents=True)
+    (stale / "stale.html").write_text("from a killed build")
+    proc, seen = build_site(tmp_path, rc=1)
+    assert proc.returncode == 1
+    assert seen == "previous site"
+    assert site_files(tmp_path / "_build") == {"html/index.html": "previous site"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["_build", "jupyter-book", "seen.txt"]
