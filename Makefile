@@ -26,10 +26,12 @@ test: data
 	@$(PY) scripts/setup-browser
 	@$(PY) -m pytest
 
+SITE := $(or $(XAI_BUILD),_build)/html
+
 serve:
-	@test -f _build/html/index.html || { echo "make: no site yet; run 'make book' first"; exit 1; }
+	@test -f $(SITE)/index.html || { echo "make: no site yet; run 'make book' first"; exit 1; }
 	@echo "Serving http://localhost:8000 (Ctrl-C to stop)"
-	@$(PY) -m http.server --directory _build/html 8000
+	@$(PY) -m http.server --directory $(SITE) 8000
 
 bench: data
 	@$(PY) scripts/bench --profile $(PROFILE)

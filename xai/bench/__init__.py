@@ -178,10 +178,9 @@ def run(profile: str = "full", sections: Sequence[str] = DEFAULT_SECTIONS, *,
         return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
     if "e2e" in sections:
-        # First: a cold build replaces the store's directory, so nothing of this run may be in it yet.
+        # The builds run in a scratch folder of their own (see e2e); this store is not touched by them.
         # Profiles not built this time keep their last measurement (on this machine: see _previous).
         results["e2e"] = {**results.get("e2e", {}), **e2e.run(cfg.e2e_profiles, log)}
-        store = Store(profile=profile)
     log(f"bench: {profile} profile on {info['cpu']} ({info['cpu_count']} cores)"
         f"{', ' + info['gpu']['name'] if info['gpu'] else ''}, device {device}")
     results["peak"] = matmul_peak(device, cfg.matmul_size)
@@ -224,8 +223,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                  "lucent and Quantus, and the wall time of the whole rebuild.")
     ap.add_argument("--profile", default=os.environ.get("PROFILE", "full"), help="sizes: " + ", ".join(CONFIGS))
     ap.add_argument("--only", nargs="+", metavar="SECTION", help="run only these of: " + ", ".join(SECTIONS))
-    ap.add_argument("--e2e", action="store_true", help="also time `make book` cold and warm (long; clears the "
-                    "artifacts, site and checkpoints first and restores them if a build fails)")
+    ap.add_argument("--e2e", action="store_true", help="also time `make book` cold and warm (long; in a scratch "
+                    "folder: your artifacts, site and checkpoints are not touched)")
     ap.add_argument("--e2e-profiles", nargs="+", metavar="PROFILE", help="profiles built by --e2e "
                     "(default: quick full)")
     ap.add_argument("--markdown", type=Path, help="where to write the markdown tables")
