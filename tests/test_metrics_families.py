@@ -61,6 +61,14 @@ def test_registry_covers_every_family():
         assert set(cls.requires) <= {"attributions", "explain", "region"}
 
 
+def test_every_metric_cites_a_reference_of_the_book():
+    from xai.paths import REPO
+
+    bib = (REPO / "book" / "references.bib").read_text()
+    for name, cls in M.METRICS.items():
+        assert "{" + cls.cite + "," in bib, (name, cls.cite)
+
+
 def test_parameters_are_declared_and_checked_at_construction():
     with pytest.raises(UnknownNameError, match="did you mean: noise"):
         M.metric("road_morf", nois=0.1)

@@ -179,6 +179,9 @@ class Metric(ABC):
                 raise MissingInputError(self.name, "inputs and targets")
             module, x, t = prepare(model, inputs, targets)
         elif inputs is not None:
+            if not isinstance(inputs, torch.Tensor) or inputs.dim() != 4:
+                got = tuple(inputs.shape) if isinstance(inputs, torch.Tensor) else type(inputs).__name__
+                raise XaiError(f"{self.name}: inputs must be a batch of images [B, C, H, W], got {got}")
             x = inputs
         if "explain" in self.requires or (self.computes_attributions and attributions is None):
             if explain is None:

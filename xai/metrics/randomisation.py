@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from ..attribution import KINDS
+from ..errors import XaiError
 from ._base import Batch, Metric, explain_in_chunks, generator, non_negative_int, one_of, param, positive_int
 from .sanity import SIMILARITIES, cascading_randomization, independent_randomization, similarity
 
@@ -65,7 +66,10 @@ class RandomLogit(Metric):
 
     @torch.no_grad()
     def _classes(self, batch: Batch) -> int:
-        return int(batch.module(batch.x[:1]).shape[1])
+        n = int(batch.module(batch.x[:1]).shape[1])
+        if n < 2:
+            raise XaiError(f"{self.name} needs a model with at least two classes, got {n}")
+        return n
 
     def evaluate_batch(self, batch: Batch) -> torch.Tensor:
         p = self.params
