@@ -58,7 +58,7 @@ def test_ten_percent_flips_against_none_relies():
     d = decide({"flip": t})
     assert d.verdict == "relies" and d.headline == "flip"
     assert t.effect == pytest.approx(0.1) and t.effect_interval[0] > 0.05  # the verdict is where the interval is
-    assert t.p_value == pytest.approx(2 ** -50, rel=tol.FORMULA64)  # exact McNemar: all 50 discordant one way
+    assert t.p_exact == pytest.approx(2 ** -50, rel=tol.FORMULA64)  # exact McNemar: all 50 discordant one way
 
 
 def test_nothing_against_nothing_on_many_images_is_no_evidence():
@@ -70,7 +70,7 @@ def test_nothing_against_nothing_on_many_images_is_no_evidence():
 def test_a_real_but_small_difference_is_no_evidence_of_reliance():
     t = _test(10, 0, 5000)  # +0.2 %: McNemar is sure of it, and sure it is far below the margin
     d = decide({"flip": t})
-    assert t.p_value < 1e-3 and d.verdict == "no evidence" and "McNemar" in d.reason
+    assert t.p_exact < 1e-3 and d.verdict == "no evidence" and "McNemar" in d.reason
     assert decide({"flip": _test(10, 0, 5000, margin=0.0)}).verdict == "relies"  # no margin: the exact test
 
 
@@ -82,7 +82,7 @@ def test_tiny_samples_cannot_tell():
 
 def test_holm_keeps_two_borderline_tests_from_deciding():
     alone = _test(6, 0, 500, margin=0.0)  # exact p = 1/64 < alpha / 2
-    assert alone.p_margin == alone.p_value == pytest.approx(2 ** -6, rel=tol.FORMULA64)
+    assert alone.p_margin == alone.p_exact == pytest.approx(2 ** -6, rel=tol.FORMULA64)
     assert decide({"flip": alone}).verdict == "relies"
     both = decide({"flip": _test(6, 0, 500, margin=0.0), "removal": _test(6, 0, 500, "removal", margin=0.0)})
     assert both.verdict != "relies"  # Holm: 2/64 > alpha / 2

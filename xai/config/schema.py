@@ -172,7 +172,9 @@ class CleverHansConfig(StudyConfig):
     methods: dict[str, dict] = {"gradient": {}, "integrated_gradients": {"steps": 16}, "grad_cam": {}}
     spray_method: str = "integrated_gradients"
     spray_images: PositiveInt | None = 500
-    min_effect: float = Field(0.2, ge=0, le=1)
+    alpha: float = Field(0.05, gt=0, lt=1, description="the detector's error rate (xai.shortcuts.detector)")
+    min_effect: float = Field(0.05, ge=0, lt=1, description="the detector's margin: the effect beyond the reference "
+                              "that counts as reliance")
     min_concentration: PositiveFloat = 2.0
 
 

@@ -119,7 +119,7 @@ def _judge(y: torch.Tensor, c: int, pred: dict, ref: dict, size: int, reference:
     return {"verdict": d.verdict, "relies": d.verdict == "relies", "headline": d.headline,
             "effect": head.effect, "effect_interval": list(head.effect_interval), "p_value": head.p_holm,
             **{k: {"effect": t.effect, "interval": list(t.effect_interval), "rate": t.rate,
-                   "reference_rate": t.reference_rate, "p_exact": t.p_value, "p_holm": t.p_holm}
+                   "reference_rate": t.reference_rate, "p_exact": t.p_exact, "p_holm": t.p_holm}
                for k, t in tests.items()}}
 
 

@@ -31,7 +31,7 @@ power; the paired tests look only at the discordant images. Per outcome the repo
 rate and the reference's, each with its Clopper-Pearson interval, the **effect** (model rate minus
 reference rate) with Newcombe's paired interval, and two one-sided p-values (:mod:`.stats`):
 
-* ``p_value``, the exact McNemar test of "the model says yes no more often than the reference";
+* ``p_exact``, the exact McNemar test of "the model says yes no more often than the reference";
 * ``p_margin``, the test of "the effect is at most ``min_effect``", which decides.
 
 Why a margin, and not McNemar alone: McNemar's null hypothesis is that the two raters are exchangeable
@@ -112,7 +112,7 @@ class EffectTest:
     reference_interval: tuple[float, float]
     effect: float  # rate - reference_rate
     effect_interval: tuple[float, float]  # Newcombe, paired
-    p_value: float  # exact McNemar, one-sided: does the model say yes more often at all?
+    p_exact: float  # exact McNemar, one-sided: does the model say yes more often at all?
     margin: float  # min_effect
     p_margin: float  # one-sided, effect <= margin (stats.margin_p_value)
     p_holm: float = float("nan")  # p_margin Holm-adjusted within the report's family
@@ -127,7 +127,7 @@ class EffectTest:
                    rate_interval=stats.rate_interval(k, t.n, confidence), reference_rate=t.second_rate,
                    reference_interval=stats.rate_interval(k_ref, t.n, confidence), effect=t.difference,
                    effect_interval=stats.paired_difference_interval(t, confidence),
-                   p_value=stats.mcnemar_exact(t), margin=margin, p_margin=stats.margin_p_value(t, margin))
+                   p_exact=stats.mcnemar_exact(t), margin=margin, p_margin=stats.margin_p_value(t, margin))
 
 
 @dataclass
@@ -155,7 +155,7 @@ def decide(tests: dict[str, EffectTest], alpha: float = 0.05) -> Decision:
     widest = max(tested.values(), key=lambda t: t.effect_interval[1])
     margin = widest.margin
     if all(t.effect_interval[1] < t.margin for t in tested.values()):
-        real = [t.name for t in tested.values() if t.p_value < alpha / 2]
+        real = [t.name for t in tested.values() if t.p_exact < alpha / 2]
         return Decision("no evidence", widest.name,
                         f"no evidence: every effect's upper bound is below {margin:.0%} (the largest: {widest.name}, "
                         f"{widest.effect_interval[1]:+.1%})" + (
@@ -360,7 +360,7 @@ def _describe(t: EffectTest, ref_name: str, confidence: float) -> str:
     lo, hi = t.effect_interval
     return (f"{t.name}: {t.count}/{t.images} {t.question} ({t.rate:.1%}), {ref_name} {t.reference_count} "
             f"({t.reference_rate:.1%}); effect {t.effect:+.1%} ({confidence:.0%} CI {lo:+.1%} to {hi:+.1%}); "
-            f"exact McNemar p = {t.p_value:.2g}; above {t.margin:.0%}: p = {t.p_margin:.2g}, Holm {t.p_holm:.2g}")
+            f"exact McNemar p = {t.p_exact:.2g}; above {t.margin:.0%}: p = {t.p_margin:.2g}, Holm {t.p_holm:.2g}")
 
 
 def _attribute(report: ShortcutReport, model, pool: torch.Tensor, c: int, region: torch.Tensor, methods: dict | None,

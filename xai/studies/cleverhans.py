@@ -13,8 +13,9 @@ Per set and planted marker, both the poisoned model and the clean control are ru
 :func:`xai.shortcuts.detect_shortcut` on the test set (its docstring defines flip rate, removal drop,
 attribution mass and the decision: a paired test against a reference, with a margin). The poisoned
 model's reference is the clean control; the clean control's is the moved-marker placebo. *Marked
-accuracy* is the accuracy on the test set with the marker added to every image. SpRAy (:func:`xai.shortcuts.spray`) clusters the marker class's
-attribution maps on its test images, with the marker added to a seeded half of them;
+accuracy* is the accuracy on the test set with the marker added to every image. SpRAy
+(:func:`xai.shortcuts.spray`) clusters the marker class's attribution maps on its test images, with the
+marker added to a seeded half of them;
 ``ari`` is the adjusted Rand index between clusters and marker presence (1: the clusters are exactly
 "marked" vs "not marked"; 0: unrelated).
 
@@ -30,8 +31,9 @@ Artifacts (under ``cleverhans/``):
     model) and ``clean`` (the control): ``accuracy`` (clean test set), ``marked_accuracy``, ``flip_rate``,
     ``removal_drop``, ``class_accuracy_clean``, ``class_accuracy_marked``, ``verdict`` ("relies", "no evidence"
     or "cannot tell"), ``relies``, ``reference``, ``effect`` (the headline test's effect against the
-    reference), ``effect_interval``, ``p_value`` (Holm-adjusted, effect above the margin), ``tests.<flip|removal>`` (the detector's
-    :class:`~xai.shortcuts.detector.EffectTest` fields), ``attribution_agrees``, ``reasons``,
+    reference), ``effect_interval``, ``p_value`` (Holm-adjusted, effect above the margin),
+    ``tests.<flip|removal>`` (the detector's :class:`~xai.shortcuts.detector.EffectTest` fields),
+    ``attribution_agrees``, ``reasons``,
     ``mass.<method>`` (``mass``, ``mass_sem``, ``concentration``, ``images``, ``empty_maps``).
     ``spray.<set>`` (single-marker sets): ``class``, ``method``, ``images``, ``marked``, ``figure``, and for
     ``poisoned`` / ``clean``: ``n_clusters``, ``eigengap``, ``eigenvalues``, ``ari``, ``clusters`` (list of
