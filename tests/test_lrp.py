@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xai.attribution import lrp as L
+from xai.attribution.lrp import COMPOSITES, lrp_epsilon_gamma_box, lrp_epsilon_plus_flat, propagate
 from xai.errors import NotApplicableError
 
 
@@ -100,7 +100,7 @@ def test_epsilon_plus_flat_matches_a_hand_computed_reference():
     m = toy_cnn()
     x = torch.rand(3, 2, 6, 6)
     t = torch.tensor([0, 3, 4])
-    got = L.propagate(m, x, t, composite="epsilon_plus_flat")
+    got = propagate(m, x, t, composite="epsilon_plus_flat")
     ref, shares, logit = reference_epsilon_plus_flat(m, x, t)
     mag, _, _ = reference_epsilon_plus_flat(m, x, t, absolute=True)
     # Rule 2: every input relevance is a chain of sums (dense 3 terms, pool 36, conv2 27, conv1 36), each
@@ -131,12 +131,12 @@ def no_bias_cnn(seed=0) -> nn.Module:
     return _frozen(_randomise_norms(net, seed, zero_shift=True))
 
 
-@pytest.mark.parametrize("composite", L.COMPOSITES)
+@pytest.mark.parametrize("composite", COMPOSITES)
 def test_conservation_is_exact_without_biases(composite):
     m = no_bias_cnn()
     x = torch.rand(4, 3, 8, 8)
     t = torch.tensor([0, 1, 2, 3])
-    p = L.propagate(m, x, t, composite=composite, epsilon=1e-12, stabilizer=1e-12)
+    p = propagate(m, x, t, composite=composite, epsilon=1e-12, stabilizer=1e-12)
     total = p.relevance.flatten(1).sum(1)
     in_play = float(p.logit.abs().max() + p.relevance.flatten(1).abs().sum(1).max())
     # Rule 2: each layer redistributes exactly in real arithmetic; rounding of its sums (fan-ins 27, 54,
@@ -176,7 +176,7 @@ def _fmnist_images(n=3):
 
 def _check_accounts(model, x, t, composite):
     """The accounts of one LRP pass: nothing unaccounted, and only biased layers absorb."""
-    p = L.propagate(model, x, t, composite=composite)
+    p = propagate(model, x, t, composite=composite)
     in_play = p.logit.abs() + p.relevance.flatten(1).abs().sum(1) + sum(a.abs() for a in p.absorbed.values())
     # Rule 3: float32 through a deep network, relative to the relevance in play.
     assert (p.unaccounted.abs() <= tol.NETWORK * in_play).all(), p.unaccounted
@@ -196,7 +196,7 @@ def _check_accounts(model, x, t, composite):
     return p
 
 
-@pytest.mark.parametrize("composite", L.COMPOSITES)
+@pytest.mark.parametrize("composite", COMPOSITES)
 def test_conservation_on_fashion_mnist_and_clever_hans_models(composite, fmnist_cnn_smoke, cleverhans_square):
     x = _fmnist_images()
     t = torch.tensor([0, 4, 8])
@@ -216,12 +216,12 @@ def test_conservation_on_a_resnet_needs_its_canonizer():
     m = _fmnist_resnet()
     x = _fmnist_images(2)
     t = torch.tensor([3, 7])
-    p = [_check_accounts(m, x, t, composite) for composite in L.COMPOSITES][0]
+    p = [_check_accounts(m, x, t, composite) for composite in COMPOSITES][0]
     # Without explicit sums, autograd copies the relevance at every residual add into both branches.
-    bare = L.propagate(m, x, t, canonizers="batch_norm", check=False)
+    bare = propagate(m, x, t, canonizers="batch_norm", check=False)
     assert (bare.unaccounted.abs() > tol.DIFFERENT * p.logit.abs()).all()
     with pytest.raises(NotApplicableError) as e:
-        L.propagate(m, x, t, canonizers="batch_norm")
+        propagate(m, x, t, canonizers="batch_norm")
     assert "add" in e.value.reason
 
 
@@ -236,23 +236,23 @@ def test_conservation_on_efficientnet_lite0_with_its_canonizer(lite0):
     x = F.interpolate(lite0.prepare(images.load("chelsea"))[None], size=(128, 128), mode="bilinear",
                       antialias=True)
     net = lite0.model
-    ours = {composite: _check_accounts(net, x, 281, composite) for composite in L.COMPOSITES}
+    ours = {composite: _check_accounts(net, x, 281, composite) for composite in COMPOSITES}
     p = ours["epsilon_plus_flat"]
     for q in ours.values():
         # The merged norms give the depthwise and pointwise convolutions large biases, which absorb a
         # large share of the logit: reported, not a defect of the accounting.
         assert (q.total_absorbed.abs() > tol.DIFFERENT * q.logit.abs()).all()
     # Without the residual sums the 9 adds double relevance, and the model is refused.
-    bare = L.propagate(net, x, 281, canonizers="batch_norm", check=False)
+    bare = propagate(net, x, 281, canonizers="batch_norm", check=False)
     assert bare.unaccounted.abs().item() > tol.DIFFERENT * p.logit.abs().item()
     with pytest.raises(NotApplicableError):
-        L.propagate(net, x, 281, canonizers="batch_norm")
+        propagate(net, x, 281, canonizers="batch_norm")
     # The canonizer's BatchNormAct2d merge against the project's own fold (xai.layers.fold_batchnorm,
     # written independently): the same relevance. Rule 5 (well-conditioned): both fold the norm in
     # float32 in another order (rule 3), and LRP is continuous in the weights (ReLU6 only passes relevance).
     folded = fold_batchnorm(net, x)
     assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
-    theirs = L.propagate(folded, x, 281, canonizers=[TimmResidualSum()], check=False)
+    theirs = propagate(folded, x, 281, canonizers=[TimmResidualSum()], check=False)
     assert tol.network_close(p.relevance, theirs.relevance, tol.CROSS_LIBRARY)
 
 
@@ -261,8 +261,8 @@ def test_lrp_leaves_the_model_alone_and_keeps_batch_order(fmnist_cnn_smoke):
     hooks = len(fmnist_cnn_smoke.model._forward_pre_hooks)
     x = _fmnist_images(3)
     t = torch.tensor([1, 2, 3])
-    together = L.lrp_epsilon_gamma_box(fmnist_cnn_smoke, x, t)
-    alone = L.lrp_epsilon_gamma_box(fmnist_cnn_smoke, x[1:2], t[1:2])
+    together = lrp_epsilon_gamma_box(fmnist_cnn_smoke, x, t)
+    alone = lrp_epsilon_gamma_box(fmnist_cnn_smoke, x[1:2], t[1:2])
     after = fmnist_cnn_smoke.model.state_dict()
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
     assert len(fmnist_cnn_smoke.model._forward_pre_hooks) == hooks
@@ -299,7 +299,7 @@ class _Functional(_Residual):
 def test_lrp_refuses_operations_without_a_rule(net, kind):
     m = _frozen(net())
     with pytest.raises(NotApplicableError) as e:
-        L.lrp_epsilon_plus_flat(m, torch.rand(1, 3, 5, 5), 0)
+        lrp_epsilon_plus_flat(m, torch.rand(1, 3, 5, 5), 0)
     assert kind in e.value.reason and e.value.model == type(m).__name__
 
 
@@ -308,11 +308,11 @@ def test_lrp_refuses_activations_without_a_rule():
 
     vit = models.load("fmnist_vit", budget="smoke", device="cpu", progress=False)
     with pytest.raises(NotApplicableError) as e:
-        L.lrp_epsilon_plus_flat(vit, _fmnist_images(1), 0)
+        lrp_epsilon_plus_flat(vit, _fmnist_images(1), 0)
     assert e.value.activation == "GELU" and e.value.model == "fmnist_vit"
     mlp = _frozen(nn.Sequential(nn.Flatten(), nn.Linear(4, 3), nn.Hardswish(), nn.Linear(3, 2)))
     with pytest.raises(NotApplicableError) as e:
-        L.lrp_epsilon_gamma_box(mlp, torch.rand(1, 1, 2, 2), 0)
+        lrp_epsilon_gamma_box(mlp, torch.rand(1, 1, 2, 2), 0)
     assert e.value.activation == "Hardswish"
 
 
@@ -321,5 +321,5 @@ def test_lrp_refuses_a_batch_norm_it_cannot_merge():
     pre_activation = _frozen(_randomise_norms(nn.Sequential(
         nn.BatchNorm2d(3), nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))))
     with pytest.raises(NotApplicableError) as e:
-        L.lrp_epsilon_plus_flat(pre_activation, torch.rand(1, 3, 6, 6), 1)
+        lrp_epsilon_plus_flat(pre_activation, torch.rand(1, 3, 6, 6), 1)
     assert "batch norm" in e.value.reason
