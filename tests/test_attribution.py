@@ -353,6 +353,17 @@ def test_every_method_runs_with_batch_order_kept(fmnist_cnn_smoke):
             assert tol.share_beyond(together[2:], alone, tol.KINK_GAP) <= tol.KINK_SHARE, name
 
 
+def test_every_method_is_described_and_cited():
+    import re
+    from pathlib import Path
+
+    bib = (Path(__file__).parents[1] / "book" / "references.bib").read_text()
+    keys = set(re.findall(r"^@\w+\{([^,]+),", bib, flags=re.M))
+    for name, m in A.METHODS.items():
+        assert m.kind in A.KINDS and m.family in ("gradient", "propagation", "perturbation", "cam"), name
+        assert m.cite in keys, (name, m.cite)
+
+
 # -- ViT and CAM layer choice -----------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -148,8 +148,8 @@ ablation_cam = AblationCAM()
 # -- FullGrad ------------------------------------------------------------------------------------------
 
 def _bias_sites(module: nn.Module) -> list[tuple[str, nn.Module, bool, torch.Tensor]]:
-    """``(name, module, whether to read its input rather than its output, bias)`` for every layer that adds a bias: convolutions and
-    dense layers with one, and batch norms (their effective bias ``beta - mean gamma / sqrt(var + eps)``,
+    """``(name, module, whether to read its input rather than its output, bias)`` for every layer that
+    adds a bias: convolutions and dense layers with one, and batch norms (their effective bias ``beta - mean gamma / sqrt(var + eps)``,
     as in the authors' code). A norm that holds its activation (timm's ``BatchNormAct2d``) adds its bias
     before it, so its gradient is read at that activation's input."""
     sites = []
