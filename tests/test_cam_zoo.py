@@ -192,7 +192,7 @@ def _complete(model, x, t):
     """Input-gradient plus all bias-gradients, against the logit. Rule 3: float32 through the network
     (the sum of the terms is a reduction as long as the network is deep)."""
     net = getattr(model, "model", model)
-    ig, terms = Z.full_gradient(model, x, t)
+    ig, terms = Z.full_gradient(model, x, t, check=False)  # the test does the check itself
     with torch.no_grad():
         logit = net(x).gather(1, t[:, None]).squeeze(1)
     parts = [ig.flatten(1).sum(1), *(v.flatten(1).sum(1) for v in terms.values())]
@@ -213,6 +213,33 @@ def test_fullgrad_decomposition_is_complete(fmnist_cnn_smoke, fmnist_batch):
             mod.running_mean.uniform_(-0.3, 0.3)
             mod.bias.data.uniform_(-0.2, 0.2)
     _complete(resnet, x[:2], t[:2])
+
+
+@pytest.mark.slow
+def test_fullgrad_is_complete_on_efficientnet_lite0_with_relu6_implicit_biases(lite0):
+    """ReLU6 outputs 6 where it saturates: a constant, hence a bias (the paper's implicit bias), read at
+    each ReLU6. Without those terms the decomposition misses the saturated units' share."""
+    from xai.data import images
+
+    x = F.interpolate(lite0.prepare(images.load("chelsea"))[None], size=(128, 128), mode="bilinear",
+                      antialias=True)  # the bare module at 128 px: completeness holds at any size
+    terms = _complete(lite0.model, x, torch.tensor([281]))
+    implicit = [n for n in terms if n.endswith("(implicit)")]
+    assert len(implicit) == sum(isinstance(m, nn.ReLU6) for m in lite0.model.modules())
+    assert sum(float(terms[n].abs().sum()) for n in implicit) > 0  # some units do saturate
+    assert Z.fullgrad(lite0.model, x, 281).shape == (1, 1, 128, 128)
+
+
+def test_fullgrad_refuses_networks_that_are_not_piecewise_linear():
+    from xai import models
+    from xai.data import fashion_mnist
+
+    x = fashion_mnist.load("test")[0][:2]
+    for name in ("fmnist_vit", "fmnist_mobilenetv3"):  # GELU and LayerNorm; Hardswish
+        entry = models.load(name, budget="smoke", device="cpu", progress=False)
+        with pytest.raises(NotApplicableError) as e:
+            Z.fullgrad(entry, x, 1)
+        assert e.value.model == name and e.value.method == "fullgrad"
 
 
 def test_fullgrad_reads_a_fused_norm_before_its_activation():
