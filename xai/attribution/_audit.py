@@ -49,6 +49,12 @@ _KINDS: dict[str, str] = {
 _BINARY = (PRODUCT, SUM)
 
 
+def model_label(model) -> str:
+    """How a refusal names the model: the entry's name, or the module's class."""
+    name = getattr(model, "name", None)
+    return name if isinstance(name, str) else type(getattr(model, "model", model)).__name__
+
+
 @dataclass(frozen=True)
 class Op:
     kind: str

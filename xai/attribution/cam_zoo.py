@@ -13,6 +13,7 @@ from torch import nn
 
 from ..errors import NotApplicableError, XaiError
 from ..layers import resolve
+from ._audit import model_label
 from ._common import Target, check_positive, finish, prepare
 from .cam import CAM, default_layer
 
@@ -188,7 +189,7 @@ def full_gradient(model, inputs: torch.Tensor, target: Target, *,
     module, x, t = prepare(model, inputs, target)
     sites = _bias_sites(module)
     if not sites:
-        raise NotApplicableError("fullgrad", type(module).__name__, "it has no layer with a bias")
+        raise NotApplicableError("fullgrad", model_label(model), "it has no layer with a bias")
     outs: dict[str, torch.Tensor] = {}
     handles = []
 
@@ -252,9 +253,7 @@ def _check_complete(model, input_term: torch.Tensor, terms: dict[str, torch.Tens
     missed = gap / scale.clamp_min(1e-12)
     if bool((missed > INCOMPLETE).any()):
         i = int(missed.argmax())
-        name = getattr(model, "name", None)
-        label = name if isinstance(name, str) else type(getattr(model, "model", model)).__name__
-        raise NotApplicableError("fullgrad", label, f"its input- and bias-gradients add up to the logit "
+        raise NotApplicableError("fullgrad", model_label(model), f"its input- and bias-gradients add up to the logit "
                                  f"{float(logit[i]):.4g} only within {float(gap[i]):.3g}: an operation that is not "
                                  f"piecewise linear (GELU, SiLU, Hardswish, a normalisation over features) has an "
                                  f"implicit bias FullGrad does not see")

@@ -132,9 +132,11 @@ CANONIZERS: dict[str, type[Canonizer]] = {
 
 def canonizers_for(module: nn.Module, names: str | Sequence = "auto") -> list[Canonizer]:
     """Fresh canonizer instances: those named (zennit ``Canonizer`` instances are taken as they are), or
-    with ``"auto"`` the one the model's blocks call for (EfficientNet blocks, then torchvision ResNet
-    blocks; otherwise batch norms merged, which is all zennit's VGG canonizer does)."""
+    with ``"auto"`` the one the model's blocks call for: timm's EfficientNet blocks, torchvision's ResNet
+    blocks, torchvision's VGG (zennit's, which merges batch norms), or else batch norms merged, plain
+    and fused with their activation."""
     if names == "auto":
+        from torchvision.models import VGG
         from torchvision.models.resnet import BasicBlock, Bottleneck
 
         kinds = {type(m) for m in module.modules()}
@@ -142,6 +144,8 @@ def canonizers_for(module: nn.Module, names: str | Sequence = "auto") -> list[Ca
             names = ["efficientnet"]
         elif any(issubclass(k, (BasicBlock, Bottleneck)) for k in kinds):
             names = ["resnet"]
+        elif any(issubclass(k, VGG) for k in kinds):
+            names = ["vgg"]
         else:
             names = ["batch_norm"]
     elif isinstance(names, str):

@@ -68,11 +68,6 @@ class _Stop(Exception):
     pass
 
 
-def _model_label(model) -> str:
-    name = getattr(model, "name", None)
-    return name if isinstance(name, str) else type(getattr(model, "model", model)).__name__
-
-
 def _network_input(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """What the network's first layer receives for ``x``: the input after the model's own forward
     pre-hooks (our models normalise there)."""
@@ -196,9 +191,9 @@ def propagate(model, inputs: torch.Tensor, target: Target, *, composite: str = "
     With ``check`` (the default) a model with an operation outside the rules, on which relevance is
     created or lost outside them, or whose canonized copy computes other logits, is refused; without it
     the pass runs anyway, to measure what a missing rule does (``unaccounted``)."""
-    method = f"LRP ({composite})"
+    method = f"lrp_{composite}"
     module, x, t = prepare(model, inputs, target)
-    label = _model_label(model)
+    label = _audit.model_label(model)
     if composite not in COMPOSITES:
         raise UnknownNameError("LRP composite", composite, COMPOSITES)
     _check_activations(module, method, label)

@@ -71,16 +71,11 @@ def _decoupled(module: nn.Module) -> Iterator[nn.Module]:
             h.remove()
 
 
-def _label(model) -> str:
-    name = getattr(model, "name", None)
-    return name if isinstance(name, str) else type(getattr(model, "model", model)).__name__
-
-
 def check_deeplift(model, module: nn.Module, x: torch.Tensor, method: str = "deeplift") -> None:
     """Refuse a model captum's DeepLift would explain wrongly (see the module docstring)."""
     from captum.attr._core.deep_lift import SUPPORTED_NON_LINEAR
 
-    label = _label(model)
+    label = _audit.model_label(model)
     for name, m in module.named_modules():
         if type(m).__module__ == "torch.nn.modules.activation" and type(m) not in SUPPORTED_NON_LINEAR:
             act = type(m).__name__
