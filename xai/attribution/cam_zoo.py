@@ -47,7 +47,7 @@ class EigenCAM(CAM):
     the SVD (as in pytorch-grad-cam). An SVD's singular vectors are defined up to sign, so the sign is
     fixed here: the projection is made to correlate positively with the activations summed over channels
     (the component points where the layer is active, not where it is quiet). pytorch-grad-cam keeps
-    whichever sign its LAPACK returns, so half its maps can come out inverted; with the sign aligned the
+    whichever sign its LAPACK returns, so some of its maps come out inverted; with the sign aligned the
     two agree (tests/test_cam_zoo.py). The SVD runs in float64: the first component is only as well
     defined as the gap to the second singular value, which float32 would blur sooner.
     """

@@ -101,7 +101,8 @@ class WeightedLeastSquares(Model):
         self.intercept: torch.Tensor | None = None
 
     def fit(self, train_data, **kwargs):
-        z, y, w = (torch.cat(parts).double() for parts in zip(*[batch for batch in train_data]))
+        # on the CPU: the problem is small (coalitions x superpixels), and CUDA's lstsq has no SVD driver
+        z, y, w = (torch.cat(parts).double().cpu() for parts in zip(*[batch for batch in train_data]))
         z, y, w = z.flatten(1), y.flatten(), w.flatten()
         design = torch.cat([torch.ones_like(z[:, :1]), z], 1)
         root = w.clamp_min(0).sqrt()[:, None]
@@ -117,7 +118,7 @@ class WeightedLeastSquares(Model):
         return self.coef.float()[None]
 
     def __call__(self, x):
-        return x.double() @ self.coef + self.intercept
+        return x.double().cpu() @ self.coef + self.intercept
 
 
 def _lime_kernel(width: float):
