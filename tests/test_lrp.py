@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xai.attribution.lrp import COMPOSITES, lrp_epsilon_gamma_box, lrp_epsilon_plus_flat, propagate
+from xai.attribution.lrp import COMPOSITES, _first_layer, lrp_epsilon_gamma_box, lrp_epsilon_plus_flat, propagate
 from xai.errors import NotApplicableError
 
 
@@ -192,6 +192,8 @@ def _check_accounts(model, x, t, composite):
             biased.add(name)
     leaking = {n for n, a in p.absorbed.items() if (a.abs() > tol.NETWORK * in_play).any()}
     assert leaking <= biased, leaking - biased  # activations, norms, pools and sums keep the relevance
+    if composite == "epsilon_plus_flat":  # the flat rule zeroes the first layer's bias: it keeps the total
+        assert _first_layer(module, x[:1]) not in leaking
     assert leaking, "a real network's biases absorb relevance: the accounting would not be tested"
     return p
 
@@ -223,6 +225,24 @@ def test_conservation_on_a_resnet_needs_its_canonizer():
     with pytest.raises(NotApplicableError) as e:
         propagate(m, x, t, canonizers="batch_norm")
     assert "add" in e.value.reason
+
+
+def test_the_box_rule_loses_relevance_only_where_pixels_sit_on_its_bounds():
+    """z^B's bias terms cancel, but its denominator sum_i (x_i - l_i) w_ij^+ + (x_i - h_i) w_ij^- vanishes
+    for a filter without negative weights over pixels at the lower bound, and Fashion-MNIST's black
+    background *is* the lower bound: such a unit's relevance goes to the stabiliser. Squeezed inside the
+    box, the same images lose nothing at the first layer."""
+    m = _fmnist_resnet()
+    x = _fmnist_images(2)
+    t = torch.tensor([3, 7])
+
+    def first_layer_share(images):
+        p = propagate(m, images, t, composite="epsilon_gamma_box")
+        in_play = p.logit.abs() + p.relevance.flatten(1).abs().sum(1) + sum(a.abs() for a in p.absorbed.values())
+        return (p.absorbed["conv1"].abs() / in_play).max()
+
+    assert first_layer_share(x) > tol.NETWORK  # beyond rule 3: a real loss
+    assert first_layer_share(x.clamp(0.05, 0.95)) <= tol.NETWORK  # rule 3: rounding only
 
 
 @pytest.mark.slow

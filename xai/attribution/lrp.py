@@ -14,7 +14,9 @@ proportion to their inputs, max-pools route it to the maximum. The model is cano
 explicit. LRP runs on a copy, so the caller's model is never touched.
 
 **Conservation.** Each rule keeps the relevance it receives, except for what the layer's bias takes
-(``b_j R_j / z_j``, its share of the pre-activation) and the stabilisers (``epsilon``, ``1e-6``). So
+(``b_j R_j / z_j``, its share of the pre-activation) and the stabilisers (``epsilon``, ``1e-6``), which
+take all of a unit's relevance where the rule's denominator vanishes (z^B's does over pixels at its
+bounds, for a filter of one sign). So
 the input relevance sums to the explained logit minus what the biases absorbed. :func:`propagate`
 measures that at every rule, and refuses a model on which relevance appears or vanishes anywhere
 else. A model whose forward pass has an operation without a rule (an activation other than ReLU /
