@@ -35,7 +35,6 @@ from torch import nn
 from ..errors import NotApplicableError, UnknownNameError
 from . import _audit
 from ._common import Target, finish, prepare
-from .canonizers import canonizers_for
 
 COMPOSITES = ("epsilon_plus_flat", "epsilon_gamma_box")
 # Activations LRP passes relevance through: rectifiers, whose output is zero or their input (ReLU6 also
@@ -193,6 +192,8 @@ def propagate(model, inputs: torch.Tensor, target: Target, *, composite: str = "
     With ``check`` (the default) a model with an operation outside the rules, on which relevance is
     created or lost outside them, or whose canonized copy computes other logits, is refused; without it
     the pass runs anyway, to measure what a missing rule does (``unaccounted``)."""
+    from .canonizers import canonizers_for  # zennit is imported when LRP is used, not with the package
+
     method = f"lrp_{composite}"
     module, x, t = prepare(model, inputs, target)
     label = _audit.model_label(model)

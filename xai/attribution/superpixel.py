@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from captum._utils.models.model import Model
 
 from ..errors import XaiError
 from ..layers import fast_model
@@ -89,9 +88,10 @@ def feature_ablation(model, inputs: torch.Tensor, target: Target, *, segments: i
     return finish(attr[:, :1], inputs)
 
 
-class WeightedLeastSquares(Model):
-    """captum's interpretable-model interface, fitted in closed form: weighted least squares with an
-    unpenalised intercept and an optional ridge penalty, in float64."""
+class WeightedLeastSquares:
+    """captum's interpretable-model interface (``fit``, ``representation``, ``__call__``; captum only
+    calls them, so its ``Model`` base class is not needed), fitted in closed form: weighted least
+    squares with an unpenalised intercept and an optional ridge penalty, in float64."""
 
     def __init__(self, ridge: float = 0.0):
         if not ridge >= 0:
