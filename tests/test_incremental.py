@@ -112,6 +112,17 @@ def test_resnet18_matches_full_occlusion():
     assert all(node.startswith(("layer1", "layer2", "layer3")) for node in plan["switches_at"])
 
 
+def test_few_windows_run_in_full_unless_asked(tiny):
+    """Windows of most of the image change most of every map: nothing to save for the clean pass."""
+    x = torch.rand(1, 3, 40, 40)
+    opts = dict(window=30, stride=10)
+    plan = occlusion_plan(tiny, x, **opts)
+    assert not plan["incremental"] and "less than the clean pass" in plan["reason"]
+    a, b = both(tiny, x, 0, **opts)  # asked for, it still runs, and agrees
+    assert tol.network_close(a, b)  # rule 3
+    assert torch.equal(occlusion(tiny, x, 0, **opts), b)  # rule 1: the default took the full path
+
+
 def test_planned_flops_are_the_counted_ones(tiny):
     x = torch.rand(1, 3, 40, 40)
     net = Network.trace(tiny, x)

@@ -11,7 +11,7 @@ from ..layers import fast_model
 from . import _rects
 from ._common import Target, check_positive, finish, prepare, scorer, select
 from .gradient import baseline as make_baseline
-from .incremental import SWITCH, IncrementalUnsupported, Network, _out_of_place
+from .incremental import SWITCH, Batch, IncrementalUnsupported, Network, _out_of_place
 
 log = logging.getLogger(__name__)
 
@@ -28,9 +28,10 @@ def occlusion(model, inputs: torch.Tensor, target: Target, *, window: int | floa
     occluded images per forward pass.
 
     ``incremental``: recompute only what each window changes (:mod:`.incremental`); the same map to
-    float rounding. ``None`` (default) uses it wherever the network can be traced, and otherwise logs
-    why not and runs every occluded image in full; ``True`` raises :class:`IncrementalUnsupported`
-    instead; ``False`` always runs in full (captum's ``Occlusion``).
+    float rounding. ``None`` (default) uses it where the network can be traced and it saves more
+    FLOPs than the clean pass it needs costs, and otherwise logs why not and runs every occluded image
+    in full; ``True`` uses it wherever it can run and raises :class:`IncrementalUnsupported` where it
+    cannot; ``False`` always runs in full (captum's ``Occlusion``).
     """
     check_positive("internal_batch_size", internal_batch_size)
     module, x, t = prepare(model, inputs, target)
@@ -42,11 +43,15 @@ def occlusion(model, inputs: torch.Tensor, target: Target, *, window: int | floa
     with fast_model(module, x) as fast, torch.no_grad(), _out_of_place(fast):
         if incremental is not False:
             net = Network.trace(fast, x)
-            if net.reason is None:
-                return finish(_incremental(net, x, ref, t, window, stride, output, internal_batch_size), inputs)
+            reason = net.reason
+            if reason is None:
+                plans = _plans(net, x.shape, window, stride, internal_batch_size, SWITCH)
+                reason = None if incremental else _not_worth_it(plans)
+                if reason is None:
+                    return finish(_incremental(net, plans, x, ref, t, output), inputs)
             if incremental:
-                raise IncrementalUnsupported(net.reason)
-            log.info("occlusion runs every occluded image in full: %s", net.reason)
+                raise IncrementalUnsupported(reason)
+            log.info("occlusion runs every occluded image in full: %s", reason)
         return finish(_captum(fast, x, ref, t, window, stride, output, internal_batch_size), inputs)
 
 
@@ -55,23 +60,40 @@ def occlusion_plan(model, inputs: torch.Tensor, *, window: int | float | None = 
                    switch: float = SWITCH) -> dict:
     """How :func:`occlusion` would run on ``inputs``, without running it: whether incremental (else
     why not), where each batch of windows switches to full recomputation and why, and the planned
-    matmul and convolution FLOPs against running every occluded image in full."""
+    matmul and convolution FLOPs per image against running every occluded image in full."""
     module, x, _ = prepare(model, inputs, 0)
     window, stride = _window_and_stride(x, window, stride)
     with fast_model(module, x) as fast, torch.no_grad(), _out_of_place(fast):
         net = Network.trace(fast, x)
         if net.reason is not None:
             return {"incremental": False, "reason": net.reason}
-        batches = [net.plan(r, switch) for r, _ in _window_batches(x.shape, window, stride, internal_batch_size)]
+        plans = _plans(net, x.shape, window, stride, internal_batch_size, switch)
     switches: dict[str, dict] = {}
-    for b in batches:
-        node, why = b.full_from or ("nowhere", "")
+    for plan, _ in plans:
+        node, why = plan.full_from or ("nowhere", "")
         entry = switches.setdefault(node, {"batches": 0, "why": why})
         entry["batches"] += 1
-    planned, full = sum(b.flops for b in batches), sum(b.full_flops for b in batches)
-    return {"incremental": True, "reason": None, "switch": switch, "windows": sum(b.rects[net.nodes[0]].n
-            for b in batches), "batches": len(batches), "switches_at": switches, "flops_per_image": planned,
-            "full_flops_per_image": full, "flops_saved": 1 - planned / full if full else 0.0}
+    planned, full = sum(p.flops for p, _ in plans), sum(p.full_flops for p, _ in plans)
+    reason = _not_worth_it(plans)
+    return {"incremental": reason is None, "reason": reason, "switch": switch,
+            "windows": sum(len(w) for _, w in plans), "batches": len(plans), "switches_at": switches,
+            "flops_per_image": planned, "full_flops_per_image": full, "flops_saved": 1 - planned / full}
+
+
+def _plans(net: Network, shape, window: int, stride: int, batch: int,
+           switch: float) -> list[tuple[Batch, torch.Tensor]]:
+    return [(net.plan(rects, switch), wins) for rects, wins in _window_batches(shape, window, stride, batch)]
+
+
+def _not_worth_it(plans: list[tuple[Batch, torch.Tensor]]) -> str | None:
+    """Why running incrementally would cost more than it saves, or None: its savings must exceed the
+    one clean pass per image it needs (about one occluded image's FLOPs)."""
+    planned, full = sum(p.flops for p, _ in plans), sum(p.full_flops for p, _ in plans)
+    windows = sum(len(w) for _, w in plans)
+    if full - planned <= full / windows:
+        return (f"it would save {(full - planned) / full:.0%} of the FLOPs of {windows} occluded images, "
+                "less than the clean pass it needs")
+    return None
 
 
 def _window_and_stride(x: torch.Tensor, window, stride) -> tuple[int, int]:
@@ -117,19 +139,21 @@ def _window_batches(shape, window: int, stride: int, size: int):
         yield _rects.make(chunk[:, 0], chunk[:, 1], chunk[:, 2], chunk[:, 3], *shape[2:]), chunk
 
 
-def _incremental(net: Network, x, ref, t, window, stride, output, internal_batch_size) -> torch.Tensor:
+def _incremental(net: Network, plans: list[tuple[Batch, torch.Tensor]], x, ref, t, output) -> torch.Tensor:
     b, c, h, w = x.shape
     batches = []
-    for rects, wins in _window_batches(x.shape, window, stride, internal_batch_size):
+    for plan, wins in plans:
+        rects = plan.rects[net.nodes[0]]
         yy = rects.y[:, None] + torch.arange(rects.h)  # [N, h] image rows of each rectangle
         xx = rects.x[:, None] + torch.arange(rects.w)
         inside = (((yy >= wins[:, 0:1]) & (yy < wins[:, 1:2]))[:, :, None]
                   & ((xx >= wins[:, 2:3]) & (xx < wins[:, 3:4]))[:, None, :])
         pixels = (yy[:, :, None] * w + xx[:, None, :]).flatten()
-        batches.append((net.plan(rects, SWITCH), wins, inside[..., None].to(x.device), pixels.to(x.device)))
+        shape = (len(wins), rects.h, rects.w, c)
+        batches.append((plan, wins, inside[..., None].to(x.device), pixels.to(x.device), shape))
     attr = torch.zeros(b, 1, h, w, dtype=x.dtype, device=x.device)
     count = torch.zeros(1, 1, h, w, dtype=x.dtype, device=x.device)
-    for _, wins, _, _ in batches:
+    for _, wins in plans:
         for y0, y1, x0, x1 in wins.tolist():
             count[..., y0:y1, x0:x1] += 1
     for i in range(b):
@@ -137,11 +161,9 @@ def _incremental(net: Network, x, ref, t, window, stride, output, internal_batch
         base = select(out, t[i:i + 1], output)
         img = x[i].permute(1, 2, 0).reshape(h * w, c)
         blank = ref[i].permute(1, 2, 0).reshape(h * w, c)
-        for plan, wins, inside, pixels in batches:
-            n = wins.shape[0]
-            shape = (n, plan.rects[net.nodes[0]].h, plan.rects[net.nodes[0]].w, c)
+        for plan, wins, inside, pixels, shape in batches:
             patch = torch.where(inside, blank[pixels].view(shape), img[pixels].view(shape)).permute(0, 3, 1, 2)
-            drops = base - select(net.run(plan, cached, patch), t[i].expand(n), output)
+            drops = base - select(net.run(plan, cached, patch), t[i].expand(len(wins)), output)
             for (y0, y1, x0, x1), d in zip(wins.tolist(), drops):
                 attr[i, 0, y0:y1, x0:x1] += d
     return (attr / count).expand(b, c, h, w)
