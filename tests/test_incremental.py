@@ -126,14 +126,14 @@ def test_few_windows_run_in_full_unless_asked(tiny):
 def test_planned_flops_are_the_counted_ones(tiny):
     x = torch.rand(1, 3, 40, 40)
     net = Network.trace(tiny, x)
-    cached, _ = net.clean(x)
+    clean = inc.Clean(net.clean(x)[0])
     batches = [(net.plan(r), r) for r, _ in _window_batches(x.shape, 8, 8, 4)]
     patches = [torch.rand(r.n, 3, r.h, r.w) for _, r in batches]
 
     def run_all():
         with torch.no_grad():
             for (plan, _), p in zip(batches, patches):
-                net.run(plan, cached, p)
+                net.run(plan, clean, p)
 
     _, counted = count_flops(run_all)
     assert counted == sum(plan.flops for plan, _ in batches)
@@ -197,6 +197,29 @@ def test_module_without_a_rule_ends_the_incremental_region():
     assert tol.network_close(a, b)  # rule 3
 
 
+def test_squeeze_excite_ends_the_incremental_region():
+    """A gate from the global mean makes every position depend on the whole map."""
+    class SE(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv2d(3, 4, 3, padding=1)
+            self.gate = nn.Conv2d(4, 4, 1)
+            self.head = nn.Linear(4, 3)
+
+        def forward(self, x):
+            y = torch.relu(self.a(x))
+            y = y * torch.sigmoid(self.gate(y.mean((2, 3), keepdim=True)))
+            return self.head(y.mean((2, 3)))
+
+    torch.manual_seed(0)
+    model = SE().eval()
+    x = torch.rand(1, 3, 24, 24)
+    plan = occlusion_plan(model, x, window=4, stride=4, switch=1.0)
+    assert set(plan["switches_at"]) == {"mean"}  # the squeeze: it has no rule
+    a, b = both(model, x, 1, window=4, stride=4)
+    assert tol.network_close(a, b)  # rule 3
+
+
 def test_hooked_convolution_is_run_whole_so_its_hook_applies():
     torch.manual_seed(0)
     model = Upsampled().eval()
@@ -208,8 +231,40 @@ def test_hooked_convolution_is_run_whole_so_its_hook_applies():
     assert tol.network_close(a, b)  # rule 3
 
 
-def test_in_place_operations_leave_the_cached_activations_alone():
-    class InPlace(nn.Module):
+class Aliased(nn.Module):
+    """An in-place ReLU on a value the residual add reads too: in eager mode the add sees it rectified."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 4, 3, padding=1)
+        self.relu = nn.ReLU(inplace=True)
+        self.b = nn.Conv2d(4, 4, 3, padding=1)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x):
+        y = self.a(x)
+        skip = y
+        y = self.b(self.relu(y))
+        y += skip
+        return self.head(self.relu(y).mean((2, 3)))
+
+
+def test_in_place_operation_on_a_shared_value_runs_in_full():
+    """Out of place, the add would read the unrectified value: a different network. So it is not traced."""
+    torch.manual_seed(0)
+    model = Aliased().eval()
+    x = torch.rand(1, 3, 20, 20)
+    net = Network.trace(model, x)
+    assert net.reason and "in place" in net.reason
+    opts = dict(window=5, stride=3)
+    assert torch.equal(occlusion(model, x, 2, **opts), occlusion(model, x, 2, incremental=False, **opts))  # rule 1
+    assert model.relu.inplace  # left as built
+
+
+def test_in_place_operations_on_values_read_once_run_out_of_place():
+    """torchvision's pattern (ReLU(inplace=True) after a norm, ``out += identity``): nothing else reads the
+    overwritten value, so running it out of place computes the same, and the cache stays clean."""
+    class Block(nn.Module):
         def __init__(self):
             super().__init__()
             self.a = nn.Conv2d(3, 4, 3, padding=1)
@@ -218,15 +273,15 @@ def test_in_place_operations_leave_the_cached_activations_alone():
             self.head = nn.Linear(4, 3)
 
         def forward(self, x):
-            y = self.a(x)
-            skip = y
-            y = self.b(self.relu(y))
-            y += skip  # in place on a value another branch read: the trace rewrites it out of place
+            skip = self.a(x)
+            y = self.b(self.relu(self.a(x)))
+            y += skip
             return self.head(self.relu(y).mean((2, 3)))
 
     torch.manual_seed(0)
-    model = InPlace().eval()
+    model = Block().eval()
     x = torch.rand(1, 3, 20, 20)
+    assert Network.trace(model, x).reason is None
     a, b = both(model, x, 2, window=5, stride=3)
     assert tol.network_close(a, b)  # rule 3
     assert model.relu.inplace  # put back after the call

@@ -75,7 +75,7 @@ class _Tracer(fx.Tracer):
 
 
 @contextmanager
-def _out_of_place(module: nn.Module) -> Iterator[None]:
+def out_of_place(module: nn.Module) -> Iterator[None]:
     """Modules built with ``inplace=True`` (torchvision's ReLUs) run out of place for the duration, so
     that no operation overwrites a cached activation; put back afterwards."""
     changed = [m for m in module.modules() if getattr(m, "inplace", None) is True]
@@ -88,14 +88,33 @@ def _out_of_place(module: nn.Module) -> Iterator[None]:
             m.inplace = True
 
 
-def _rewrite_out_of_place(graph: fx.Graph) -> None:
+# Operations whose output may share memory with their input: an in-place operation on such an output
+# also changes the input, which other operations may read.
+_VIEWS = {"view", "reshape", "permute", "transpose", "flatten", "unflatten", "squeeze", "unsqueeze", "expand",
+          "narrow", "select", "t", "contiguous", "split", "chunk", "unbind", "__getitem__", "view_as", "as_strided"}
+
+
+def _rewrite_out_of_place(graph: fx.Graph, modules: dict[str, nn.Module]) -> str | None:
+    """Rewrite in-place operations out of place (modules are switched by :func:`out_of_place`), or say
+    why that would change what the network computes: an in-place operation on a value that another
+    operation also reads (or on a view of one) changes that reading in eager mode, not out of place."""
     for n in graph.nodes:
+        inplace = False
         if n.op == "call_function" and n.target in OUT_OF_PLACE:
-            n.target = OUT_OF_PLACE[n.target]
+            n.target, inplace = OUT_OF_PLACE[n.target], True
         elif n.op == "call_method" and n.target.endswith("_") and hasattr(torch.Tensor, n.target[:-1]):
-            n.target = n.target[:-1]
+            n.target, inplace = n.target[:-1], True
+        elif n.op == "call_module" and getattr(modules.get(n.target), "inplace", None) is True:
+            inplace = True
         if n.kwargs.get("inplace") is True:
-            n.kwargs = {**n.kwargs, "inplace": False}
+            n.kwargs, inplace = {**n.kwargs, "inplace": False}, True
+        first = n.args[0] if n.args else None
+        if inplace and isinstance(first, fx.Node):
+            shared = len(first.users) > 1 or (first.op in ("call_method", "call_function")
+                                              and getattr(first.target, "__name__", first.target) in _VIEWS)
+            if shared:
+                return f"{n.name} works in place on a value that other operations also read"
+    return None
 
 
 def _first_line(e: Exception) -> str:
@@ -115,6 +134,23 @@ class Batch:
     full_from: tuple[str, str] | None  # the first node computed in full, and why
     flops: int = 0  # matmul and convolution FLOPs of this batch's pass, as planned
     full_flops: int = 0  # ... and of the same images run in full
+
+
+class Clean:
+    """The clean image's activations (one image), and each one's rows ``[H*W + 1, C]`` with a padding
+    row, which crops gather from: built once per image and fill value, read by every batch."""
+
+    def __init__(self, values: dict[fx.Node, object]):
+        self.values = values
+        self._rows: dict[tuple[fx.Node, float], torch.Tensor] = {}
+
+    def rows(self, a: fx.Node, fill: float) -> torch.Tensor:
+        key = (a, fill)
+        if key not in self._rows:
+            v = self.values[a]
+            rows = v.permute(0, 2, 3, 1).reshape(-1, v.shape[1])
+            self._rows[key] = torch.cat([rows, rows.new_full((1, v.shape[1]), fill)])
+        return self._rows[key]
 
 
 @dataclass
@@ -146,19 +182,22 @@ class Network:
         except Exception as e:  # any failure of the symbolic trace: the network then runs in full
             net.reason = f"torch.fx cannot trace it ({_first_line(e)})"
             return net
-        _rewrite_out_of_place(graph)
         net.graph = fx.GraphModule(root, graph)
         net.modules = dict(net.graph.named_modules())
+        net.reason = _rewrite_out_of_place(graph, net.modules)
+        if net.reason is not None:
+            return net
         net.nodes = list(graph.nodes)
         net.dependent = _dependent(net.nodes)
         probe = probe[:1]
-        with torch.no_grad(), _out_of_place(module):
-            try:
-                values, out = net.clean(probe)
-            except Exception as e:  # the trace runs, but not as the module does
-                net.reason = f"the traced graph fails on the image ({_first_line(e)})"
-                return net
-            ref = module(probe)
+        with torch.no_grad():
+            ref = module(probe)  # as built, in place where it is
+            with out_of_place(module):
+                try:
+                    values, out = net.clean(probe)
+                except Exception as e:  # the trace runs, but not as the module does
+                    net.reason = f"the traced graph fails on the image ({_first_line(e)})"
+                    return net
         if not (isinstance(out, torch.Tensor) and out.shape == ref.shape
                 and torch.allclose(out, ref, rtol=0, atol=1e-4 * float(ref.abs().max()) + 1e-6)):
             # the same operations in the same order: only a trace that lost something can differ
@@ -249,23 +288,15 @@ class Network:
         scatter = {a: _rects.scatter_rows(rects[a]).to(self.device) for a in users_in_full}
         return Batch(rects, crops, scatter, full, full_from, flops, full_flops)
 
-    def run(self, batch: Batch, cached: dict[fx.Node, object], patch: torch.Tensor):
+    def run(self, batch: Batch, clean: Clean, patch: torch.Tensor):
         """The output for a batch of occluded images: ``patch`` holds their input rectangles
-        (``batch.rects`` of the input), ``cached`` the clean pass's values of the one image."""
+        (``batch.rects`` of the input), ``clean`` the clean pass of the one image they occlude."""
         patches: dict[fx.Node, torch.Tensor] = {}
         values: dict[fx.Node, object] = {}
-        sources: dict[tuple[fx.Node, float], torch.Tensor] = {}
-
-        def source(a: fx.Node, fill: float) -> torch.Tensor:
-            key = (a, fill)
-            if key not in sources:
-                v = cached[a]
-                rows = v.permute(0, 2, 3, 1).reshape(-1, v.shape[1])
-                sources[key] = torch.cat([rows, rows.new_full((1, v.shape[1]), fill)])
-            return sources[key]
+        cached = clean.values
 
         def read(n: fx.Node, a: fx.Node, fill: float = 0.0) -> torch.Tensor:
-            return self._read(batch.crops[(n, a)], lambda: source(a, fill), patches[a])
+            return self._read(batch.crops[(n, a)], lambda: clean.rows(a, fill), patches[a])
 
         def whole(a: fx.Node):
             if a not in self.dependent:

@@ -11,7 +11,7 @@ from ..layers import fast_model
 from . import _rects
 from ._common import Target, check_positive, finish, prepare, scorer, select
 from .gradient import baseline as make_baseline
-from .incremental import SWITCH, Batch, IncrementalUnsupported, Network, _out_of_place
+from .incremental import SWITCH, Batch, Clean, IncrementalUnsupported, Network, out_of_place
 
 log = logging.getLogger(__name__)
 
@@ -40,15 +40,16 @@ def occlusion(model, inputs: torch.Tensor, target: Target, *, window: int | floa
         raise XaiError(f"unknown occlusion fill {fill!r}; choose black or blur")
     scorer(module, output)  # checks the output space before any pass
     ref = make_baseline(x, fill)
-    with fast_model(module, x) as fast, torch.no_grad(), _out_of_place(fast):
+    with fast_model(module, x) as fast:
         if incremental is not False:
             net = Network.trace(fast, x)
             reason = net.reason
-            if reason is None:
-                plans = _plans(net, x.shape, window, stride, internal_batch_size, SWITCH)
-                reason = None if incremental else _not_worth_it(plans)
+            with torch.no_grad(), out_of_place(fast):
                 if reason is None:
-                    return finish(_incremental(net, plans, x, ref, t, output), inputs)
+                    plans = _plans(net, x.shape, window, stride, internal_batch_size, SWITCH)
+                    reason = None if incremental else _not_worth_it(plans)
+                    if reason is None:
+                        return finish(_incremental(net, plans, x, ref, t, output), inputs)
             if incremental:
                 raise IncrementalUnsupported(reason)
             log.info("occlusion runs every occluded image in full: %s", reason)
@@ -63,7 +64,7 @@ def occlusion_plan(model, inputs: torch.Tensor, *, window: int | float | None = 
     matmul and convolution FLOPs per image against running every occluded image in full."""
     module, x, _ = prepare(model, inputs, 0)
     window, stride = _window_and_stride(x, window, stride)
-    with fast_model(module, x) as fast, torch.no_grad(), _out_of_place(fast):
+    with fast_model(module, x) as fast:
         net = Network.trace(fast, x)
         if net.reason is not None:
             return {"incremental": False, "reason": net.reason}
@@ -157,13 +158,14 @@ def _incremental(net: Network, plans: list[tuple[Batch, torch.Tensor]], x, ref, 
         for y0, y1, x0, x1 in wins.tolist():
             count[..., y0:y1, x0:x1] += 1
     for i in range(b):
-        cached, out = net.clean(x[i:i + 1])
+        values, out = net.clean(x[i:i + 1])
+        clean = Clean(values)
         base = select(out, t[i:i + 1], output)
         img = x[i].permute(1, 2, 0).reshape(h * w, c)
         blank = ref[i].permute(1, 2, 0).reshape(h * w, c)
         for plan, wins, inside, pixels, shape in batches:
             patch = torch.where(inside, blank[pixels].view(shape), img[pixels].view(shape)).permute(0, 3, 1, 2)
-            drops = base - select(net.run(plan, cached, patch), t[i].expand(len(wins)), output)
+            drops = base - select(net.run(plan, clean, patch), t[i].expand(len(wins)), output)
             for (y0, y1, x0, x1), d in zip(wins.tolist(), drops):
                 attr[i, 0, y0:y1, x0:x1] += d
     return (attr / count).expand(b, c, h, w)
