@@ -11,7 +11,8 @@ from ..layers import fast_model
 from . import _rects
 from ._common import Target, check_positive, finish, prepare, scorer, select
 from .gradient import baseline as make_baseline
-from .incremental import SWITCH, Batch, Clean, IncrementalUnsupported, Network, out_of_place
+from ._trace import out_of_place
+from .incremental import SWITCH, Batch, Clean, IncrementalUnsupported, Network
 
 log = logging.getLogger(__name__)
 

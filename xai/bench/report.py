@@ -155,7 +155,8 @@ def markdown(results: dict) -> str:
             extra = "" if counted >= 0 else (" (folding the batch norms and checking the trace pass the clean "
                                              "images a few times, more than the few windows save)")
             lines += ["", f"{r['label']} {how}. Counted, ours took {_pct(abs(counted))} "
-                          f"{'fewer' if counted >= 0 else 'more'} FLOPs than captum's{extra}. Forced to run incrementally, "
+                          f"{'fewer' if counted >= 0 else 'more'} FLOPs than captum's{extra}. "
+                          f"Forced to run incrementally, "
                           f"its maps of {ag['images']} images differ from our own full recomputation by at most "
                           f"{_fmt(ag['rel_max_abs_diff'], '.1e')} of their maximum."]
         lines += ["", "How each anchor was called:", ""]
