@@ -43,6 +43,15 @@ def test_mcnemar_and_holm_by_hand():
     assert S.holm({"a": 0.01, "b": 0.04, "c": 0.03}) == pytest.approx({"a": 0.03, "c": 0.06, "b": 0.06})
 
 
+def test_exact_mcnemar_matches_scipy_binomtest():
+    # Ours sums the binomial tail in integers; scipy's binomtest sums it in floats: the same number (rule 5),
+    # on every small table and on large ones, where a float sum could lose the tail.
+    tables = [(b, c) for b in range(30) for c in range(30) if b + c] + [(400, 300), (2500, 2400), (60, 4000)]
+    for b, c in tables:
+        ref = binomtest(b, b + c, 0.5, alternative="greater").pvalue
+        assert S.mcnemar_exact(S.PairedCounts(3, b, c, 11)) == pytest.approx(ref, rel=tol.FORMULA64, abs=1e-300)
+
+
 # -- the decision on counts with known answers -----------------------------------------------------------------------
 
 def _test(model_yes: int, ref_yes: int, n: int, name: str = "flip", margin: float = 0.05) -> EffectTest:
@@ -144,6 +153,30 @@ def test_exact_test_keeps_its_size_under_the_null():
     hits = sum(S.mcnemar_exact(S.PairedCounts(*map(int, t))) < 0.05
                for t in rng.multinomial(500, (0.0009, 0.0291, 0.0291, 0.9409), size=SIMS))
     assert hits / SIMS <= 0.05 + tol.SIGMA * math.sqrt(0.05 * 0.95 / SIMS)
+
+
+def _from_counts(name: str, cells, margin: float) -> EffectTest:
+    """The paired outcomes of a 2x2 table (both, model only, reference only, neither), through compare()."""
+    both, only_model, only_ref, neither = map(int, cells)
+    model = torch.tensor([True] * (both + only_model) + [False] * (only_ref + neither))
+    ref = torch.tensor([True] * both + [False] * only_model + [True] * only_ref + [False] * neither)
+    return EffectTest.compare(name, "?", model, ref, 0.95, margin)
+
+
+@pytest.mark.parametrize("margin,cells", [
+    (0.05, (0.01, 0.07, 0.02, 0.90)),  # both effects exactly at the margin: the least favourable null
+    (0.0, (0.0009, 0.0291, 0.0291, 0.9409)),  # no margin, exchangeable outcomes: McNemar's null
+])
+def test_the_verdict_keeps_its_false_positive_rate_under_the_null(margin, cells):
+    """The whole decision (flip and removal, Holm-adjusted) on simulated tables where the model is not reliant
+    beyond the margin: it says "relies" at most alpha / 2 of the time (one-sided tests, rule 7 bound)."""
+    rng = np.random.default_rng(11)
+    sims, alpha = 1000, 0.05
+    relies = 0
+    for flip, removal in zip(rng.multinomial(500, cells, size=sims), rng.multinomial(100, cells, size=sims)):
+        tests = {name: _from_counts(name, t, margin) for name, t in (("flip", flip), ("removal", removal))}
+        relies += decide(tests, alpha).verdict == "relies"
+    assert relies / sims <= alpha / 2 + tol.SIGMA * math.sqrt(alpha / 2 * (1 - alpha / 2) / sims)
 
 
 # -- placebos and the detector on toy models with known answers ---------------------------------------------------
@@ -314,3 +347,4 @@ def test_calibration_config_errors():
         C.CalibrationConfig(fractions=(0.0,))
     with pytest.raises(UnknownNameError, match="smoke"):
         C.config("smok")
+
