@@ -228,7 +228,7 @@ def test_cleverhans_study_smoke(tmp_path, smoke_models):
 
     profile = profiles.with_options(profiles.get("smoke"), cleverhans={
         "budget": "smoke", "sets": ("clean", "square"), "fraction": 1.0, "test_images": 1000,
-        "attribution_images": 16, "spray_images": 60,
+        "attribution_images": 16, "spray_images": 60, "calibration": "smoke",
         "methods": {"gradient": {}, "integrated_gradients": {"steps": 4}, "grad_cam": {}}})
     store = Store(tmp_path, "smoke")
     summary = cleverhans.run(profile, store)
@@ -239,8 +239,10 @@ def test_cleverhans_study_smoke(tmp_path, smoke_models):
     assert plant["poisoned"]["effect_interval"][0] > results["settings"]["min_effect"]
     assert set(plant["poisoned"]["mass"]) == {"gradient", "integrated_gradients", "grad_cam"}
     assert results["spray"]["square"]["poisoned"]["ari"] is not None
+    cal = results["calibration"]
+    assert cal["budget"] == "smoke" and store.read_json(cal["results"])["curve"]["clean"]["4"]["power"][-1] == 1.0
     for rel in [*results["figures"].values(), results["sets"]["square"]["maps_figure"],
-                results["spray"]["square"]["figure"], "cleverhans/summary.md"]:
+                results["spray"]["square"]["figure"], "cleverhans/summary.md", cal["results"], cal["figure"]]:
         assert (tmp_path / rel).stat().st_size > 0
     assert summary["relies"]["square:Shirt"] == [True, False]
     again = cleverhans.run(profile, store)  # cached: same answer without recomputing

@@ -348,3 +348,37 @@ def test_calibration_config_errors():
     with pytest.raises(UnknownNameError, match="smoke"):
         C.config("smok")
 
+
+def test_calibration_study_part(calibration, tmp_path, monkeypatch):
+    """The chapter's calibration artifacts: cached on the config, and a curve that is the per-model verdicts
+    counted again."""
+    from xai.render.store import Store
+    from xai.studies import cleverhans_calibration as CAL
+
+    calls = []
+    monkeypatch.setattr(C, "calibrate", lambda cfg: calls.append(cfg) or calibration)
+    store = Store(tmp_path, "smoke")
+    out = CAL.run("smoke", store)
+    assert CAL.run("smoke", store) == out and len(calls) == 1  # the second call reads the cached job
+    assert calls[0] == C.BUDGETS["smoke"]
+    res = store.read_json(out["results"])
+    assert (tmp_path / out["figure"]).stat().st_size > 0 and res["figure"] == out["figure"]
+    st = res["settings"]
+    for r in st["references"]:
+        for size in st["marker_sizes"]:
+            d = res["curve"][r][str(size)]
+            assert d["fractions"] == sorted(st["fractions"])
+            for f, power, lo, hi in zip(d["fractions"], d["power"], d["power_low"], d["power_high"]):
+                rows = [m for m in res["models"]
+                        if m["kind"] == "poisoned" and m["size"] == size and m["fraction"] == f]
+                assert power == sum(m["tests"][r]["relies"] for m in rows) / len(rows) and lo <= power <= hi
+            # False positives: clean models of other seeds (for the placebos, the controls too).
+            kinds = ("clean",) if r == "clean" else ("clean", "control")
+            clean = [m for m in res["models"] if m["kind"] in kinds and m["size"] == size]
+            assert d["clean_models"] == len(clean)
+            assert d["false_positive"] == sum(m["tests"][r]["relies"] for m in clean) / len(clean)
+    strong = res["curve"]["clean"]["4"]
+    assert strong["power"][-1] == 1.0  # every shirt marked: the smoke model is caught against its control
+    (tmp_path / out["figure"]).unlink()  # a deleted figure makes the job stale
+    CAL.run("smoke", store)
+    assert len(calls) == 2 and (tmp_path / out["figure"]).exists()

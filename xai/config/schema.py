@@ -176,6 +176,9 @@ class CleverHansConfig(StudyConfig):
     min_effect: float = Field(0.05, ge=0, lt=1, description="the detector's margin: the effect beyond the reference "
                               "that counts as reliance")
     min_concentration: PositiveFloat = 2.0
+    calibration: Literal["full", "smoke"] | None = Field(
+        "full", description="budget of the detector's calibration on planted shortcuts "
+                            "(xai.shortcuts.calibration.BUDGETS); null: not run")
 
 
 class FeatvisConfig(StudyConfig):

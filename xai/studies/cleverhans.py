@@ -41,9 +41,13 @@ Artifacts (under ``cleverhans/``):
     ``detector_region``: the region-only form of the detector (occlusion, no marker function) on the
     square set's marked class images: ``poisoned`` (against the clean control) / ``clean`` (against the
     placebo) reports, with ``occlusion_drop`` and ``tests.occlusion``.
+    ``calibration``: null when the ``calibration`` option is null, else ``results``, ``figure`` (the paths of
+    ``calibration.json`` and ``calibration.webp``), ``budget``, ``curve``, ``timings`` and ``settings``
+    (:func:`.cleverhans_calibration.run`).
     ``figures``: ``markers``, ``accuracy``, ``mass``.
-    ``timings``: wall-clock seconds of ``load_or_train`` (training only on a cold cache), ``detector_and_maps``,
-    ``spray``, ``total``; ``train_seconds.<set>`` from each checkpoint's record.
+    ``timings``: wall-clock seconds of ``load_or_train`` (training only on a cold cache),
+    ``detector_and_maps``, ``spray``, ``calibration`` (training only on a cold cache), ``total``;
+    ``train_seconds.<set>`` from each checkpoint's record.
 ``markers.webp``, ``accuracy.webp``, ``mass.webp``, ``maps/<set>.webp`` (clean vs poisoned model maps
 on marked test images), ``spray/<set>.webp`` (eigenvalues, spectral embedding, cluster mean maps),
 ``summary.md`` (a table of the headline numbers).
@@ -63,10 +67,11 @@ from ..render.store import Store, cache_key
 from ..shortcuts import adjusted_rand_index, detect_shortcut, spray
 from ..shortcuts import detector as D
 from ..shortcuts import poisoned as P
+from . import cleverhans_calibration as CAL
 from .misclassification import num
 
 STUDY = "cleverhans"
-CODE_VERSION = 2  # 2: the detector decides by a paired test against the clean control or a placebo
+CODE_VERSION = 3  # 2: the detector decides by a paired test against the clean control or a placebo; 3: calibration
 
 DEFAULTS = {
     "budget": "full",  # training budget of the poisoned models (xai.shortcuts.poisoned.train_config)
@@ -82,6 +87,8 @@ DEFAULTS = {
     "alpha": 0.05,  # the detector's error rate per report (xai.shortcuts.detector)
     "min_effect": D.MIN_EFFECT,
     "min_concentration": 2.0,
+    # The detector's calibration on planted shortcuts (xai.shortcuts.calibration.BUDGETS); None: not run.
+    "calibration": "full",
 }
 
 
@@ -384,6 +391,10 @@ def run(profile: Profile, store: Store) -> dict:
             detector_region[role] = _report_row(rep)
             detector_region[role]["occlusion_drop"] = num(rep.occlusion_drop)
 
+    calibration = option(profile, "calibration")
+    calibrated = CAL.run(calibration, store) if calibration else None
+    clock.lap("calibration")
+
     figures = {"markers": f"{STUDY}/markers.webp", "accuracy": f"{STUDY}/accuracy.webp", "mass": f"{STUDY}/mass.webp"}
     store.write_figure(figures["markers"], markers_figure({k: v for k, v in specs.items() if v.plants}, x, y), dpi=110)
     if sets:
@@ -400,6 +411,7 @@ def run(profile: Profile, store: Store) -> dict:
         "timings": {**clock.laps, "total": round(sum(clock.laps.values()), 1),
                     "train_seconds": {k: v["train_seconds"] for k, v in models_.items()}},
         "models": models_, "sets": sets, "spray": spray_out, "detector_region": detector_region,
+        "calibration": calibrated,
         "figures": figures if sets else {"markers": figures["markers"]}}
     store.write_text(f"{STUDY}/summary.md", summary_markdown(sets, models_))
     store.write_json(rel, results, key)
@@ -423,8 +435,9 @@ class Clock:
 
 
 def _figures(results: dict) -> list[str]:
+    cal = results.get("calibration") or {}
     return [*results["figures"].values(), *(v["maps_figure"] for v in results["sets"].values()),
-            *(v["figure"] for v in results["spray"].values())]
+            *(v["figure"] for v in results["spray"].values()), *(cal[k] for k in ("results", "figure") if k in cal)]
 
 
 def _summary(results: dict) -> dict:
