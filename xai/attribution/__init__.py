@@ -7,7 +7,8 @@ methods return ``[B, C, H, W]``, the CAM family ``[B, 1, H, W]``. Visual choices
 clipping, colormap, smoothing) belong to :mod:`xai.render.maps`, never here.
 
 ``METHODS`` maps names to :class:`Method` records so that studies, benchmarks and the book iterate by
-name: ``attribute("grad_cam", entry, x, 281, layer="blocks.5")``.
+name: ``attribute("grad_cam", entry, x, 281, layer="blocks.4")``. A method that does not apply to a model
+(or to the layer it was given) raises :class:`xai.errors.NotApplicableError`, whose fields say why.
 """
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ class Method:
     fn: Callable[..., torch.Tensor]
     label: str  # display name
     kind: str  # see KINDS
-    family: str  # "gradient", "perturbation" or "cam"
+    group: str  # "gradient", "perturbation" or "cam"
     cite: str  # BibTeX key in book/references.bib
     version: int = 1  # bump when the method's output changes meaning (cache keys include it)
 
@@ -51,7 +52,7 @@ class Method:
 
     @property
     def needs_layer(self) -> bool:
-        return self.family == "cam"
+        return self.group == "cam"
 
     def __call__(self, model, inputs: torch.Tensor, target: Target, **options) -> torch.Tensor:
         return self.fn(model, inputs, target, **options)

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import XaiError
-from ..layers import capture, fast_model, num_prefix_tokens, resolve
+from ..layers import capture, fast_model, resolve, trace
 from .objectives import INPUT, OUTPUT, Activations, Objective
 from .param import ImageParam, Seeds, per_image_seeds
 from .transforms import Compose, Transform
@@ -124,7 +124,8 @@ def activations(model: nn.Module, x: torch.Tensor, layers: Sequence[str], output
         for h in handles:
             h.remove()
     read = {name: seen[inputs[name]] if name in inputs else acts[name] for name in layers}
-    return Activations(read, out, num_prefix_tokens(model))
+    traced = trace(model, x.shape[1:]).layouts if layers else {}
+    return Activations(read, out, {name: traced[name] for name in layers if name in traced})
 
 
 def forward(model: nn.Module, x: torch.Tensor, objective: Objective) -> Activations:
