@@ -64,20 +64,23 @@ def _timm_create(name: str, pretrained: bool, spec: str, **kwargs) -> nn.Module:
         raise _offline(spec, e) from e
 
 
-def _sized_from(state: dict, model: nn.Module, options: dict) -> dict:
-    """Head size (``num_classes``) and input channels (``in_chans``) that the checkpoint has, where they
-    differ from the model's and the caller did not set them."""
-    cfg = getattr(model, "pretrained_cfg", {}) or {}
-    own = model.state_dict()
-    fixes = {}
-    heads = cfg.get("classifier")
+def _sized_from(state: dict, name: str, options: dict) -> dict:
+    """Head size (``num_classes``) and input channels (``in_chans``) of the checkpoint, read at the
+    tensors that timm's pretrained config names (``classifier``, ``first_conv``), where the caller did
+    not set them: a fine-tuned checkpoint loads without options."""
+    import timm
+
+    cfg = timm.models.get_pretrained_cfg(name)
+    if cfg is None:
+        return {}
+    heads = cfg.classifier
     head = (heads[0] if isinstance(heads, (tuple, list)) else heads) or ""
+    fixes = {}
     key = f"{head}.weight"
-    if "num_classes" not in options and key in state and key in own and state[key].shape[0] != own[key].shape[0]:
+    if "num_classes" not in options and key in state and state[key].dim() >= 2:
         fixes["num_classes"] = int(state[key].shape[0])
-    key = f"{cfg.get('first_conv') or ''}.weight"
-    if "in_chans" not in options and key in state and key in own and state[key].dim() == 4 \
-            and state[key].shape[1] != own[key].shape[1]:
+    key = f"{cfg.first_conv or ''}.weight"
+    if "in_chans" not in options and key in state and state[key].dim() == 4:
         fixes["in_chans"] = int(state[key].shape[1])
     return fixes
 
@@ -169,13 +172,10 @@ def timm_entry(name: str, *, display: str | None = None, weights: str | Path | N
     spec = f"timm/{name}"
     check_timm(name)
     state = W.read_state_dict(weights) if weights is not None else None
+    if state is not None and not remap:
+        options = {**options, **_sized_from(state, name, options)}
     try:
         model = _timm_create(name, state is None, spec, **options)
-        if state is not None and not remap:
-            fixes = _sized_from(state, model, options)
-            if fixes:
-                options = {**options, **fixes}
-                model = _timm_create(name, False, spec, **options)
     except TypeError as e:  # an option this architecture's constructor does not take
         raise XaiError(f"{spec}: {e}") from e
     if state is not None:

@@ -22,7 +22,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not p.is_file():
         raise MissingDataError(f"no such weights file: {p}")
     try:
-        if p.suffix == ".safetensors":
+        if _is_safetensors(p):
             from safetensors.torch import load_file
 
             state = load_file(str(p))
@@ -39,6 +39,14 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if all(k.startswith("module.") for k in state):
         state = {k[len("module."):]: v for k, v in state.items()}
     return dict(state)
+
+
+def _is_safetensors(path: Path) -> bool:
+    """By content, not by name: a safetensors file starts with its JSON header's length (8 bytes,
+    little-endian) and the header's ``{``; torch's zip and legacy pickle files never do."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    return len(head) == 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") < 100_000_000
 
 
 def file_sha256(path: str | Path) -> str:
