@@ -38,7 +38,7 @@ NUM_CLASSES = 5  # a small head; the loader reads the count from the weights fil
 GUIDED = ("guided_backprop", "deconvolution", "guided_grad_cam")
 # Enough of each method to exercise its whole code path, little enough for the matrix to stay fast.
 FAST = {"smoothgrad": dict(samples=2), "smoothgrad_sq": dict(samples=2), "vargrad": dict(samples=2),
-        "integrated_gradients": dict(steps=4), "occlusion": dict(window=0.5, stride=0.5),
+        "integrated_gradients": dict(steps=2), "occlusion": dict(window=0.5, stride=0.5),
         "score_cam": dict(max_channels=4)}
 
 
@@ -127,7 +127,7 @@ def registered_vgg():
 
 @pytest.fixture(scope="module")
 def photos() -> list[torch.Tensor]:
-    return [images.load(p) for p in ("chelsea", "coffee")]
+    return [images.load("chelsea")]  # one photo: the batch behaviour of every method is tested elsewhere
 
 
 @pytest.fixture(scope="module")
@@ -246,14 +246,14 @@ def featvis_outcomes(entry: models.ModelEntry, x: torch.Tensor) -> dict:
     weights = torch.eye(len(layers))
     objective = sum(weights[i] * O.channel(reads[n], channels[i]) for i, n in enumerate(layers))
     c, h, w = entry.input_size
-    r = render(entry.model, objective, P.FFTParam(len(layers), c, (h, w), seed=0), (), steps=4, seed=0)
+    r = render(entry.model, objective, P.FFTParam(len(layers), c, (h, w), seed=0), (), steps=2, seed=0)
     for i, n in enumerate(layers):
         img = r.images[i]
         assert img.shape == (c, h, w) and torch.isfinite(img).all() and img.max() > img.min(), n
-        assert r.history[-1, i] > r.history[0, i], f"{entry.name}: the objective at {n} did not rise"
+        assert r.values[i] > r.history[0, i], f"{entry.name}: the objective at {n} did not rise"
         out[n] = {"outcome": "rendering", "read": reads[n], "channel": channels[i],
                   "start": round(float(r.history[0, i]), 4),
-                  "end": round(float(r.history[-1, i]), 4)}
+                  "end": round(float(r.values[i]), 4)}
     return out
 
 

@@ -14,7 +14,8 @@ front adds prefix tokens; elementwise operations keep the layout of the operand 
 Each module's output takes the layout of the tensor it returns. Where the trace loses the axes (a
 partition into attention windows, an operation it does not follow), the layout is unknown, unless the
 model declares it: timm names its stages in ``feature_info`` and their format in ``output_fmt``. Reading
-an unknown layout as a map is refused with the layer's name and shape.
+an unknown layout as a map is refused with the layer's name and shape. The rules per operation live in
+:mod:`xai.layout_trace`; this module turns them into each module's layout, once per model and input size.
 """
 from __future__ import annotations
 
@@ -26,9 +27,9 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.overrides import TorchFunctionMode
 
 from .errors import LayoutError
+from .layout_trace import Axes, Tracer, tensors
 
 NCHW, NHWC, TOKENS, FLAT, UNKNOWN = "NCHW", "NHWC", "tokens", "flat", "unknown"
 SPATIAL = (NCHW, NHWC, TOKENS)
@@ -91,204 +92,6 @@ def to_spatial(t: torch.Tensor, layout: Layout, layer: str = "?") -> torch.Tenso
     raise LayoutError(layer, shape, f"it was traced as {layout.describe()} with shape {list(layout.shape)}")
 
 
-# -- the trace ------------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class _Axes:
-    """What each axis of a traced tensor is: ``order`` spells them (N batch, C channels, H and W rows and
-    columns, L tokens); tokens also carry their grid and prefix."""
-
-    order: str  # NCHW, NHWC, NLC or NCL
-    grid: tuple[int, int] | None = None
-    prefix: int = 0
-
-
-_MAP_OPS = {"conv2d", "conv_transpose2d", "batch_norm", "instance_norm", "group_norm", "max_pool2d",
-            "max_pool2d_with_indices", "avg_pool2d", "adaptive_avg_pool2d", "adaptive_max_pool2d", "lp_pool2d",
-            "fractional_max_pool2d", "interpolate", "upsample", "pixel_shuffle", "pixel_unshuffle",
-            "local_response_norm"}
-_AXIS_OPS = {"permute", "transpose", "swapaxes", "swapdims", "movedim", "moveaxis"}
-_RESHAPES = {"reshape", "view", "unflatten", "view_as", "reshape_as", "flatten"}
-_CATS = {"cat", "concat", "concatenate"}
-_MATMULS = {"matmul", "__matmul__", "__rmatmul__", "bmm", "mm"}
-# Operations that can move axes while keeping the shape: never inherit a layout through them.
-_OPAQUE = {"einsum", "__get__", "as_strided", "t", "adjoint", "unfold", "fold", "rot90"}
-_CHANNEL_AXIS = {"NCHW": 1, "NHWC": 3, "NLC": 2, "NCL": 1}
-
-
-def _tensors(obj) -> Iterator[torch.Tensor]:
-    if isinstance(obj, torch.Tensor):
-        yield obj
-    elif isinstance(obj, (list, tuple)):
-        for o in obj:
-            yield from _tensors(o)
-    elif isinstance(obj, dict):
-        for o in obj.values():
-            yield from _tensors(o)
-
-
-def _dims(args: tuple, kwargs: dict, key: str) -> list[int]:
-    dims = kwargs.get(key, args[1:] if len(args) > 1 else ())
-    if len(dims) == 1 and isinstance(dims[0], (list, tuple, torch.Size)):
-        dims = dims[0]
-    return [int(d) for d in dims]
-
-
-class _Tracer(TorchFunctionMode):
-    """Follows the axes of the probe image through one forward pass (see the module docstring)."""
-
-    def __init__(self, image: torch.Tensor):
-        super().__init__()
-        self.batch = image.shape[0]
-        self.axes: dict[int, _Axes] = {id(image): _Axes("NCHW")}
-        self.derived = {id(image)}  # tensors computed from the image (parameters never are)
-        self.lost: dict[int, str] = {}  # the operation after which a tensor's axes were no longer known
-        self.image = image
-
-    def _watch(self, t: torch.Tensor) -> None:
-        """Forget a tensor's id when it is freed, before CPython can give the id to another tensor;
-        keeping every tensor alive instead would hold all of a large model's activations at once."""
-        if id(t) not in self.derived:
-            self.derived.add(id(t))
-            weakref.finalize(t, self._forget, id(t))
-
-    def _forget(self, key: int) -> None:
-        self.derived.discard(key)
-        self.axes.pop(key, None)
-        self.lost.pop(key, None)
-
-    def of(self, t: torch.Tensor) -> _Axes | None:
-        return self.axes.get(id(t))
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        out = func(*args, **kwargs)
-        inputs = [t for t in _tensors((args, kwargs)) if id(t) in self.derived]
-        if not inputs:
-            return out
-        outs = list(_tensors(out))
-        for o in outs:
-            self._watch(o)
-        if isinstance(out, torch.Tensor):
-            name = getattr(func, "__name__", "")
-            if name.endswith("_") and not name.startswith("__"):
-                name = name[:-1]  # in-place variants move axes as their originals do
-            try:
-                axes = self._rule(name, args, kwargs, out, inputs)
-            except (TypeError, ValueError, IndexError):  # arguments of a form the rules do not parse
-                axes = None
-            if axes is None:
-                self.axes.pop(id(out), None)
-                self.lost[id(out)] = name or type(func).__name__
-            else:
-                self.axes[id(out)] = axes
-        else:
-            for o in outs:  # several outputs (split, chunk, unbind): their axes are not followed
-                self.axes.pop(id(o), None)
-                self.lost[id(o)] = getattr(func, "__name__", "")
-        return out
-
-    def _rule(self, name: str, args: tuple, kwargs: dict, out: torch.Tensor, inputs: list) -> _Axes | None:
-        first = args[0] if args and isinstance(args[0], torch.Tensor) else None
-        src = self.of(first) if first is not None else None
-        if name in _MAP_OPS and out.dim() == 4:
-            return _Axes("NCHW") if out.shape[0] == self.batch else None
-        if name == "linear":
-            if src is not None and src.order in ("NHWC", "NLC"):
-                return src
-            return _Axes("NHWC") if src is None and out.dim() == 4 and out.shape[0] == self.batch else None
-        if name in ("layer_norm", "rms_norm"):
-            shape = args[1] if len(args) > 1 else kwargs.get("normalized_shape")
-            over = len(shape) if isinstance(shape, (list, tuple, torch.Size)) else 1
-            if src is not None and (src.order in ("NHWC", "NLC") or (src.order == "NCHW" and over == 3)):
-                return src
-            return _Axes("NHWC") if src is None and out.dim() == 4 and over == 1 and out.shape[0] == self.batch \
-                else None
-        if name in _AXIS_OPS:
-            return self._moved(name, args, kwargs, src, out)
-        if name in _RESHAPES:
-            return self._reshaped(first, src, out)
-        if name in _CATS:
-            return self._concatenated(args, kwargs, out)
-        if name == "pad":
-            return src if src is not None and src.order in ("NCHW", "NHWC") and out.dim() == 4 else None
-        if name == "__getitem__":
-            return self._indexed(first, src, args[1], out)
-        if name in _OPAQUE:
-            return None
-        if name in _MATMULS:
-            same = [t for t in inputs if t.shape == out.shape]
-            return self.of(same[0]) if len(inputs) == 1 and same else None
-        # Elementwise and shape-keeping operations (activations, adds, scales, dropout, copies): the
-        # layout of the operands shaped like the output, when they agree.
-        known = {self.of(t) for t in inputs if t.shape == out.shape and self.of(t) is not None}
-        return known.pop() if len(known) == 1 else None
-
-    @staticmethod
-    def _moved(name: str, args: tuple, kwargs: dict, src: _Axes | None, out: torch.Tensor) -> _Axes | None:
-        if src is None:
-            return None
-        n = len(src.order)
-        if name == "permute":
-            perm = [d % n for d in _dims(args, kwargs, "dims")]
-        elif name in ("movedim", "moveaxis"):
-            a = args[1] if len(args) > 1 else kwargs["source"]
-            b = args[2] if len(args) > 2 else kwargs["destination"]
-            a, b = ([a], [b]) if isinstance(a, int) else (list(a), list(b))
-            perm = [d for d in range(n) if d not in [x % n for x in a]]
-            for s, d in sorted(zip([x % n for x in a], [y % n for y in b]), key=lambda p: p[1]):
-                perm.insert(d, s)
-        else:
-            d0 = int(args[1] if len(args) > 1 else kwargs["dim0"]) % n
-            d1 = int(args[2] if len(args) > 2 else kwargs["dim1"]) % n
-            perm = list(range(n))
-            perm[d0], perm[d1] = perm[d1], perm[d0]
-        order = "".join(src.order[i] for i in perm)
-        return _Axes(order, src.grid, src.prefix) if order in _CHANNEL_AXIS else None
-
-    @staticmethod
-    def _reshaped(first: torch.Tensor | None, src: _Axes | None, out: torch.Tensor) -> _Axes | None:
-        if first is None or src is None:
-            return None
-        a, b = tuple(first.shape), tuple(out.shape)
-        if a == b:
-            return src
-        if src.order == "NCHW" and b == (a[0], a[1], a[2] * a[3]):
-            return _Axes("NCL", (a[2], a[3]))
-        if src.order == "NHWC" and b == (a[0], a[1] * a[2], a[3]):
-            return _Axes("NLC", (a[1], a[2]))
-        if src.order == "NLC" and src.prefix == 0 and b == (a[0], *src.grid, a[2]):
-            return _Axes("NHWC")
-        if src.order == "NCL" and src.prefix == 0 and b == (a[0], a[1], *src.grid):
-            return _Axes("NCHW")
-        return None
-
-    def _concatenated(self, args: tuple, kwargs: dict, out: torch.Tensor) -> _Axes | None:
-        parts = list(args[0] if args else kwargs["tensors"])
-        dim = int(args[1] if len(args) > 1 else kwargs.get("dim", 0)) % out.dim()
-        axes = [self.of(p) for p in parts]
-        last = axes[-1]
-        if last is not None and last.order == "NLC" and dim == 1 and all(a is None for a in axes[:-1]):
-            # class / register / distillation tokens put in front of the patch tokens
-            return _Axes("NLC", last.grid, last.prefix + sum(p.shape[1] for p in parts[:-1]))
-        if last is not None and all(a == last for a in axes) and dim == _CHANNEL_AXIS[last.order]:
-            return last  # channels concatenated (DenseNet, Inception branches)
-        return None
-
-    @staticmethod
-    def _indexed(first: torch.Tensor, src: _Axes | None, index, out: torch.Tensor) -> _Axes | None:
-        if src is None:
-            return None
-        if out.shape == first.shape:
-            return src
-        if src.order == "NLC" and isinstance(index, tuple) and len(index) >= 2 and index[0] == slice(None) \
-                and isinstance(index[1], slice) and index[1].stop is None and index[1].step in (None, 1) \
-                and all(i in (slice(None), Ellipsis) for i in index[2:]):
-            k = int(index[1].start or 0)
-            return _Axes("NLC", src.grid, src.prefix - k) if 0 <= k <= src.prefix else None
-        return None
-
-
 # -- layouts of every module ----------------------------------------------------------------------------------
 
 @dataclass
@@ -312,8 +115,8 @@ def _declared(model: nn.Module) -> dict[str, str]:
     return {f["module"]: fmt for f in info if isinstance(f, dict) and "module" in f and fmt in (NCHW, NHWC)}
 
 
-def _layout(axes: _Axes | None, shape: tuple[int, ...], lost: str | None, declared: str | None,
-            tokens_in: _Axes | None) -> Layout:
+def _layout(axes: Axes | None, shape: tuple[int, ...], lost: str | None, declared: str | None,
+            tokens_in: Axes | None) -> Layout:
     """A module's traced output as a :class:`Layout` (``shape`` without the batch axis)."""
     if len(shape) == 1:
         return Layout(FLAT, shape)
@@ -369,11 +172,11 @@ def trace(model: nn.Module, input_shape: Sequence[int]) -> Trace:
     outputs: dict[str, tuple] = {}
     inputs: dict[str, tuple] = {}
     order: list[str] = []
-    tracer = _Tracer(probe)
+    tracer = Tracer(probe)
 
     def before(name: str):
         def hook(_m, args):
-            t = next(iter(_tensors(args)), None)
+            t = next(iter(tensors(args)), None)
             if name not in inputs and t is not None:
                 inputs[name] = (tracer.of(t), tuple(t.shape[1:]), tracer.lost.get(id(t)))
         return hook
@@ -428,56 +231,3 @@ def layout_of(model: nn.Module, name: str, input_shape: Sequence[int]) -> Layout
     if name not in layouts:
         return Layout(UNKNOWN, (), reason="it did not run in a forward pass (or returned no tensor)")
     return layouts[name]
-
-
-def stage_layers(model: nn.Module, input_shape: Sequence[int]) -> list[str]:
-    """Layers of interest from the model's stage structure, shallow to deep: the last module (other than a
-    pooling) at each resolution of its feature maps, looking into plain containers (``nn.Sequential``)
-    whose children work at three resolutions or more. Positions of 1x1 (after a global pool) are left out.
-
-    On torchvision's ResNet this gives ``relu, layer1, ..., layer4``; on VGG the last ReLU before each
-    pooling and the last pooling; on DenseNet the dense blocks and the final norm.
-    """
-    t = trace(model, input_shape)
-    ran = set(t.order)
-    position = {n: i for i, n in enumerate(t.order)}
-    pooling = (nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AvgPoolNd,
-               nn.modules.pooling._AdaptiveAvgPoolNd, nn.modules.pooling._AdaptiveMaxPoolNd)
-
-    def grid(name: str) -> tuple[int, int] | None:
-        lay = t.layouts.get(name)
-        return lay.grid if lay is not None and lay.spatial and lay.grid[0] * lay.grid[1] > 1 else None
-
-    def units(prefix: str, module: nn.Module) -> list[str]:
-        kids = sorted((f"{prefix}{n}" for n, _ in module.named_children() if f"{prefix}{n}" in ran),
-                      key=position.get)
-        out = []
-        for name in kids:
-            child = model.get_submodule(name)
-            inner = {grid(f"{name}.{n}") for n, _ in child.named_children()} - {None}
-            # a feature extractor (VGG's ``features``) works at many resolutions; a downsampling unit
-            # (DenseNet's transition: conv then pool) at two, and stays one unit
-            out += units(f"{name}.", child) if isinstance(child, nn.Sequential) and len(inner) > 2 else [name]
-        return out
-
-    runs: list[list[str]] = []
-    for name in units("", model):
-        g = grid(name)
-        if g is None:
-            continue
-        if runs and grid(runs[-1][-1]) == g:
-            runs[-1].append(name)
-        else:
-            runs.append([name])
-    picks: list[str] = []
-    for run in runs:
-        kept = [n for n in run if not isinstance(model.get_submodule(n), pooling)]
-        if kept:
-            picks.append(kept[-1])
-        elif not picks or _area(grid(run[0])) < _area(grid(picks[-1])):
-            picks.append(run[0])  # a pooling that resamples to a fixed size larger than the map is skipped
-    return picks
-
-
-def _area(grid: tuple[int, int]) -> int:
-    return grid[0] * grid[1]

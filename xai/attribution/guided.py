@@ -17,9 +17,9 @@ a word. Here every activation the forward pass *actually calls* is intercepted a
 Both rules are defined for rectifiers only. Smooth or non-monotone activations (GELU, SiLU, Hardswish,
 ELU, Mish, ...) have no "positive part" to keep, so the methods refuse a model that uses one
 (:class:`~xai.errors.NotApplicableError` with the activation's name) rather than quietly degrade to
-something else. Sigmoid-type gates (squeeze-excitation, attention softmax) are multiplicative weights rather than rectifiers and keep their plain gradient,
-as in the original definition on networks without them. ``x.clamp(min=0)`` written by hand is not
-recognised as a ReLU.
+something else. Sigmoid-type gates (squeeze-excitation, attention softmax) are multiplicative weights
+rather than rectifiers and keep their plain gradient, as in the original definition on networks
+without them. ``x.clamp(min=0)`` written by hand is not recognised as a ReLU.
 """
 from __future__ import annotations
 

@@ -190,6 +190,7 @@ def render(
     start = time.perf_counter()
     with torch.no_grad():  # an input of the size the model will see, drawn from throwaway generators
         probe = transform(param()[:1], [torch.Generator().manual_seed(0)])
+    trace(model, probe.shape[1:])  # layouts once per model and size; the fast copy below shares them
     with torch.enable_grad(), fast_model(model, probe, keep=objective.layers) as fast:
         for step in range(steps + 1):
             if step in snapshots:

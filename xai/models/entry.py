@@ -192,8 +192,8 @@ def from_module(name: str, module: nn.Module, *, input_size: Sequence[int], mean
                 interpolation: str = "bilinear", info: dict | None = None) -> ModelEntry:
     """An entry for any classifier module: its normalisation attached (none when ``mean`` and ``std``
     are not given, for a module that normalises itself), classes numbered when no names are given, and
-    layers of interest from its stage structure (:func:`xai.layouts.stage_layers`) unless named."""
-    from ..layouts import stage_layers
+    layers of interest from its stage structure (:func:`xai.models.stages.stage_layers`) unless named."""
+    from .stages import stage_layers
 
     c = int(input_size[0])
     mean = tuple(mean) if mean is not None else (0.0,) * c

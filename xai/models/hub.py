@@ -7,7 +7,7 @@
   convolution of an EfficientNet, a ViT's final norm).
 * ``torchvision/<name>[:<WEIGHTS>]``: preprocessing from ``weights.transforms()``, classes from
   ``weights.meta["categories"]``, layers of interest from the stage structure
-  (:func:`xai.layouts.stage_layers`).
+  (:func:`xai.models.stages.stage_layers`).
 
 Pretrained weights come through timm's and torchvision's own download code. A local file (``weights=``)
 is loaded strictly, after the head and the first convolution are sized from the file itself, so a
@@ -16,13 +16,15 @@ fine-tuned checkpoint with another number of classes or input channels loads wit
 from __future__ import annotations
 
 import builtins
+from collections import Counter
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from ..errors import MissingDataError, UnknownNameError, XaiError
-from ..layouts import stage_layers, trace
+from ..layouts import trace
+from .stages import stage_layers
 from . import weights as W
 from .entry import IMAGENET_1K, ModelEntry, attach_normalization, imagenet_class_names, numbered_classes
 
@@ -113,14 +115,11 @@ def _timm_classes(model: nn.Module) -> tuple[list[str], str]:
     subset = infer_imagenet_subset(model)
     if subset == IMAGENET_1K:
         return imagenet_class_names(), IMAGENET_1K
-    if subset is not None:
-        descriptions = ImageNetInfo(subset).label_descriptions()
-        names = [d.split(",")[0] for d in descriptions]
-        seen: dict[str, int] = {}
-        for i, nm in enumerate(names):
-            seen[nm] = seen.get(nm, 0) + 1
-        synsets = ImageNetInfo(subset).label_names()
-        return [nm if seen[nm] == 1 else f"{nm} ({s})" for nm, s in zip(names, synsets)], subset
+    if subset is not None:  # another ImageNet subset: each class by its first lemma, told apart by synset
+        info = ImageNetInfo(subset)
+        names = [d.split(",")[0] for d in info.label_descriptions()]
+        count = Counter(names)
+        return [nm if count[nm] == 1 else f"{nm} ({s})" for nm, s in zip(names, info.label_names())], subset
     labels = cfg.get("label_names")
     if labels and len(labels) == n:
         return builtins.list(labels), f"labels of {cfg.get('architecture', 'the model')}"
@@ -165,10 +164,10 @@ def timm_layers(model: nn.Module, input_size: tuple[int, int, int]) -> list[str]
 
 
 def timm_entry(name: str, *, display: str | None = None, weights: str | Path | None = None, remap: bool = False,
-               weights_label: str | None = None, info: dict | None = None, **options) -> ModelEntry:
-    """A timm model as an entry. ``weights``: a local file (``remap``: its tensors renamed positionally);
-    without it, the pretrained weights of ``name`` from the hub. ``options`` go to ``timm.create_model``
-    (``num_classes``, ``img_size``, ``in_chans``, ...)."""
+               weights_label: str | None = None, **options) -> ModelEntry:
+    """A timm model as an entry. ``weights``: a local file (``remap``: its tensors renamed positionally;
+    ``weights_label``: how the entry names its source); without it, the pretrained weights of ``name``
+    from the hub. ``options`` go to ``timm.create_model`` (``num_classes``, ``img_size``, ``in_chans``...)."""
     spec = f"timm/{name}"
     check_timm(name)
     state = W.read_state_dict(weights) if weights is not None else None
@@ -185,13 +184,17 @@ def timm_entry(name: str, *, display: str | None = None, weights: str | Path | N
     attach_normalization(model, mean, std)
     model.eval()
     class_names, label_space = _timm_classes(model)
-    source = weights_label or (_file_label(weights) if weights is not None else f"timm hub ({model.pretrained_cfg.get('tag') or 'default'} tag)")
+    if weights_label is not None:
+        source = weights_label
+    elif weights is not None:
+        source = _file_label(weights)
+    else:
+        source = f"timm hub ({model.pretrained_cfg.get('tag') or 'default'} tag)"
     return ModelEntry(
         name=display or spec, model=model, input_size=input_size, mean=mean, std=std, class_names=class_names,
         layers=timm_layers(model, input_size), label_space=label_space, crop_pct=float(cfg["crop_pct"]),
         interpolation=cfg["interpolation"],
-        info={"arch": f"timm {model.pretrained_cfg.get('architecture', name)}", "weights": source, "spec": spec,
-              **(info or {})})
+        info={"arch": f"timm {model.pretrained_cfg.get('architecture', name)}", "weights": source, "spec": spec})
 
 
 def _file_label(path: str | Path) -> str:
