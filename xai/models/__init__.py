@@ -20,6 +20,7 @@ A package makes its models known to every ``xai`` command by declaring a functio
 from __future__ import annotations
 
 import builtins
+import functools
 import importlib
 import inspect
 from collections.abc import Callable
@@ -70,8 +71,10 @@ def register(name: str, label_space: str = ""):
     return deco
 
 
+@functools.cache
 def _entry_points() -> dict[str, _Registered]:
-    """Models that installed packages declare in the ``xai.models`` entry-point group (loaded lazily)."""
+    """Models that installed packages declare in the ``xai.models`` entry-point group (loaded lazily;
+    the installed packages are read once per process)."""
     return {ep.name: _Registered(None, "", f"entry point {ep.value}", ep)
             for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)}
 
