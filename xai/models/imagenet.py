@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 
 from ..errors import MissingDataError
-from .entry import ModelEntry
+from .entry import ModelEntry, imagenet_class_names  # noqa: F401  (re-exported, as before the split)
 from .weights import remap_state_dict  # noqa: F401  (re-exported: the remap lives with the weights)
 
 # registered name -> (wheel module, file class, timm architecture)
