@@ -7,8 +7,8 @@ a file and loaded back through ``weights=``, as a user's checkpoint would be; th
 exactly the outputs of the one that was saved. Every (architecture, method) then has one of two
 outcomes: a map of the method's shape, finite and not constant (a CAM read on its layer's own grid), or
 a typed refusal (``NotApplicableError``) with its reason. The refusals expected are the guided methods
-on models whose activations are not rectifiers, by the activation that rules them out; anything else is
-a failure. The table of outcomes goes to ``test-artifacts/architecture_matrix.{json,md}``.
+(and LRP, DeepLIFT) on models whose activations are not rectifiers, by the activation that rules them
+out, and the per-architecture ``also_refuses`` (documented preconditions); anything else is a failure. The table of outcomes goes to ``test-artifacts/architecture_matrix.{json,md}``.
 """
 from __future__ import annotations
 
@@ -39,7 +39,9 @@ GUIDED = ("guided_backprop", "deconvolution", "guided_grad_cam")
 # Enough of each method to exercise its whole code path, little enough for the matrix to stay fast.
 FAST = {"smoothgrad": dict(samples=2), "smoothgrad_sq": dict(samples=2), "vargrad": dict(samples=2),
         "integrated_gradients": dict(steps=2), "occlusion": dict(window=0.5, stride=0.5),
-        "score_cam": dict(max_channels=4)}
+        "score_cam": dict(max_channels=4), "gradient_shap": dict(samples=2), "rise": dict(masks=8, grid=4),
+        "feature_ablation": dict(segments=8), "kernel_shap": dict(segments=8, samples=16),
+        "lime": dict(segments=8, samples=16)}
 
 
 @dataclass(frozen=True)
@@ -47,26 +49,41 @@ class Case:
     spec: str
     build: dict = field(default_factory=dict)  # constructor options; the loader gets the same (but the head)
     size: int = 64  # input side (px)
-    refuses: str | None = None  # the activation for which the guided methods refuse
+    refuses: str | None = None  # the activation for which the rectifier-only methods refuse
     file: str = "safetensors"  # or "pth": a state dict written by torch.save
+    # Refusals for other reasons than an activation, each a documented precondition of its method: LRP
+    # and DeepLIFT refuse a forward pass with operations outside their rules (a functional residual add
+    # or pooling, a module run twice, a batch norm after a concatenation); FullGrad one whose bias terms
+    # do not add up to the logit (activations that are not piecewise linear).
+    also_refuses: tuple[str, ...] = ()
+
+
+LRP = ("lrp_epsilon_plus_flat", "lrp_epsilon_gamma_box")
+DEEPLIFT = ("deeplift", "deeplift_shap")
+# Defined for rectifier networks only: refused with the activation that rules them out.
+RECTIFIER_ONLY = (*GUIDED, *LRP, *DEEPLIFT)
 
 
 CASES = {
-    "timm resnet": Case("timm/resnet10t", dict(channels=(16, 32, 64, 128), stem_width=16)),
-    "timm vgg": Case("timm/vgg11", dict(mlp_ratio=0.01), size=32, file="pth"),  # its widths are fixed: small input
-    "timm densenet": Case("timm/densenet121", dict(growth_rate=8, block_config=(2, 2, 2, 2))),
-    "timm inception_v3": Case("timm/inception_v3", size=80, file="pth"),  # 75 px is its least
-    "timm mobilenetv3": Case("timm/mobilenetv3_small_050", refuses="Hardswish"),
-    "timm efficientnet": Case("timm/efficientnet_b0", refuses="SiLU"),
-    "timm convnext": Case("timm/convnext_atto", dict(conv_mlp=False), refuses="GELU"),  # channels-last MLPs
-    "timm deit": Case("timm/deit_tiny_patch16_224", dict(img_size=64, depth=4), refuses="GELU"),
+    "timm resnet": Case("timm/resnet10t", dict(channels=(16, 32, 64, 128), stem_width=16), also_refuses=LRP),
+    "timm vgg": Case("timm/vgg11", dict(mlp_ratio=0.01), size=32, file="pth", also_refuses=LRP),  # its widths are fixed: small input
+    "timm densenet": Case("timm/densenet121", dict(growth_rate=8, block_config=(2, 2, 2, 2)), also_refuses=LRP),
+    "timm inception_v3": Case("timm/inception_v3", size=80, file="pth", also_refuses=(*LRP, *DEEPLIFT)),  # 75 px is its least
+    "timm mobilenetv3": Case("timm/mobilenetv3_small_050", refuses="Hardswish", also_refuses=("fullgrad",)),
+    "timm efficientnet": Case("timm/efficientnet_b0", refuses="SiLU", also_refuses=("fullgrad",)),
+    "timm convnext": Case("timm/convnext_atto", dict(conv_mlp=False), refuses="GELU",  # GELU is functional there
+                           also_refuses=("fullgrad", *LRP, *DEEPLIFT)),  # channels-last MLPs
+    "timm deit": Case("timm/deit_tiny_patch16_224", dict(img_size=64, depth=4), refuses="GELU",
+                       also_refuses=("fullgrad",)),
     "timm swin": Case("timm/swin_tiny_patch4_window7_224", dict(img_size=64, window_size=2, depths=(1, 1, 1, 1),
-                                                               embed_dim=24, num_heads=(1, 2, 4, 8)), refuses="GELU"),
+                                                               embed_dim=24, num_heads=(1, 2, 4, 8)), refuses="GELU",
+                       also_refuses=("fullgrad",)),
     # its first non-rectifier is the SiLU of a squeeze-excitation gate, before any GELU
     "timm maxvit": Case("timm/maxvit_pico_rw_256", dict(img_size=64, embed_dim=(32, 32, 64, 64), depths=(1, 1, 1, 1),
-                                                       stem_width=(16, 32)), refuses="SiLU"),
+                                                       stem_width=(16, 32)), refuses="SiLU",
+                         also_refuses=("fullgrad",)),
     "torchvision vgg": Case("test_torchvision_vgg11"),  # narrowed: registered below, as a user's model
-    "torchvision resnet": Case("torchvision/resnet18", file="pth"),
+    "torchvision resnet": Case("torchvision/resnet18", file="pth", also_refuses=DEEPLIFT),  # its ReLUs run twice
 }
 
 
@@ -182,12 +199,13 @@ def test_every_method_on_every_architecture(arch, tmp_path, photos, table, regis
         except NotApplicableError as e:
             row["methods"][name] = {"outcome": "refused", "reason": e.reason, "activation": e.activation,
                                     "seconds": round(time.perf_counter() - start, 2)}
-            assert case.refuses is not None and name in GUIDED and e.activation == case.refuses, \
-                f"{arch}: unexpected refusal of {name}: {e}"
+            by_activation = case.refuses is not None and name in RECTIFIER_ONLY and e.activation == case.refuses
+            assert by_activation or name in case.also_refuses, f"{arch}: unexpected refusal of {name}: {e}"
             continue
         row["methods"][name] = {"outcome": "map", "seconds": round(time.perf_counter() - start, 2)}
-        assert not (case.refuses and name in GUIDED), f"{arch}: {name} should refuse {case.refuses}"
-        channels = 1 if method.needs_layer and name != "guided_grad_cam" else entry.input_size[0]
+        assert name not in case.also_refuses, f"{arch}: {name} should refuse (also_refuses)"
+        assert not (case.refuses and name in RECTIFIER_ONLY), f"{arch}: {name} should refuse {case.refuses}"
+        channels = entry.input_size[0] if method.per_channel else 1
         assert attr.shape == (len(x), channels, *entry.input_size[1:]), (arch, name)
         assert torch.isfinite(attr).all(), (arch, name)
         flat = attr.flatten(1)

@@ -620,7 +620,7 @@ def run(profile: Profile, store: Store) -> dict:
     names = method_names(profile)
     timings: dict = {}
     results: dict = {"methods": {n: {"label": attribution.get(n).label, "kind": attribution.get(n).kind,
-                                     "family": attribution.get(n).group, "cite": attribution.get(n).cite,
+                                     "family": attribution.get(n).family, "cite": attribution.get(n).cite,
                                      "options": method_options(profile, n)} for n in names}}
     results["imagenet"] = imagenet_part(profile, store, names, timings) if profile.imagenet_models else {}
     if results["imagenet"]:
