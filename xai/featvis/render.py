@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import XaiError
-from ..layers import capture, fast_model, num_prefix_tokens, resolve
+from ..layers import capture, fast_model, resolve, trace
 from .objectives import INPUT, OUTPUT, Activations, Objective
 from .param import ImageParam, Seeds, per_image_seeds
 from .transforms import Compose, Transform
@@ -124,7 +124,8 @@ def activations(model: nn.Module, x: torch.Tensor, layers: Sequence[str], output
         for h in handles:
             h.remove()
     read = {name: seen[inputs[name]] if name in inputs else acts[name] for name in layers}
-    return Activations(read, out, num_prefix_tokens(model))
+    traced = trace(model, x.shape[1:]).layouts if layers else {}
+    return Activations(read, out, {name: traced[name] for name in layers if name in traced})
 
 
 def forward(model: nn.Module, x: torch.Tensor, objective: Objective) -> Activations:
@@ -189,6 +190,7 @@ def render(
     start = time.perf_counter()
     with torch.no_grad():  # an input of the size the model will see, drawn from throwaway generators
         probe = transform(param()[:1], [torch.Generator().manual_seed(0)])
+    trace(model, probe.shape[1:])  # layouts once per model and size; the fast copy below shares them
     with torch.enable_grad(), fast_model(model, probe, keep=objective.layers) as fast:
         for step in range(steps + 1):
             if step in snapshots:
