@@ -34,12 +34,18 @@ class CAM:
         module, x, t = prepare(model, inputs, target)
         layer = layer if layer is not None else default_layer(model, x[:1])
         acts, grads = layer_activations(module, x, t, layer, gradients=self.uses_gradients, method=self.name)
-        with torch.no_grad():
-            w = self.weights(acts, grads, module=module, inputs=x, targets=t, **options)
-            cam = (w * acts).sum(1, keepdim=True) if w.dim() == 4 else torch.einsum("bc,bchw->bhw", w, acts)[:, None]
-            cam = F.relu(cam)
-            cam = F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        cam = self.combine(acts, grads, tuple(x.shape[-2:]), module=module, inputs=x, targets=t, **options)
         return finish(cam, inputs)
+
+    @torch.no_grad()
+    def combine(self, acts: torch.Tensor, grads: torch.Tensor | None, size: tuple[int, int],
+                **context) -> torch.Tensor:
+        """The map from a layer's activations and gradients: weight, sum over channels, rectify, upsample
+        to ``size``. Separate from the pass that gets them, so the formula can be checked on another
+        library's activations and gradients."""
+        w = self.weights(acts, grads, **context)
+        cam = (w * acts).sum(1, keepdim=True) if w.dim() == 4 else torch.einsum("bc,bchw->bhw", w, acts)[:, None]
+        return F.interpolate(F.relu(cam), size=size, mode="bilinear", align_corners=False)
 
     def weights(self, acts: torch.Tensor, grads: torch.Tensor | None, **context) -> torch.Tensor:
         """Channel weights ``[B, C]`` (or per-position ``[B, C, h, w]``). Grad-CAM: the mean gradient."""

@@ -33,6 +33,8 @@ class Anchor:
     call: str  # how the anchor was called, for the report
     fn: Callable[[], torch.Tensor | np.ndarray]
     normalise: bool = False  # the anchor returns per-image min-max scaled maps; compare ours scaled alike
+    # An untimed check that separates the formula from the passes that feed it (see formula_check).
+    check: Callable[[], dict] | None = None
 
 
 @dataclass
@@ -41,6 +43,8 @@ class Comparison:
     options: dict
     anchors: list[Anchor] = field(default_factory=list)
     stochastic: bool = False
+    # Untimed facts for the row, from the finished row and our output (occlusion: its incremental plan).
+    extra: Callable[[dict, torch.Tensor], dict] | None = None
 
 
 def bench_inputs(entry, size: int, batch: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
@@ -81,6 +85,35 @@ def _grad_cam_library(cls_name: str, module: nn.Module, layer: str, x: torch.Ten
         return cam(input_tensor=inp, targets=targets)
 
 
+def formula_check(method: str, cls_name: str, module: nn.Module, layer: str, x: torch.Tensor,
+                  t: torch.Tensor) -> dict:
+    """Our CAM formula on pytorch-grad-cam's own layer activations and gradients, against its formula.
+
+    End to end, the two sides' maps also differ by the float rounding of the passes that give the
+    gradients (ours start the graph at the layer, in NHWC; the library differentiates the whole
+    network in NCHW). An ill-conditioned formula (Grad-CAM++'s ``2 g**2 + sum(a) g**3`` comes near
+    zero on signed activations) amplifies that rounding. So the parts are compared on their own: the
+    two passes' layer activations and gradients, and the two formulas on the *same* activations and
+    gradients, both in float64 (so that what is left is the formulas, not their float32 rounding),
+    before upsampling (which Grad-CAM's end-to-end agreement already covers).
+    """
+    import pytorch_grad_cam
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    from ..attribution.cam import layer_activations
+
+    cls = getattr(pytorch_grad_cam, cls_name)
+    with cls(model=module, target_layers=[resolve(module, layer)]) as cam, _quiet_grad_cam():
+        cam(input_tensor=x.clone().requires_grad_(True), targets=[ClassifierOutputTarget(int(c)) for c in t])
+        acts = cam.activations_and_grads.activations[0].double().cpu()
+        grads = cam.activations_and_grads.gradients[0].double().cpu()
+        theirs = np.maximum(cam.get_cam_image(x, None, None, acts.numpy(), grads.numpy()), 0)
+    ours_acts, ours_grads = layer_activations(module, x, t, layer)
+    same_inputs = METHODS[method].fn.combine(acts, grads, tuple(acts.shape[-2:]))[:, 0]
+    return {"formula_float64": agreement(same_inputs, theirs), "layer_activations": agreement(ours_acts, acts),
+            "layer_gradients": agreement(ours_grads, grads)}
+
+
 def comparisons(module: nn.Module, x: torch.Tensor, t: torch.Tensor, cfg) -> list[Comparison]:
     """Every compared method with its options and its anchors, as zero-argument calls."""
     from captum.attr import IntegratedGradients, LayerAttribution, LayerGradCam, NoiseTunnel, Occlusion, Saliency
@@ -98,6 +131,25 @@ def comparisons(module: nn.Module, x: torch.Tensor, t: torch.Tensor, cfg) -> lis
 
     def pgc(name: str, needs_grad: bool):
         return lambda: _grad_cam_library(name, module, layer, x, t, needs_grad)
+
+    def check(method: str, name: str):
+        return lambda: formula_check(method, name, module, layer, x, t)
+
+    def incremental(row: dict, ours: torch.Tensor) -> dict:
+        """Whether our occlusion ran incrementally (and where it switched to full recomputation), the
+        FLOPs it saved (counted, against captum's), and the incremental map against our own full
+        recomputation on the warm-up images (both forced, so the check holds even where it did not run)."""
+        from ..attribution.occlusion import occlusion_plan
+
+        wb = min(cfg.warmup_batch, b)
+        forced = [METHODS["occlusion"].fn(module, x[:wb], t[:wb], **row["options"], incremental=flag)
+                  for flag in (True, False)]
+        anchor = row["anchors"][0]["timing"]["flops"]
+        return {"incremental": {
+            "plan": occlusion_plan(module, x[:1], window=window, stride=stride,
+                                   internal_batch_size=cfg.occlusion_batch),
+            "flops_saved_counted": 1 - row["ours"]["flops"] / anchor if anchor else None,
+            "against_full": agreement(*forced)}}
 
     return [
         Comparison("gradient", {}, [Anchor(
@@ -119,21 +171,23 @@ def comparisons(module: nn.Module, x: torch.Tensor, t: torch.Tensor, cfg) -> lis
                 stdevs=noise_sd, target=t, abs=False))], stochastic=True),
         Comparison("grad_cam", {"layer": layer}, [
             Anchor("pytorch-grad-cam", f"GradCAM(model, target_layers=[{layer}])(x, targets)",
-                   pgc("GradCAM", True), normalise=True),
+                   pgc("GradCAM", True), normalise=True, check=check("grad_cam", "GradCAM")),
             Anchor("captum", f"LayerGradCam(model, {layer}).attribute(x, target, relu_attributions=True), "
                              "upsampled bilinearly", captum_grad_cam)]),
         Comparison("grad_cam_pp", {"layer": layer}, [Anchor(
             "pytorch-grad-cam", f"GradCAMPlusPlus(model, target_layers=[{layer}])(x, targets)",
-            pgc("GradCAMPlusPlus", True), normalise=True)]),
+            pgc("GradCAMPlusPlus", True), normalise=True, check=check("grad_cam_pp", "GradCAMPlusPlus"))]),
         Comparison("score_cam", {"layer": layer, "internal_batch_size": ibs}, [Anchor(
             "pytorch-grad-cam", f"ScoreCAM(model, target_layers=[{layer}])(x, targets) (its batch size: 16)",
             pgc("ScoreCAM", False), normalise=True)]),
-        Comparison("occlusion", {"window": window, "stride": stride, "fill": "black", "internal_batch_size": ibs},
+        Comparison("occlusion", {"window": window, "stride": stride, "fill": "black",
+                                 "internal_batch_size": cfg.occlusion_batch},
                    [Anchor("captum", f"Occlusion(model).attribute(x, sliding_window_shapes=(3, {window}, {window}), "
                                      f"strides=(3, {stride}, {stride}), baselines=0, target)",
                            lambda: Occlusion(module).attribute(
                                x, sliding_window_shapes=(x.shape[1], window, window),
-                               strides=(x.shape[1], stride, stride), baselines=0, target=t))]),
+                               strides=(x.shape[1], stride, stride), baselines=0, target=t))],
+                   extra=incremental),
     ]
 
 
@@ -176,7 +230,10 @@ def run(entry, cfg, peak_flops: float, log: Callable[[str], None] = print) -> di
                 "agreement": agreement(_cam_2d(outputs["ours"], outputs[a.library]), outputs[a.library],
                                        normalise=a.normalise),
                 **_map_agreement(method.kind, outputs["ours"], outputs[a.library]),
+                **({"check": a.check()} if a.check else {}),
             })
+        if comp.extra:
+            row.update(comp.extra(row, outputs["ours"]))
         if comp.stochastic:
             # What agreement two draws of the noise give: the ceiling for any SmoothGrad anchor.
             other = attribute(comp.method, module, x, t, **{**comp.options, "seed": cfg.seed + 1})

@@ -161,6 +161,9 @@ def minmax(a: np.ndarray) -> np.ndarray:
     return ((flat - lo) / np.where(hi > lo, hi - lo, 1.0)).reshape(a.shape)
 
 
+SHARE_THRESHOLDS = (1e-4, 1e-3)  # relative to the anchor's largest magnitude
+
+
 def agreement(ours: torch.Tensor | np.ndarray, anchor: torch.Tensor | np.ndarray, *,
               normalise: bool = False) -> dict:
     """How closely two batches of attributions agree, image by image.
@@ -168,7 +171,8 @@ def agreement(ours: torch.Tensor | np.ndarray, anchor: torch.Tensor | np.ndarray
     ``max_abs_diff`` over all values (after per-image min-max scaling when ``normalise``, for anchors
     that only return scaled maps); ``rel_max_abs_diff`` divides it by the anchor's largest magnitude;
     ``spearman`` is the rank correlation of each image's values (mean and minimum over images; images
-    where either map is constant have none and are counted in ``constant_maps``).
+    where either map is constant have none and are counted in ``constant_maps``); ``share_beyond``
+    is the share of values farther apart than each of :data:`SHARE_THRESHOLDS` of that magnitude.
     """
     from scipy.stats import spearmanr
 
@@ -179,7 +183,8 @@ def agreement(ours: torch.Tensor | np.ndarray, anchor: torch.Tensor | np.ndarray
     a, b = a.reshape(b.shape[0], -1), b.reshape(b.shape[0], -1)
     if normalise:
         a, b = minmax(a), minmax(b)
-    diff = float(np.abs(a - b).max())
+    absdiff = np.abs(a - b)
+    diff = float(absdiff.max())
     scale = float(np.abs(b).max())
     rhos, constant = [], 0
     for x, y in zip(a, b):
@@ -193,6 +198,10 @@ def agreement(ours: torch.Tensor | np.ndarray, anchor: torch.Tensor | np.ndarray
         "spearman_mean": float(np.mean(rhos)) if rhos else None,
         "spearman_min": float(np.min(rhos)) if rhos else None,
         "images": int(b.shape[0]), "constant_maps": constant,
+        # Where the differences are, not only how large the largest is: a gate flipped by rounding
+        # moves a few values a lot, a formula error moves many.
+        "share_beyond": {f"{r:.0e}": float((absdiff > r * scale).mean()) if scale > 0 else None
+                         for r in SHARE_THRESHOLDS},
     }
 
 

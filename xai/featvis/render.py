@@ -211,3 +211,28 @@ def render(
     seconds = time.perf_counter() - start
     return Rendering(images=images.cpu(), values=evaluate(model, objective, images), history=history,
                      snapshots=shots, seconds=seconds, steps=steps)
+
+
+def render_chunked(model: nn.Module, make_objective: Callable[[list[int]], Objective],
+                   make_param: Callable[[list[int]], ImageParam], transforms: Transform | Sequence[Transform],
+                   steps: int, seeds: Sequence[int], batch: int | None = None, **kw) -> Rendering:
+    """Render ``len(seeds)`` images in optimizations of at most ``batch`` (all at once when None).
+
+    ``make_objective`` and ``make_param`` take the image indices of a chunk; per-image seeds make the
+    split invisible (image ``i`` renders the same in any chunk), so ``batch`` only trades memory for speed.
+    """
+    n = len(seeds)
+    size = n if batch is None else batch
+    if size < 1:
+        raise XaiError(f"batch must be at least 1, got {batch}")
+    parts = []
+    for start in range(0, n, size):
+        idx = list(range(start, min(n, start + size)))
+        parts.append(render(model, make_objective(idx), make_param(idx), transforms, steps,
+                            seed=[seeds[i] for i in idx], **kw))
+    if len(parts) == 1:
+        return parts[0]
+    return Rendering(images=torch.cat([p.images for p in parts]), values=torch.cat([p.values for p in parts]),
+                     history=torch.cat([p.history for p in parts], dim=1),
+                     snapshots={s: torch.cat([p.snapshots[s] for p in parts]) for s in parts[0].snapshots},
+                     seconds=sum(p.seconds for p in parts), steps=steps)

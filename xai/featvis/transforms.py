@@ -12,6 +12,14 @@ Pad, jitter, scale, rotate and resize are all affine maps of pixel coordinates, 
 :class:`Compose` multiplies consecutive ones into a single map and resamples once: one bilinear
 interpolation per step instead of five (less blur, and a fraction of the cost of separate passes).
 Everything outside the image is grey, as in Lucid's constant pad.
+
+The maps and the sampling coordinates are computed with elementwise operations only, never with a
+matrix product: a batched ``einsum``/``bmm`` may pick another kernel (vector width, FMA, blocking) for
+3 images than for 1, which moved coordinates by an ULP and the resampled values by up to 3e-6 on an
+AMD EPYC. Elementwise float32 operations round each result once whatever the vector width, so image
+``i``'s pixels are the same bits alone and in a batch. Per-image parameters (angles, scales) are
+Python floats for the same reason: a vectorised ``cos`` over many images need not round like the
+scalar one.
 """
 from __future__ import annotations
 
@@ -68,13 +76,27 @@ def _identity(n: int) -> torch.Tensor:
     return torch.eye(2).expand(n, 2, 2).clone()
 
 
+def _apply(a: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``A v`` per image, ``a [N, 2, 2]``, ``v [N, 2]``, elementwise (see the module's note)."""
+    return torch.stack([a[:, 0, 0] * v[:, 0] + a[:, 0, 1] * v[:, 1],
+                        a[:, 1, 0] * v[:, 0] + a[:, 1, 1] * v[:, 1]], dim=1)
+
+
+def _compose(a: torch.Tensor, b: torch.Tensor, a_t: torch.Tensor, b_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The map ``p -> A (A_t p + b_t) + b`` as ``(A A_t, A b_t + b)``, elementwise."""
+    rows = [torch.stack([a[:, i, 0] * a_t[:, 0, j] + a[:, i, 1] * a_t[:, 1, j] for j in range(2)], dim=1)
+            for i in range(2)]
+    return torch.stack(rows, dim=1), _apply(a, b_t) + b
+
+
 def resample(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, out: tuple[int, int]) -> torch.Tensor:
     """Bilinear samples of ``x`` at input coordinates ``A p + b`` for every output pixel ``p``; grey outside."""
     h, w = out
     ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32),
                             indexing="ij")
-    p = torch.stack([xs, ys], dim=-1)
-    q = torch.einsum("nij,hwj->nhwi", a.float(), p) + b.float()[:, None, None, :]
+    a, b = a.float()[:, :, :, None, None], b.float()[:, :, None, None]
+    q = torch.stack([a[:, 0, 0] * xs + a[:, 0, 1] * ys + b[:, 0],
+                     a[:, 1, 0] * xs + a[:, 1, 1] * ys + b[:, 1]], dim=-1)
     size = torch.tensor([x.shape[3], x.shape[2]], dtype=torch.float32)
     grid = (2 * q + 1) / size - 1  # pixel centres -> grid_sample's [-1, 1] (align_corners=False)
     grid = grid.to(x.device, x.dtype)
@@ -118,8 +140,8 @@ class Warp(Geometric):
         m = self.matrices(gens)
         d = torch.tensor([w / 2, h / 2])  # pixels per unit of the [-1, 1] coordinates, per axis
         a = m * d[None, :, None] / d[None, None, :]
-        c = torch.tensor([(w - 1) / 2, (h - 1) / 2])
-        return a, c - torch.einsum("nij,j->ni", a, c), (h, w)
+        c = torch.tensor([(w - 1) / 2, (h - 1) / 2]).expand(len(gens), 2)
+        return a, c - _apply(a, c), (h, w)
 
 
 class RandomScale(Warp):
@@ -144,9 +166,8 @@ class RandomRotate(Warp):
         self.degrees = [float(d) for d in degrees]
 
     def matrices(self, gens):
-        a = torch.tensor([math.radians(_choice(self.degrees, g)) for g in gens])
-        c, s = torch.cos(a), torch.sin(a)
-        return torch.stack([torch.stack([c, -s], 1), torch.stack([s, c], 1)], 1)
+        angles = [math.radians(_choice(self.degrees, g)) for g in gens]
+        return torch.tensor([[[math.cos(r), -math.sin(r)], [math.sin(r), math.cos(r)]] for r in angles])
 
 
 class Resize(Geometric):
@@ -177,7 +198,7 @@ class Compose(Transform):
                     pending = (a_t, b_t, out)
                 else:
                     a, b, _ = pending
-                    pending = (a @ a_t, torch.einsum("nij,nj->ni", a, b_t) + b, out)
+                    pending = (*_compose(a, b, a_t, b_t), out)
                 continue
             if pending is not None:
                 x, pending = resample(x, *pending), None
@@ -203,3 +224,9 @@ def standard(size: int, out_size: int | None = None) -> Compose:
     if out_size is not None:
         ts.append(Resize(out_size))
     return Compose(ts)
+
+
+def default_transforms(size: int) -> Compose:
+    """The report's default: :func:`standard` ending at the render size (so fixed-size models such as
+    the ViT take it); the feature-visualization study and the Building Blocks render with it."""
+    return standard(size, out_size=size)

@@ -48,6 +48,7 @@ from ..errors import XaiError
 from ..metrics import auc, centre_map, completeness_gap, perturbation_curves, random_map, sanity_curves
 from ..profiles import Profile
 from ..render import maps as R
+from ..render import markdown as md
 from ..render.store import Store, cache_key
 from . import saliency
 from .saliency import Batch, all_maps, fmnist_batch, fmnist_indices, model_id, photo_batch
@@ -277,10 +278,11 @@ def table_markdown(results: dict, metrics: tuple[str, ...]) -> str:
     model_names = list(results["table"])
     heads = {"deletion_zero": "deletion, black ↓", "deletion_blur": "deletion, blur ↓",
              "insertion_zero": "insertion, black ↑", "insertion_blur": "insertion, blur ↑"}
-    head = "| method | " + " | ".join(f"`{m}` {heads[k]}" for m in model_names for k in metrics) + " |"
+    head = "| method | " + " | ".join(f"{md.code(m)} {heads[k]}" for m in model_names for k in metrics) + " |"
     lines = [head, "| --- | " + " | ".join("---:" for _ in model_names for _ in metrics) + " |"]
     for row in results["rows"]:
-        label = attribution.get(row).label if row in attribution.METHODS else f"*{row} map (baseline)*"
+        label = (md.text(attribution.get(row).label) if row in attribution.METHODS
+                 else f"*{md.text(row)} map (baseline)*")
         cells = []
         for m in model_names:
             r = results["table"][m].get(row)

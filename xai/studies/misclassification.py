@@ -50,6 +50,7 @@ from ..errors import XaiError
 from ..metrics import spearman
 from ..profiles import Profile
 from ..render import maps as R
+from ..render import markdown as md
 from ..render.store import Store, cache_key
 from . import saliency as S
 from .overview import photo_ids
@@ -346,8 +347,8 @@ def confusions_markdown(fm: dict) -> str:
              "| --- | ---: | --- | ---: | ---: |"]
     for name, r in fm.items():
         for c in r["top_confusions"]:
-            lines.append(f"| `{name}` | {r['accuracy']:.1%} | {c['true_name']} → {c['pred_name']} | {c['count']} "
-                         f"| {c['share_of_true']:.1%} |")
+            lines.append(f"| {md.code(name)} | {r['accuracy']:.1%} | {md.text(c['true_name'])} → "
+                         f"{md.text(c['pred_name'])} | {c['count']} | {c['share_of_true']:.1%} |")
     return "\n".join(lines) + "\n"
 
 

@@ -6,6 +6,7 @@ import torch
 from .. import models
 from ..data import fashion_mnist, images
 from ..profiles import Profile
+from ..render import markdown as md
 from ..render.store import Store, cache_key
 
 
@@ -70,20 +71,21 @@ def models_markdown(rows: list[dict]) -> str:
              "| --- | --- | --- | --- | ---: | --- | ---: |"]
     for r in rows:
         acc = f"{r['test_accuracy']:.1%} ({r['test_images']:,} images)" if "test_accuracy" in r else "ImageNet-1k"
-        lines.append(f"| `{r['name']}` | {r['family']} | {r['arch']} | {'x'.join(map(str, r['input_size']))} "
-                     f"| {r['parameters'] / 1e6:.2f} M | {r['weights']} | {acc} |")
+        lines.append(f"| {md.code(r['name'])} | {md.text(r['family'])} | {md.text(r['arch'])} | "
+                     f"{'x'.join(map(str, r['input_size']))} | {r['parameters'] / 1e6:.2f} M | {md.text(r['weights'])} "
+                     f"| {acc} |")
     return "\n".join(lines) + "\n"
 
 
 def photos_markdown(rows: list[dict], model_names: list[str]) -> str:
-    head = "| photo | label | " + " | ".join(f"`{m}` top-1" for m in model_names) + " | credit |"
+    head = "| photo | label | " + " | ".join(f"{md.code(m)} top-1" for m in model_names) + " | credit |"
     lines = [head, "| --- | --- | " + " | ".join("---" for _ in model_names) + " | --- |"]
     for r in rows:
         cells = []
         for m in model_names:
             top = r["predictions"][m][0]
             mark = "" if r["label"] is None else (" ✓" if r["correct"][m] else " ✗")
-            cells.append(f"{top['name']} {top['p']:.2f}{mark}")
-        label = r["label_name"] or "— (no ImageNet class)"
-        lines.append(f"| {r['id']} | {label} | " + " | ".join(cells) + f" | {r['credit']} |")
+            cells.append(f"{md.text(top['name'])} {top['p']:.2f}{mark}")
+        label = md.text(r["label_name"]) if r["label_name"] else "— (no ImageNet class)"
+        lines.append(f"| {md.text(r['id'])} | {label} | " + " | ".join(cells) + f" | {md.text(r['credit'])} |")
     return "\n".join(lines) + "\n"
