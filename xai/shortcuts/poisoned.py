@@ -146,14 +146,15 @@ def train_config(budget: str | zoo.TrainConfig) -> zoo.TrainConfig:
     """``full``: 30,000 images, 2 epochs (about half a minute a model on two cores); ``smoke``: 4,096 images.
 
     A :class:`~xai.models.fmnist.TrainConfig` is taken as it is (the calibration's reduced budgets and
-    training seeds).
+    training seeds). NHWC layout: a training step took 36 instead of 49 ms of CPU on a 2-core AMD EPYC
+    (one thread, batch 128), as it does for the zoo's CNNs (:class:`xai.models.fmnist.TrainConfig`).
     """
     if isinstance(budget, zoo.TrainConfig):
         return budget
     if budget == "full":
-        return zoo.TrainConfig(epochs=2, train_size=30_000, test_size=None, lr=1e-2)
+        return zoo.TrainConfig(epochs=2, train_size=30_000, test_size=None, lr=1e-2, channels_last=True)
     if budget == "smoke":
-        return zoo.TrainConfig(epochs=2, train_size=4096, test_size=2000, lr=1e-2)
+        return zoo.TrainConfig(epochs=2, train_size=4096, test_size=2000, lr=1e-2, channels_last=True)
     raise XaiError(f"unknown training budget {budget!r}; choose from {', '.join(BUDGETS)}")
 
 
