@@ -212,6 +212,10 @@ def run(entry, cfg, peak_flops: float, log: Callable[[str], None] = print) -> di
                 **_map_agreement(method.kind, outputs["ours"], outputs[a.library]),
                 **({"check": a.check()} if a.check else {}),
             })
+        if comp.method == "score_cam":
+            from .scorecam import approximations
+
+            row["passes"] = approximations(module, x, t, comp.options, outputs["ours"], timings["ours"].median)
         if comp.stochastic:
             # What agreement two draws of the noise give: the ceiling for any SmoothGrad anchor.
             other = attribute(comp.method, module, x, t, **{**comp.options, "seed": cfg.seed + 1})
