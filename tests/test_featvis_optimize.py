@@ -7,8 +7,9 @@ import torch
 from test_featvis import tiny_cnn
 
 from xai.errors import UnknownNameError, XaiError
-from xai.featvis import (OPTIMIZERS, Penalties, Schedule, Stage, evaluate, objectives as O, param as P, render,
-                         transforms as T)
+from xai.featvis import (OPTIMIZERS, SCHEDULES, Penalties, Schedule, Stage, evaluate, objectives as O, param as P,
+                         render, transforms as T)
+from xai.featvis.schedule import DEFAULT_SCHEDULE
 from xai.featvis.optimize import Optimizer
 
 # Learning rates that move each parameterization visibly in a few steps on the tiny CNN. Plain SGD's
@@ -146,3 +147,24 @@ def test_a_coarse_stage_shows_the_model_a_smaller_input_and_batches_as_one_by_on
         alone = render(net, O.channel("conv3", [u]), P.FFTParam(1, 3, 32, seed=5 + i), T.standard(32), seed=5 + i, **kw)
         assert torch.allclose(batched.images[i], alone.images[0], atol=tol.OPTIMIZED, rtol=0), i
     sizes.handle.remove()
+
+
+@pytest.mark.parametrize("name", sorted(SCHEDULES))
+def test_every_named_schedule_renders_a_batch_as_one_by_one(cnn, name):
+    """Rule 6 for each schedule users can name, the default among them: a schedule depends on the step
+    only, and Adam with other betas is still elementwise."""
+    units = [3, 7, 11]
+    batched = _units(cnn, units, 10, "adam", schedule=name)
+    for i, u in enumerate(units):
+        alone = _units(cnn, [u], 10 + i, "adam", schedule=name)
+        assert torch.allclose(batched.images[i], alone.images[0], atol=tol.OPTIMIZED, rtol=0), (name, i)
+
+
+def test_the_default_schedule_is_named_and_sets_adams_betas(cnn):
+    fast = SCHEDULES[DEFAULT_SCHEDULE]
+    p = P.FFTParam(1, 3, 32, seed=0)
+    assert Optimizer(p, "adam", 0.05, fast.betas).opt.param_groups[0]["betas"] == fast.betas
+    # The default is what render uses when given no schedule: the same image as naming it.
+    default = _units(cnn, [3], 10, "adam").images
+    assert torch.equal(default, _units(cnn, [3], 10, "adam", schedule=DEFAULT_SCHEDULE).images)
+    assert not torch.allclose(default, _units(cnn, [3], 10, "adam", schedule="constant").images, atol=tol.DIFFERENT)
