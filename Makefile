@@ -12,8 +12,10 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -m pip install --disable-pip-version-check -e '.[test,bench]' > $(VENV)/pip.log 2>&1 \
 		|| { tail -n 30 $(VENV)/pip.log; echo "make: pip install failed (full log: $(VENV)/pip.log)"; exit 1; }
-	@# quantus without its requirements: see the note on the test extra in pyproject.toml
-	@$(PY) -m pip install --disable-pip-version-check --no-deps 'quantus==0.6.0' >> $(VENV)/pip.log 2>&1 \
+	@# quantus and, on a Python older than zennit asks for, zennit, without their requirements (which
+	@# the set above already pins): see the notes in pyproject.toml
+	@$(PY) -m pip install --disable-pip-version-check --no-deps --ignore-requires-python 'quantus==0.6.0' \
+		'zennit==1.0.0' >> $(VENV)/pip.log 2>&1 \
 		|| { tail -n 30 $(VENV)/pip.log; echo "make: pip install failed (full log: $(VENV)/pip.log)"; exit 1; }
 	@touch $@
 

@@ -336,19 +336,32 @@ def test_every_method_runs_with_batch_order_kept(fmnist_cnn_smoke):
     t = torch.tensor([0, 4, 8])
     fast = {"smoothgrad": dict(samples=4), "smoothgrad_sq": dict(samples=4), "vargrad": dict(samples=4),
             "integrated_gradients": dict(steps=8), "occlusion": dict(window=7, stride=7),
-            "score_cam": dict(max_channels=8)}
+            "score_cam": dict(max_channels=8), "gradient_shap": dict(samples=4),
+            "feature_ablation": dict(segments=8), "kernel_shap": dict(segments=8, samples=32),
+            "lime": dict(segments=8, samples=32), "rise": dict(masks=32)}
     for name, method in A.METHODS.items():
         opts = {**fast.get(name, {}), **({"layer": "relu3"} if method.needs_layer else {})}
         together = method(fmnist_cnn_smoke, x, t, **opts)
         # the noise methods draw one noise tensor per call, so only they depend on the batch's make-up
         noisy = name in ("smoothgrad", "smoothgrad_sq", "vargrad")
         alone = None if noisy else method(fmnist_cnn_smoke, x[2:], t[2:], **opts)
-        assert together.shape == (3, 1, 28, 28), name
+        assert together.shape == (3, x.shape[1] if method.per_channel else 1, 28, 28), name
         assert torch.isfinite(together).all(), name
         if not method.signed:
             assert (together >= 0).all(), name
         if alone is not None:  # rule 4: a batch of 3 and of 1 may take other kernels, through ReLU kinks
             assert tol.ranks_agree(together[2:], alone), name
+
+
+def test_every_method_is_described_and_cited():
+    import re
+    from pathlib import Path
+
+    bib = (Path(__file__).parents[1] / "book" / "references.bib").read_text()
+    keys = set(re.findall(r"^@\w+\{([^,]+),", bib, flags=re.M))
+    for name, m in A.METHODS.items():
+        assert m.kind in A.KINDS and m.family in ("gradient", "propagation", "perturbation", "cam"), name
+        assert m.cite in keys, (name, m.cite)
 
 
 # -- ViT and CAM layer choice -----------------------------------------------------------------------

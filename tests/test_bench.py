@@ -126,6 +126,15 @@ def test_formula_check_tells_a_real_disagreement_from_rounding(lite0):
     assert wrong["formula_float64"]["rel_max_abs_diff"] > 1e3 * tol.FORMULA64
 
 
+def test_occlusion_row_records_its_incremental_plan(smoke):
+    occ = {row["method"]: row for row in smoke["results"]["attribution"]["rows"]}["occlusion"]["incremental"]
+    # The smoke setting's four windows per image save less than a clean pass: it runs in full, and says why.
+    assert occ["plan"]["incremental"] is (occ["plan"]["reason"] is None)
+    assert occ["plan"]["windows"] > 0 and 0 <= occ["plan"]["flops_saved"] < 1
+    assert occ["against_full"]["rel_max_abs_diff"] <= tol.NETWORK  # rule 3: the same copy, other crops
+    assert "Occlusion r" in smoke["markdown"].read_text()
+
+
 def test_differing_algorithms_still_point_the_same_way(smoke):
     rows = {row["method"]: row for row in smoke["results"]["attribution"]["rows"]}
     sg = rows["smoothgrad"]

@@ -77,6 +77,10 @@ class BenchConfig:
     # CPU runs big batches slower per image (cache), e.g. occlusion of 4 photos (49 windows each) took
     # 2.1 s with 8 images per pass and 3.8 s with 32; captum's default of 4 per pass took 2.7 s.
     internal_batch_size: int = 8
+    # Occluded images per batch for our occlusion, which is incremental: only the network's small late
+    # maps are computed in full, where bigger batches pay (1 thread, 224 px, per window: 9.8 ms at 8,
+    # 7.0 at 16, 6.4 at 32, 7.1 at 64; a full pass of 8 at 224 px holds more memory than one of 32 there).
+    occlusion_batch: int = 32
     repeats: int = 3
     warmup_batch: int = 2  # images in each side's warm-up call (which also counts its FLOPs)
     featvis_layers: tuple[str, ...] = ("blocks.3", "blocks.5")

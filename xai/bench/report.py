@@ -144,6 +144,28 @@ def markdown(results: dict) -> str:
         for r in att["rows"]:
             if r.get("passes"):
                 lines += _score_cam_passes(r["passes"], att.get("cam_layer"))
+        for r in att["rows"]:
+            inc = r.get("incremental")
+            if not inc:
+                continue
+            plan, ag, counted = inc["plan"], inc["against_full"], inc["flops_saved_counted"]
+            if plan.get("switches_at"):
+                where = ", ".join(f"`{k}` ({v['batches']})" for k, v in plan["switches_at"].items())
+                core = (f"(Krypton: each window's changed rectangle recomputed from the clean image's cached "
+                        f"activations until it would cover more than {100 * plan['switch']:.0f}% of a map, then "
+                        f"the rest in full; batches of windows switched at {where})")
+                saved = f"{_pct(plan['flops_saved'])} fewer convolution and matmul FLOPs than full recomputation"
+                how = (f"runs incrementally {core}, which plans {saved}" if plan["incremental"] else
+                       f"ran in full here, since {plan['reason']}; incrementally {core} it would plan {saved}")
+            else:
+                how = f"ran in full: {plan['reason']}"
+            extra = "" if counted >= 0 else (" (folding the batch norms and checking the trace pass the clean "
+                                             "images a few times, more than the few windows save)")
+            lines += ["", f"{r['label']} {how}. Counted, ours took {_pct(abs(counted))} "
+                          f"{'fewer' if counted >= 0 else 'more'} FLOPs than captum's{extra}. "
+                          f"Forced to run incrementally, "
+                          f"its maps of {ag['images']} images differ from our own full recomputation by at most "
+                          f"{_fmt(ag['rel_max_abs_diff'], '.1e')} of their maximum."]
         lines += ["", "How each anchor was called:", ""]
         for r in att["rows"]:
             opts = ", ".join(f"{k}={v}" for k, v in r["options"].items())

@@ -162,11 +162,38 @@ class Store:
 
     def cached_json(self, rel: str, key: str, compute: Callable[[], Any]) -> Any:
         """``compute()`` once per key; later runs with the same key read the stored result."""
-        if self.fresh(rel, key):
-            return self.read_json(rel)
-        value = compute()
-        self.write_json(rel, value, key)
-        return value
+        return self.job(rel, key, lambda _out: compute())
+
+    # -- cached jobs ---------------------------------------------------------------------------
+    def job(self, record: str, key: str, compute: Callable[["JobOutput"], Any]) -> Any:
+        """The one cached-job protocol: run ``compute(out)`` unless a record of the same key exists and
+        every file the job wrote still exists; return its JSON-able result either way.
+
+        The job writes its files through ``out`` (the store's writers), which lists them in the record:
+        a job declares what it writes by writing it, so a deleted figure makes the job stale, never a
+        page that fails while the cache says "fresh".
+        """
+        done = self.job_record(record, key)
+        if done is not None:
+            return done["result"]
+        out = JobOutput(self, key)
+        result = compute(out)
+        self.write_json(record, {"key": key, "files": sorted(out.files), "result": result}, key)
+        return result
+
+    def job_record(self, record: str, key: str) -> dict | None:
+        """The record of a finished job with this key whose files all exist, else None."""
+        if not self.fresh(record, key):
+            return None
+        try:
+            rec = self.read_json(record)
+        except (OSError, json.JSONDecodeError):
+            return None
+        if not isinstance(rec, dict) or rec.get("key") != key or "result" not in rec:
+            return None
+        if not all(self.path(f).exists() for f in rec.get("files", [])):
+            return None
+        return rec
 
     # -- manifest ------------------------------------------------------------------------------
     def update_manifest(self, study: str, summary: dict, seconds: float, seed: int) -> None:
@@ -192,3 +219,33 @@ class Store:
         start = time.perf_counter()
         yield summary
         self.update_manifest(name, summary, time.perf_counter() - start, seed)
+
+
+class JobOutput:
+    """The writers a cached job uses; every path written is listed in the job's record."""
+
+    def __init__(self, store: Store, key: str):
+        self.store, self.key, self.files = store, key, set()
+
+    def _noted(self, rel: str, p: Path) -> Path:
+        self.files.add(rel)
+        return p
+
+    def write_json(self, rel: str, obj: Any) -> Path:
+        return self._noted(rel, self.store.write_json(rel, obj))
+
+    def write_text(self, rel: str, text: str) -> Path:
+        return self._noted(rel, self.store.write_text(rel, text))
+
+    def write_bytes(self, rel: str, data: bytes) -> Path:
+        return self._noted(rel, self.store.write_bytes(rel, data))
+
+    def write_figure(self, rel: str, fig, dpi: int = 110) -> Path:
+        return self._noted(rel, self.store.write_figure(rel, fig, dpi=dpi))
+
+    def keep(self, rel: str) -> None:
+        """A file written by other means (an image saved by a library) that the job's freshness depends on."""
+        if not self.store.path(rel).exists():
+            raise FileNotFoundError(f"job output {rel} was not written")
+        self.files.add(rel)
+
