@@ -97,35 +97,108 @@ class ScoreCAM(CAM):
     input, and its weight is the target's softmax probability on the masked image (as in the authors'
     code; pytorch-grad-cam instead takes a softmax of logits across channels).
 
-    ``max_channels`` keeps the channels whose upsampled maps vary most (the "Faster Score-CAM" rule);
-    None uses every channel. ``internal_batch_size`` bounds the masked images per forward pass.
+    Passes that need not be made, skipped always because the map stays the same:
+
+    - a channel whose upsampled map is constant masks nothing and gets weight 0 (the authors' rule);
+    - channels whose normalised masks agree to within :attr:`SAME_MASK` share one masked pass: a positive
+      multiple of another channel (``a_k = s a_j + t``, ``s > 0``) has the same mask up to rounding, and
+      in a sparse layer many channels are active at one same position only. Sharing moves each weight by
+      what the passes' rounding moves it (rule 3 of tests/tolerance.py); ``share_masks=False`` makes
+      every pass.
+
+    Approximations, each a named option (their agreement with the exact map is measured by the bench):
+
+    - ``max_channels``: only the channels whose upsampled maps vary most (the "Faster Score-CAM" rule);
+    - ``mask_size``: masks and masked images with ``mask_size`` px on their longer side instead of the
+      input's size, so each pass costs about ``(mask_size / H)**2`` of a full one (for models that take
+      any input size).
+
+    ``internal_batch_size`` bounds the masked images per forward pass.
     """
 
     name = "score_cam"
     uses_gradients = False
+    # Masks lie in [0, 1]; two masks of one channel computed in two roundings differ by a few float32
+    # spacings (bilinear weights, subtraction, division): 16 spacings is a share no pass can tell apart
+    # from its own rounding, and far below any mask that differs in substance.
+    SAME_MASK = 16 * float(torch.finfo(torch.float32).eps)
 
     def weights(self, acts, grads, *, module: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
-                max_channels: int | None = None, internal_batch_size: int = 32, **context):
+                max_channels: int | None = None, mask_size: int | None = None, share_masks: bool = True,
+                internal_batch_size: int = 32, **context):
         check_positive("internal_batch_size", internal_batch_size)
-        b, c = acts.shape[:2]
-        up = F.interpolate(acts, size=inputs.shape[-2:], mode="bilinear", align_corners=False)
-        flat = up.flatten(2)
-        lo, hi = flat.amin(2), flat.amax(2)
-        masks = (up - lo[..., None, None]) / (hi - lo).clamp_min(1e-8)[..., None, None]
-        w = torch.zeros(b, c, device=acts.device)
         if max_channels is not None:
             check_positive("max_channels", max_channels)
-        with fast_model(module, inputs) as fast:
+        x = inputs
+        if mask_size is not None:
+            check_positive("mask_size", mask_size)
+            ih, iw = inputs.shape[-2:]
+            small = tuple(max(1, round(d * mask_size / max(ih, iw))) for d in (ih, iw))
+            if small != (ih, iw):
+                x = F.interpolate(inputs, size=small, mode="bilinear", antialias=True, align_corners=False)
+        b, c = acts.shape[:2]
+        w = torch.zeros(b, c, device=acts.device)
+        with fast_model(module, x) as fast:
             for i in range(b):
-                keep = torch.arange(c, device=acts.device)
-                if max_channels is not None:
-                    keep = flat[i].var(1).topk(min(max_channels, c)).indices
-                keep = keep[(hi[i, keep] - lo[i, keep]) > 0]  # a constant map masks nothing
-                for j in range(0, len(keep), internal_batch_size):
-                    ks = keep[j:j + internal_batch_size]
-                    masked = inputs[i:i + 1] * masks[i, ks, None]
-                    w[i, ks] = fast(masked).softmax(-1)[:, targets[i]]
+                keep, source, masks = self.plan(acts[i], tuple(inputs.shape[-2:]), tuple(x.shape[-2:]),
+                                                max_channels, share_masks)
+                if not len(keep):
+                    continue
+                scores = torch.cat([fast(x[i:i + 1] * masks[j:j + internal_batch_size, None]).softmax(-1)[:, targets[i]]
+                                    for j in range(0, len(masks), internal_batch_size)])
+                w[i, keep] = scores[source]
         return w
+
+    @classmethod
+    @torch.no_grad()
+    def plan(cls, acts: torch.Tensor, size: tuple[int, int], mask_size: tuple[int, int] | None = None,
+             max_channels: int | None = None, share_masks: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One image's passes from its activations ``[C, h, w]``: ``(channels [K], source [K], masks [U, H', W'])``,
+        the channels that get a weight, and for each the index of the mask whose pass gives it. The
+        channels are ranked (``max_channels``) and tested for constancy on maps upsampled to ``size``,
+        the input's; the masks are made at ``mask_size`` (default ``size``)."""
+        mask_size = mask_size or size
+        up = F.interpolate(acts[None], size=size, mode="bilinear", align_corners=False)[0].flatten(1)
+        lo, hi = up.amin(1), up.amax(1)
+        keep = torch.arange(acts.shape[0], device=acts.device)
+        if max_channels is not None:
+            keep = up.var(1).topk(min(max_channels, len(keep))).indices
+        keep = keep[(hi[keep] - lo[keep]) > 0]  # a constant map masks nothing
+        if mask_size != size:
+            up = F.interpolate(acts[None], size=mask_size, mode="bilinear", align_corners=False)[0].flatten(1)
+            lo, hi = up.amin(1), up.amax(1)
+        masks = (up[keep] - lo[keep, None]) / (hi[keep] - lo[keep]).clamp_min(1e-8)[:, None]
+        if share_masks:
+            source, first = cls._same_masks(masks)
+            masks = masks[first]
+        else:
+            source = torch.arange(len(keep), device=acts.device)
+        return keep, source, masks.view(-1, *mask_size)
+
+    @classmethod
+    def _same_masks(cls, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Groups of masks within :attr:`SAME_MASK` of their group's first: ``(group of each [K], first
+        member of each group [U])``. Candidates are found by their sums (masks that close have sums within
+        ``n * SAME_MASK`` plus the sums' rounding), then compared pixel by pixel."""
+        k, n = masks.shape
+        sums = masks.double().sum(1)
+        slack = n * cls.SAME_MASK + 1e-9 * n
+        order = sums.argsort().tolist()
+        group = [-1] * k
+        firsts: list[int] = []
+        open_: list[int] = []  # groups whose first's sum is still within reach, in sorted order
+        for j in order:
+            open_ = [g for g in open_ if sums[j] - sums[firsts[g]] <= slack]
+            for g in open_:
+                if float((masks[j] - masks[firsts[g]]).abs().max()) <= cls.SAME_MASK:
+                    group[j] = g
+                    break
+            else:
+                group[j] = len(firsts)
+                open_.append(len(firsts))
+                firsts.append(j)
+        dev = masks.device
+        return torch.tensor(group, device=dev, dtype=torch.long), torch.tensor(firsts, device=dev, dtype=torch.long)
 
 
 def spatial_layout(module: nn.Module, layer: str, input_shape, method: str, model_name: str) -> Layout:

@@ -3,17 +3,19 @@
 Every image is rendered by :mod:`xai.featvis` (batched activation maximization, one image per unit).
 Unless a section says otherwise the settings are the engine's defaults: a colour-decorrelated Fourier
 parameterization (1/f scaling), Lucid's standard transforms (pad, jitter, scale, rotate) ending at the
-render size, Adam at learning rate 0.05, no penalties; the number of steps is a profile knob
-(``<section>_steps``) chosen to fit the time budget. Each rendering job is cached under a key of
-everything that determines it (weights, units, seeds, settings, code version), so a rerun only redoes
-what changed. Class visualizations are judged on the saved 8-bit PNG, as the reader sees it, at the
-render size (``evaluation_size``: what was optimized), and again resized to each model's input size.
+render size, Adam at learning rate 0.05 with betas 0.5 and 0.99 (the ``fast`` schedule of
+:data:`xai.featvis.schedule.SCHEDULES`: lucent's 256-step quality in fewer steps), no penalties; the
+number of steps is a profile knob (``<section>_steps``) chosen to fit the time budget. Each rendering
+job is cached under a key of everything that determines it (weights, units, seeds, settings, code
+version), so a rerun only redoes what changed. Class visualizations are judged on the saved 8-bit PNG,
+as the reader sees it, at the render size (``evaluation_size``: what was optimized), and again resized
+to each model's input size.
 
 Artifacts (under ``featvis/``; ``<m>`` a model, ``<layer>`` a dotted layer name, ``<c>`` a class index):
 
 ``results.json``
-    ``settings``: ``size`` (ImageNet render px), ``fmnist_size``, ``lr``, ``param`` (text), ``transforms``
-    (text), ``<section>_steps``, ``seed``, ``channel_rule`` (text).
+    ``settings``: ``size`` (ImageNet render px), ``fmnist_size``, ``lr``, ``schedule`` (the engine's
+    default), ``param`` (text), ``transforms`` (text), ``<section>_steps``, ``seed``, ``channel_rule`` (text).
     ``grids.<m>``: ``family``, ``channel_rule``, ``layers`` (list, shallow to deep) of ``layer``,
     ``objective_layer`` (what is maximised: the layer, or its pre-activation ``<activation>:in`` when the
     layer ends with an activation function, as in Lucid), ``channels`` (rendered channel indices, in
@@ -84,6 +86,7 @@ from ..featvis import Penalties, Rendering
 from ..featvis import objectives as O
 from ..featvis import param as P
 from ..featvis import transforms as T
+from ..featvis.schedule import DEFAULT_SCHEDULE, schedule_named
 from ..errors import XaiError
 from ..profiles import Profile
 from ..render.store import Store, cache_key
@@ -216,7 +219,8 @@ class Jobs:
             model=None, objective: O.Objective | None = None,
             snapshot_path: Callable[[int, int], str] | None = None) -> dict:
         rel = f"{ROOT}/jobs/{name.replace('/', '__')}.json"
-        key = cache_key(STUDY, CODE_VERSION, name, spec)
+        # The engine's default schedule moves every rendering, so a change of it is a change of the key.
+        key = cache_key(STUDY, CODE_VERSION, repr(schedule_named(DEFAULT_SCHEDULE)), name, spec)
         if self.store.fresh(rel, key):
             rec = self.store.read_json(rel)
             wanted = rec["images"] + [p for ps in rec["snapshots"].values() for p in ps]
@@ -357,7 +361,7 @@ def run(profile: Profile, store: Store) -> dict:
 
 def _settings(profile: Profile) -> dict:
     s = {k: option(profile, k) for k in DEFAULTS}
-    return {**s, "fmnist_size": 28, "lr": featvis.DEFAULT_LR, "seed": profile.seed,
+    return {**s, "fmnist_size": 28, "lr": featvis.DEFAULT_LR, "schedule": DEFAULT_SCHEDULE, "seed": profile.seed,
             "param": "Fourier spectrum scaled by 1/f, ImageNet colour decorrelation, sigmoid (Olah et al. 2017)",
             "transforms": repr(default_transforms(s["size"])),
             "channel_rule": ("the channels with the highest mean activation (averaged over positions and over the "
