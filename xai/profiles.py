@@ -60,7 +60,7 @@ PROFILES: dict[str, Profile] = {
             "misclassification": {"mean_images": 32},
             "counterfactual": {"fmnist_cases": 6},
             "cleverhans": {"attribution_images": 64, "spray_images": 200, "calibration": "smoke"},
-            "leaderboard": {"images": 32, "explain_images": 4},
+            "leaderboard": {"images": 16, "explain_images": 4},
             "featvis": {"size": 96, "grid_steps": 64, "grid_channels": 8, "grid_layers": 4, "class_steps": 96,
                         "class_samples": 2, "ladder_steps": 96, "progress_steps": [0, 16, 48, 96, 192],
                         "photo_count": 2, "photo_steps": 48, "fmnist_steps": 96, "fmnist_channels": 8,

@@ -186,15 +186,15 @@ class LeaderboardConfig(StudyConfig):
     checked against that ranking (xai.studies.leaderboard). Models, budget and test images are the
     cleverhans study's."""
 
-    sets: list[Literal["square", "watermark", "gradient", "multi"]] = ["square", "watermark", "multi"]
-    images: PositiveInt = Field(64, description="images flipped by the marker, per marker")
-    explain_images: PositiveInt = Field(8, description="of those, for metrics that explain perturbed inputs or models")
+    sets: list[Literal["square", "watermark", "gradient", "multi"]] = ["square", "watermark", "gradient"]
+    images: PositiveInt = Field(24, description="images flipped by the marker, per marker")
+    explain_images: PositiveInt = Field(6, description="of those, for metrics that explain perturbed inputs or models")
     methods: dict[str, dict] | None = Field(None, description="name -> options; null: every method, sized by the study")
     metrics: list[str] | None = Field(None, description="null: every metric outside the localisation family")
     metric_options: dict[str, dict] = {
-        "deletion": {"steps": 16}, "insertion": {"steps": 16, "substrate": "blur"},
-        "road_morf": {"percentages": [0.1, 0.3, 0.5, 0.7]}, "road_lerf": {"percentages": [0.1, 0.3, 0.5, 0.7]},
-        "faithfulness_correlation": {"samples": 32}, "sensitivity_n": {"samples": 16}, "infidelity": {"samples": 16},
+        "deletion": {"steps": 8}, "insertion": {"steps": 8, "substrate": "blur"},
+        "road_morf": {"percentages": [0.2, 0.5, 0.8]}, "road_lerf": {"percentages": [0.2, 0.5, 0.8]},
+        "faithfulness_correlation": {"samples": 16}, "sensitivity_n": {"samples": 8, "fractions": [0.05, 0.25, 0.5]}, "infidelity": {"samples": 8},
         "max_sensitivity": {"samples": 4}, "avg_sensitivity": {"samples": 4}, "local_lipschitz": {"samples": 4}}
     resamples: PositiveInt = Field(1000, description="bootstrap resamples of the images")
     level: float = Field(0.95, gt=0, lt=1)
