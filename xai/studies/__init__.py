@@ -1,7 +1,8 @@
 """Studies: one module per chapter. Each is ``run(profile, store) -> summary`` and writes through the store.
 
-A study is a plain function with explicit inputs and outputs, so an engine such as Ray or Dask could
-run them across machines later; the order below only matters for studies that read another's output.
+A study is a plain function with explicit inputs and outputs, so an executor (:mod:`xai.executors`)
+may run independent studies in parallel, in other processes or on other machines; :data:`DEPENDS`
+says which study must finish before another starts.
 """
 from __future__ import annotations
 
@@ -27,21 +28,38 @@ STUDIES: dict[str, str] = {
     "speed": "xai.studies.speed",
 }
 
+# Study -> the studies whose outputs it reuses. Not for correctness (every study computes what it lacks,
+# and the store's writes are atomic and locked), but so that a parallel run does not do the same work
+# twice: leaderboard ranks methods on cleverhans' checkpoints (it would train them again), faithfulness
+# reads saliency's cached maps, counterfactual the Fashion-MNIST probabilities misclassification caches.
+DEPENDS: dict[str, tuple[str, ...]] = {
+    "faithfulness": ("saliency",),
+    "counterfactual": ("misclassification",),
+    "leaderboard": ("cleverhans",),
+}
 
-def run(names: list[str] | None, profile: Profile, store: Store, *, log=print) -> dict[str, dict]:
-    """Run the named studies (all when None) in registry order; returns their summaries."""
+
+def selected(names: list[str] | None) -> list[str]:
+    """The named studies (all when None or empty) in registry order; an unknown name is an error."""
     names = list(STUDIES) if not names else names
     for n in names:
         if n not in STUDIES:
             raise UnknownNameError("study", n, STUDIES)
-    results = {}
-    for n in [s for s in STUDIES if s in names]:
-        torch.manual_seed(profile.seed)
-        start = time.perf_counter()
-        log(f"[{n}] running ({profile.name} profile)")
-        module = importlib.import_module(STUDIES[n])
-        with store.study(n, profile.seed) as summary:
-            summary.update(module.run(profile, store) or {})
-        log(f"[{n}] done in {time.perf_counter() - start:.1f} s")
-        results[n] = summary
-    return results
+    return [s for s in STUDIES if s in names]
+
+
+def run_study(name: str, profile: Profile, store: Store, *, log=print) -> dict:
+    """One study, seeded and timed in the manifest; returns its summary."""
+    torch.manual_seed(profile.seed)
+    start = time.perf_counter()
+    log(f"[{name}] running ({profile.name} profile)")
+    module = importlib.import_module(STUDIES[name])
+    with store.study(name, profile.seed) as summary:
+        summary.update(module.run(profile, store) or {})
+    log(f"[{name}] done in {time.perf_counter() - start:.1f} s")
+    return summary
+
+
+def run(names: list[str] | None, profile: Profile, store: Store, *, log=print) -> dict[str, dict]:
+    """Run the named studies (all when None) in registry order; returns their summaries."""
+    return {n: run_study(n, profile, store, log=log) for n in selected(names)}
