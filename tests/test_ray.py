@@ -21,7 +21,8 @@ import pytest
 ray = pytest.importorskip("ray", reason="ray is not installed: pip install -e '.[ray]'")
 
 from tolerance import NETWORK  # noqa: E402
-from xai import cli, executors, profiles  # noqa: E402
+from xai import cli, profiles
+from xai import run as executors  # noqa: E402
 from xai.paths import cache_dir  # noqa: E402
 from xai.render.store import Store  # noqa: E402
 
@@ -68,7 +69,7 @@ def inprocess(tmp_path_factory):
     mp.setenv("XAI_CACHE", str(fresh_cache(root / "cache")))
     try:
         profile = profiles.get("smoke")
-        executors.InProcess().run(STUDIES, profile, Store(root / "out", profile="smoke"))
+        xrun.InProcess().run(STUDIES, profile, Store(root / "out", profile="smoke"))
     finally:
         mp.undo()
     return root / "out"
@@ -127,7 +128,7 @@ def die_after_first_job(name, profile, root, store_profile, threads):
             return result
 
         Store.job = job
-    return executors.study_task(name, profile, root, store_profile, threads)
+    return xrun.study_task(name, profile, root, store_profile, threads)
 
 
 def job_records(root: Path) -> dict[str, dict]:
@@ -142,8 +143,8 @@ def job_records(root: Path) -> dict[str, dict]:
 
 def test_killed_worker_is_reported_and_a_rerun_completes_only_what_is_missing(cluster, inprocess, tmp_path):
     profile, out = profiles.get("smoke"), tmp_path / "out"
-    with pytest.raises(executors.StudiesFailedError) as failure:
-        executors.RayExecutor(workers=2, task=die_after_first_job).run(STUDIES, profile, Store(out, "smoke"),
+    with pytest.raises(xrun.StudiesFailedError) as failure:
+        xrun.RayExecutor(workers=2, task=die_after_first_job).run(STUDIES, profile, Store(out, "smoke"),
                                                                        log=lambda _: None)
     assert set(failure.value.failed) == {KILLED} and not failure.value.skipped
     assert "worker died" in failure.value.failed[KILLED]
@@ -156,7 +157,7 @@ def test_killed_worker_is_reported_and_a_rerun_completes_only_what_is_missing(cl
     assert killed_before and not files(inprocess) <= files(out)
     stamps = {rel: (out / rel).stat().st_mtime_ns for rec in before for rel in [rec, *before[rec]["files"]]}
 
-    executors.RayExecutor(workers=2).run(STUDIES, profile, Store(out, "smoke"), log=lambda _: None)
+    xrun.RayExecutor(workers=2).run(STUDIES, profile, Store(out, "smoke"), log=lambda _: None)
     assert_same_results(inprocess, out)
     after = job_records(out)
     assert len(after) > len(before) and before.keys() <= after.keys()
@@ -173,8 +174,8 @@ def raise_for_cleverhans(name, profile, root, store_profile, threads):
 
 def test_a_failed_study_stops_only_its_dependents(cluster, tmp_path):
     names = ["overview", "cleverhans", "leaderboard", "speed"]  # leaderboard needs cleverhans
-    with pytest.raises(executors.StudiesFailedError) as failure:
-        executors.RayExecutor(task=raise_for_cleverhans).run(names, profiles.get("smoke"), Store(tmp_path),
+    with pytest.raises(xrun.StudiesFailedError) as failure:
+        xrun.RayExecutor(task=raise_for_cleverhans).run(names, profiles.get("smoke"), Store(tmp_path),
                                                              log=lambda _: None)
     e = failure.value
     assert e.failed == {"cleverhans": "ValueError: bad checkpoint"}

@@ -104,12 +104,12 @@ def _cmd_predict(args) -> None:
 
 
 def _cmd_precompute(args) -> None:
-    from . import executors, profiles, studies
+    from . import profiles, run, studies
     from .render.store import Store
 
     profile = profiles.get(args.profile)
     studies.selected(args.only)  # an unknown study name fails here, before a cluster is joined
-    executor = executors.get(args.executor, address=args.address, workers=args.workers,
+    executor = run.get(args.executor, address=args.address, workers=args.workers,
                              cpus_per_task=args.cpus_per_task, gpus_per_task=args.gpus_per_task)
     store = Store(args.out, profile=profile.name) if args.out else Store(profile=profile.name)
     executor.run(args.only, profile, store)

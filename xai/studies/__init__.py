@@ -1,6 +1,6 @@
 """Studies: one module per chapter. Each is ``run(profile, store) -> summary`` and writes through the store.
 
-A study is a plain function with explicit inputs and outputs, so an executor (:mod:`xai.executors`)
+A study is a plain function with explicit inputs and outputs, so an executor (:mod:`xai.run`)
 may run independent studies in parallel, in other processes or on other machines; :data:`DEPENDS`
 says which study must finish before another starts.
 """

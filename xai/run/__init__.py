@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from .errors import MissingDataError, XaiError
-from .profiles import Profile
-from .render.store import Store
+from ..errors import MissingDataError, XaiError
+from ..profiles import Profile
+from ..render.store import Store
 
 EXECUTORS = ("inprocess", "ray")
 
@@ -53,7 +53,7 @@ class InProcess:
 
     def run(self, names: list[str] | None, profile: Profile, store: Store, *,
             log: Callable[[str], None] = print) -> dict[str, dict]:
-        from . import studies
+        from .. import studies
 
         return studies.run(names, profile, store, log=log)
 
@@ -62,7 +62,7 @@ def study_task(name: str, profile: Profile, root: str, store_profile: str, threa
     """What one Ray task runs: one study into the store at ``root``; returns its summary."""
     import torch
 
-    from . import studies
+    from .. import studies
 
     # Ray sets OMP_NUM_THREADS to the task's CPUs; torch has already read it if imported earlier.
     torch.set_num_threads(threads)
@@ -86,7 +86,7 @@ class RayExecutor:
 
     def run(self, names: list[str] | None, profile: Profile, store: Store, *,
             log: Callable[[str], None] = print) -> dict[str, dict]:
-        from . import studies
+        from .. import studies
 
         order = studies.selected(names)
         try:
@@ -105,7 +105,7 @@ class RayExecutor:
                 ray.shutdown()
 
     def _schedule(self, ray, order: list[str], profile: Profile, store: Store, log) -> dict[str, dict]:
-        from . import studies
+        from .. import studies
 
         cap = self.workers or max(1, int(ray.cluster_resources().get("CPU", 1) // self.cpus_per_task))
         remote = ray.remote(self.task)
@@ -160,7 +160,7 @@ def _why(ray, e: Exception) -> str:
 
 def get(name: str, **options) -> Executor:
     """The executor of that name; ``options`` (address, workers, cpus_per_task, gpus_per_task) are Ray's."""
-    from .errors import UnknownNameError
+    from ..errors import UnknownNameError
 
     if name == "inprocess":
         given = [k.replace("_", "-") for k, v in options.items() if v is not None]
