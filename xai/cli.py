@@ -1,4 +1,4 @@
-"""``xai`` command line: models, layers, predict, precompute. Bad input: one line on stderr, exit 2.
+"""``xai`` command line: models, layers, predict, precompute, config. Bad input: one line on stderr, exit 2.
 
 Every command that takes a model takes any spec (:func:`xai.models.load`): a registered or entry-point
 name, ``timm/<name>[.<tag>]`` or ``torchvision/<name>[:<WEIGHTS>]``, with ``--weights FILE`` (a user's
@@ -107,9 +107,22 @@ def _cmd_precompute(args) -> None:
     from . import profiles, studies
     from .render.store import Store
 
-    profile = profiles.get(args.profile)
+    profile = profiles.get(args.config or args.profile)
     store = Store(args.out, profile=profile.name) if args.out else Store(profile=profile.name)
     studies.run(args.only, profile, store)
+
+
+def _cmd_config(args) -> None:
+    import yaml
+
+    from .config import loader
+
+    config = loader.load(args.config)  # every error: one line with the file, the key path, close matches
+    if args.action == "check":
+        print(f"{args.config}: valid ({len(config.models)} models, "
+              f"{sum(1 for _, sc in config.studies if sc.enabled)} studies on)")
+    else:
+        print(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, allow_unicode=True), end="")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -135,9 +148,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("precompute", help="run the studies of a profile into book/_generated")
     s.add_argument("--profile", default="full", help="full, quick or smoke (default full)")
+    s.add_argument("--config", metavar="FILE", help="a report config (YAML; see `xai config show full`), "
+                                                   "instead of a shipped profile")
     s.add_argument("--only", nargs="*", help="only these studies")
     s.add_argument("--out", help="artifact folder (default book/_generated)")
     s.set_defaults(func=_cmd_precompute)
+
+    s = sub.add_parser("config", help="check a report config, or show one with every default filled in")
+    s.add_argument("action", choices=["check", "show"])
+    s.add_argument("config", metavar="NAME_OR_FILE", help="full, quick, smoke, or a YAML file")
+    s.set_defaults(func=_cmd_config)
     return p
 
 
