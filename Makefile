@@ -12,6 +12,11 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -m pip install --disable-pip-version-check -e '.[test,bench]' > $(VENV)/pip.log 2>&1 \
 		|| { tail -n 30 $(VENV)/pip.log; echo "make: pip install failed (full log: $(VENV)/pip.log)"; exit 1; }
+	@# quantus and, on a Python older than zennit asks for, zennit, without their requirements (which
+	@# the set above already pins): see the notes in pyproject.toml
+	@$(PY) -m pip install --disable-pip-version-check --no-deps --ignore-requires-python 'quantus==0.6.0' \
+		'zennit==1.0.0' >> $(VENV)/pip.log 2>&1 \
+		|| { tail -n 30 $(VENV)/pip.log; echo "make: pip install failed (full log: $(VENV)/pip.log)"; exit 1; }
 	@touch $@
 
 setup: $(STAMP)
@@ -26,10 +31,12 @@ test: data
 	@$(PY) scripts/setup-browser
 	@$(PY) -m pytest
 
+SITE := $(or $(XAI_BUILD),_build)/html
+
 serve:
-	@test -f _build/html/index.html || { echo "make: no site yet; run 'make book' first"; exit 1; }
+	@test -f $(SITE)/index.html || { echo "make: no site yet; run 'make book' first"; exit 1; }
 	@echo "Serving http://localhost:8000 (Ctrl-C to stop)"
-	@$(PY) -m http.server --directory _build/html 8000
+	@$(PY) -m http.server --directory $(SITE) 8000
 
 bench: data
 	@$(PY) scripts/bench --profile $(PROFILE)

@@ -1,6 +1,7 @@
 """Markers, poisoned sets, the shortcut detector, shortcut mass and SpRAy; the Clever Hans study end to end."""
 import numpy as np
 import pytest
+import tolerance as tol
 import torch
 
 from xai.errors import UnknownNameError, XaiError
@@ -56,11 +57,11 @@ def test_gradient_marker_ramps_and_its_region_is_the_stronger_half():
     x = torch.zeros(1, 1, 28, 28)
     m = lightness_gradient(0.3, "left-to-right")
     out = m.apply(x)[0, 0]
-    assert torch.allclose(out[0], torch.linspace(0, 0.3, 28))
+    assert torch.allclose(out[0], torch.linspace(0, 0.3, 28), atol=tol.ulps(2), rtol=0)  # rule 2: a ramp
     assert torch.equal(out, out[:1].expand(28, 28))  # the same in every row
     assert m.region[:, :14].sum() == 0 and m.region[:, 14:].all()
     v = lightness_gradient(0.3, "top-to-bottom").apply(x)[0, 0]
-    assert torch.allclose(v[:, 5], torch.linspace(0, 0.3, 28))
+    assert torch.allclose(v[:, 5], torch.linspace(0, 0.3, 28), atol=tol.ulps(2), rtol=0)
 
 
 def test_cross_and_ring_shapes():
@@ -176,6 +177,8 @@ def test_poisoned_model_relies_on_the_marker_and_the_clean_one_does_not(smoke_mo
     rep_p = detect_shortcut(poisoned, x, y, "Shirt", marker=plant.marker, methods=methods, attribution_images=48)
     rep_c = detect_shortcut(clean, x, y, "Shirt", marker=plant.marker, methods=methods, attribution_images=48)
     assert rep_p.relies and not rep_c.relies
+    # Not rounding bounds: properties of the planted shortcut, with margins (models trained on another
+    # CPU take other trajectories, so these are effects that must be large, not values to reproduce).
     assert rep_p.removal_drop > 0.5  # unmarked shirts lose their class
     assert rep_p.flip_rate > rep_c.flip_rate + 0.1
     for m in methods:  # shortcut mass: higher for the poisoned model under every method

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import inspect
 import json
 import subprocess
 import sys
@@ -28,7 +27,6 @@ from xai.render import maps as R
 
 # The JSON records round probabilities to 4 decimals.
 ROUNDED = 5e-5
-HAS_WEIGHTS = "weights" in inspect.signature(models.load).parameters
 
 
 def xai(*args: str) -> subprocess.CompletedProcess:
@@ -258,26 +256,22 @@ def test_bad_input_gives_one_line_and_exit_2(args, message, capsys, corrupt, tmp
 
 
 def test_model_options_reach_the_loader(monkeypatch, lite0, tmp_path):
-    """--weights, --classes and --model-module go to models.load unchanged once it takes them; a loader
-    that does not take one refuses the option rather than dropping it."""
+    """--weights, --classes and --device go to models.load unchanged (the shared model options of every
+    model-taking command, xai.cli.add_model_arguments)."""
     seen = {}
 
-    def load(name, *, weights=None, classes=None, model_module=None, device=None, **options):
-        seen.update(name=name, weights=weights, classes=classes, model_module=model_module, device=device)
+    def load(name, *, weights=None, classes=None, device=None, **options):
+        seen.update(name=name, weights=weights, classes=classes, device=device)
         return lite0
 
     monkeypatch.setattr(models, "load", load)
     args = ["explain", "efficientnet_lite0", "chelsea", "--method", "gradient", "--weights", "w.safetensors",
-            "--classes", "names.txt", "--model-module", "pkg.mod:build", "--device", "cpu", "--out", str(tmp_path)]
+            "--classes", "names.txt", "--device", "cpu", "--out", str(tmp_path)]
     assert cli.main(args) == 0
     assert seen == {"name": "efficientnet_lite0", "weights": "w.safetensors", "classes": "names.txt",
-                    "model_module": "pkg.mod:build", "device": "cpu"}
-
-    monkeypatch.setattr(models, "load", lambda name, *, device=None, **options: lite0)
-    assert cli.main(args) == 2
+                    "device": "cpu"}
 
 
-@pytest.mark.skipif(not HAS_WEIGHTS, reason="needs models.load(spec, weights=PATH): issue 13's models from anywhere")
 def test_random_weight_timm_model_from_a_weights_file(tmp_path):
     import safetensors.torch
     import timm

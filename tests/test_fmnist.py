@@ -17,7 +17,8 @@ def test_dataset_shapes_and_ranges():
 
 def test_smoke_training_converges(fmnist_cnn_smoke):
     info = fmnist_cnn_smoke.info
-    # 4,096 images, two epochs: far from the full model, but far above chance (10 %).
+    # 4,096 images, two epochs: far from the full model, but far above chance (10 %). Not a rounding bound:
+    # training on another CPU takes another trajectory, so only the effect is asserted, with a wide margin.
     assert info["test_accuracy"] > 0.6, info
     assert info["train_images"] == 4096 and info["budget"] == "smoke"
 

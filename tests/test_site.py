@@ -152,6 +152,7 @@ class Visit:
         host = urlsplit(base).netloc
         self.page.on("console", lambda m: m.type == "error" and self.problems.append(f"console error: {m.text}"))
         self.page.on("pageerror", lambda e: self.problems.append(f"page error: {e}"))
+        self.page.on("dialog", lambda d: (self.problems.append(f"dialog opened: {d.message}"), d.dismiss()))
         # ERR_ABORTED is the browser cancelling an image whose src a control has already replaced (a fast
         # slider under load); a missing file still shows up as a 404 response or a broken naturalWidth.
         self.page.on("requestfailed", lambda r: None if "ERR_ABORTED" in str(r.failure) else
@@ -543,6 +544,76 @@ $$
 """
 
 
+# Labels as a user's own model or photo folder might carry them: each would run script if it reached the
+# page as markup, and each must reach the reader as the text it is.
+HOSTILE = {"img": "<img src=x onerror=alert(1)>", "script": "</script><script>alert(2)</script>",
+           "attr": '"><svg onload=alert(3)>', "myst": "{{ 6 * 7 }} {doc}`widgets` $x$"}
+
+HOSTILE_PAGE = """# Hostile strings
+
+```{study} demo
+```
+
+```{bind}
+h = demo/hostile.json
+```
+
+A class {res}`demo/hostile.json:label` and a name {res}`h["names"][1]`.
+
+```{xai-explorer}
+:data: demo/hostile_maps.json
+:select: model
+:columns: method
+:alt: {model} map by {method}
+:note: {note}
+Hostile names in a grid.
+```
+
+```{xai-channels}
+:data: demo/hostile_channels.json
+:select: layer
+:alt: Channel {channel} of {layer}
+:note: {layer}
+Hostile layer names.
+```
+
+```{xai-table}
+:data: demo/hostile_maps.json
+:columns: model=Model, method=Method, note=Note
+Hostile cells.
+```
+
+```{generated} demo/hostile.md
+```
+"""
+
+
+def _hostile_artifacts(gen: Path) -> None:
+    from xai.render import markdown as md
+
+    h = list(HOSTILE.values())
+    maps = []
+    for mi, model in enumerate([HOSTILE["img"], "m2"]):
+        for hi, method in enumerate([HOSTILE["script"], "grad"]):
+            rel = f"demo/hostile/{mi}_{hi}.png"
+            _png(gen / rel, (90 * mi, 60 * hi, 120))
+            maps.append({"model": model, "method": method, "image": rel, "note": HOSTILE["attr"]})
+    channels = []
+    for li, layer in enumerate([HOSTILE["img"], HOSTILE["attr"]]):
+        for c in range(2):
+            rel = f"demo/hostile/ch{li}_{c}.png"
+            _png(gen / rel, (100 * li, 50 * c, 60), size=(24, 24))
+            channels.append({"layer": layer, "channel": c, "image": rel, "exemplars": [rel]})
+    (gen / "demo/hostile_maps.json").write_text(json.dumps(maps))
+    (gen / "demo/hostile_channels.json").write_text(json.dumps(channels))
+    (gen / "demo/hostile.json").write_text(json.dumps({"label": HOSTILE["img"], "names": h}))
+    # A study's snippet: a value written through xai.render.markdown, and raw HTML written as it is.
+    (gen / "demo/hostile.md").write_text(
+        f"| photo | credit |\n| --- | --- |\n| one | {md.text(HOSTILE['img'])} |\n"
+        f"| two | {md.text(HOSTILE['myst'])} |\n\n"
+        "<img src=x onerror=\"document.title='ran'\">\n\nA line with <b onmouseover=alert(4)>inline HTML</b>.\n")
+
+
 def _png(path: Path, colour: tuple[int, int, int], size=(48, 32)) -> None:
     from PIL import Image
 
@@ -575,8 +646,9 @@ def _manifest(gen: Path, studies: list[str]) -> None:
 def widget_site(tmp_path_factory):
     root = tmp_path_factory.mktemp("widget-site")
     gen = root / "book" / "_generated"
-    _mini_book(root, {"widgets": WIDGET_PAGE})
+    _mini_book(root, {"widgets": WIDGET_PAGE, "hostile": HOSTILE_PAGE})
     _manifest(gen, ["demo"])
+    _hostile_artifacts(gen)
     maps = []
     for mi, model in enumerate(["m1", "m2"]):
         for hi, method in enumerate(["grad", "cam", "ig"]):
@@ -619,6 +691,46 @@ def test_widgets_render_numbered_captioned_and_bound(widget_site):
     assert "Table 1" in table and "Areas at threshold 0.5." in table
     assert table.count("<tr") == 1 + 5 and "<p>Doubled</p>" in table and "<p>50%</p>" in table and "<p>1.00</p>" in table
     assert html.count('data-xai="explorer"') == 1 and html.count('data-xai="channels"') == 1
+
+
+HOSTILE_DOM = """() => {
+    const article = document.querySelector('.bd-article');
+    return {
+        handlers: Array.from(article.querySelectorAll('*')).flatMap(e => Array.from(e.attributes)
+            .filter(a => a.name.startsWith('on')).map(a => e.tagName + ' ' + a.name)),
+        injected: article.querySelectorAll('img[src="x"], b, script:not(.xai-data)').length +
+            Array.from(article.querySelectorAll('svg')).filter(s => !s.closest('button.copybtn')).length,
+        title: document.title,
+        text: article.innerText,
+        alts: Array.from(article.querySelectorAll('img')).map(i => i.getAttribute('alt')),
+    };
+}"""
+
+
+def test_hostile_strings_stay_text(widget_site, serve, browser):
+    page = (widget_site / "book" / "hostile.html").read_text()
+    for value in (HOSTILE["img"], HOSTILE["script"], HOSTILE["attr"]):
+        assert value not in page  # every one is escaped in the HTML as written
+    v = Visit(browser, serve(widget_site), "book/hostile.html")
+    try:
+        served = v.page.evaluate(HOSTILE_DOM)  # as the server rendered it
+        assert f"{HOSTILE['img']} map by {HOSTILE['script']}" in served["alts"]
+        assert "Channel 0 of " + HOSTILE["img"] in served["alts"]
+        for value in (HOSTILE["img"], HOSTILE["attr"], HOSTILE["myst"], "<img src=x onerror=\"document.title='ran'\">",
+                      "<b onmouseover=alert(4)>inline HTML</b>"):
+            assert value in served["text"], value
+        root = v.page.query_selector("[data-xai=explorer]")
+        assert check_explorer(root, "hostile") >= 1  # the script swaps in records with the same strings
+        for button in v.page.query_selector_all(".xai-channel"):
+            button.hover()
+        v.page.query_selector("[data-xai=channels] fieldset label.xai-choice:nth-of-type(2)").click()
+        swapped = v.page.evaluate(HOSTILE_DOM)
+        assert "Channel 0 of " + HOSTILE["attr"] in swapped["alts"]
+        for dom in (served, swapped):
+            assert not dom["handlers"] and dom["injected"] == 0 and dom["title"] != "ran", dom
+        assert not v.problems, v.problems  # no dialog, no request for "x", no script error
+    finally:
+        v.close()
 
 
 def test_synthetic_explorer_with_slider_columns_and_gaps(widget_site, serve, browser):
@@ -728,6 +840,14 @@ Two.
 ::::
 """,
     "missing_file": "# Missing file\n\nValue {res}`demo/nothere.json:x`.\n",
+    "traversal": """# Traversal
+
+```{xai-explorer}
+:data: demo/records.json
+:alt: {name.__class__}
+A template that walks into the value.
+```
+""",
     "missing_key": "# Missing key\n\nValue {res}`demo/summary.json:scores.zzz|.2f`.\n",
     "not_run": "# Not run\n\nPhotos: {res}`overview/photos.json|count`.\n",
     "unregistered": """# Unregistered
@@ -776,6 +896,8 @@ def failing_build(tmp_path_factory):
     _manifest(gen, ["demo"])  # "overview" is registered but absent: a partial precompute
     (gen / "demo").mkdir()
     (gen / "demo/summary.json").write_text(json.dumps({"scores": {"a": 0.25, "b": 0.75}}))
+    _png(gen / "demo/a.png", (10, 20, 30))
+    (gen / "demo/records.json").write_text(json.dumps([{"name": "a", "image": "demo/a.png"}]))
     build = jupyter_book(root, gen)
     return build, root / "_build" / "html"
 
@@ -813,6 +935,14 @@ def test_missing_files_keys_and_studies_fail_the_build_by_name(failing_build):
     assert not _warnings_for(log, "ok") and not _warnings_for(log, "unregistered")
 
 
+def test_a_template_that_walks_into_a_value_fails_the_build(failing_build):
+    build, html = failing_build
+    log = build.stdout + build.stderr
+    w = _warnings_for(log, "traversal")
+    assert w and "{name.__class__}" in w[0] and "not a plain key" in w[0], log[-4000:]
+    assert "class 'str'" not in (html / "book" / "traversal.html").read_text()
+
+
 def test_a_study_this_checkout_lacks_shows_a_notice_instead(failing_build):
     _, html = failing_build
     page = (html / "book" / "unregistered.html").read_text()
@@ -835,4 +965,4 @@ def test_an_incremental_rebuild_without_W_still_fails_on_the_same_pages(failing_
     log = again.stdout + again.stderr
     assert again.returncode != 0
     assert ("bound data failed on book/false_claim, book/missing_file, book/missing_key, book/no_case, "
-            "book/not_run, book/two_cases") in log
+            "book/not_run, book/traversal, book/two_cases") in log

@@ -72,3 +72,25 @@ def test_fetch_data_stops_with_what_is_missing(monkeypatch, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "train-images-idx3-ubyte.gz: missing" in err and "data/baboon.jpg: missing" in err
     assert "apt-get install opencv-doc dataset-fashion-mnist" in err
+
+
+def test_a_cached_job_is_fresh_only_while_every_file_it_wrote_exists(tmp_path):
+    from xai.render.store import Store
+
+    store = Store(tmp_path)
+    runs = []
+
+    def compute(out):
+        runs.append(1)
+        out.write_text("study/figure.txt", "drawn")
+        out.write_json("study/part.json", {"n": len(runs)})
+        return {"n": len(runs)}
+
+    assert store.job("study/job.json", "k", compute) == {"n": 1}
+    assert store.job("study/job.json", "k", compute) == {"n": 1} and len(runs) == 1  # read back
+    assert sorted(store.read_json("study/job.json")["files"]) == ["study/figure.txt", "study/part.json"]
+    (tmp_path / "study" / "figure.txt").unlink()  # a deleted figure makes the job stale
+    assert store.job("study/job.json", "k", compute) == {"n": 2} and (tmp_path / "study" / "figure.txt").exists()
+    assert store.job("study/job.json", "other key", compute) == {"n": 3}
+    (tmp_path / "study" / "job.json").write_text("{broken")  # a damaged record is recomputed, not trusted
+    assert store.job("study/job.json", "other key", compute) == {"n": 4}

@@ -34,3 +34,31 @@ class UnknownNameError(XaiError, KeyError):
 
 class MissingDataError(XaiError):
     """A data file or package that is not on this machine, with how to get it."""
+
+
+class NotApplicableError(XaiError):
+    """A method that does not apply to a model (or to one of its layers), and why.
+
+    Callers read the fields, never the message: ``activation`` names the activation type that rules a
+    method out (Guided Backprop on GELU), ``layer`` the layer a layer method was asked to read.
+    """
+
+    def __init__(self, method: str, model: str, reason: str, *, activation: str | None = None,
+                 layer: str | None = None):
+        self.method, self.model, self.reason = method, model, reason
+        self.activation, self.layer = activation, layer
+        where = f" at layer {layer!r}" if layer is not None else ""
+        super().__init__(f"{method} is not applicable to {model}{where}: {reason}")
+
+    def fields(self) -> dict:
+        """The refusal as JSON-able fields, for studies that record it."""
+        return {"method": self.method, "model": self.model, "reason": self.reason,
+                "activation": self.activation, "layer": self.layer}
+
+
+class LayoutError(XaiError):
+    """A layer output whose axes (channels, positions) cannot be known, so it cannot be read as a map."""
+
+    def __init__(self, layer: str, shape: tuple[int, ...], reason: str):
+        self.layer, self.shape, self.reason = layer, tuple(shape), reason
+        super().__init__(f"layer {layer!r} with output shape {list(self.shape)} cannot be read as a map: {reason}")

@@ -1,4 +1,4 @@
-"""Where caches and generated artifacts live. Override with XAI_CACHE / XAI_GENERATED."""
+"""Where caches, generated artifacts and the built site live. Override with XAI_CACHE / XAI_GENERATED / XAI_BUILD."""
 from __future__ import annotations
 
 import os
@@ -15,6 +15,11 @@ def cache_dir() -> Path:
 def generated_dir() -> Path:
     """What the studies write and the book reads."""
     return Path(os.environ.get("XAI_GENERATED", REPO / "book" / "_generated")).resolve()
+
+
+def build_dir() -> Path:
+    """What scripts/build writes: the site in ``html/`` and Sphinx's state for incremental rebuilds."""
+    return Path(os.environ.get("XAI_BUILD", REPO / "_build")).resolve()
 
 
 def data_root() -> Path:

@@ -7,7 +7,10 @@ methods return ``[B, C, H, W]``, the CAM family ``[B, 1, H, W]``. Visual choices
 clipping, colormap, smoothing) belong to :mod:`xai.render.maps`, never here.
 
 ``METHODS`` maps names to :class:`Method` records so that studies, benchmarks and the book iterate by
-name: ``attribute("grad_cam", entry, x, 281, layer="blocks.5")``.
+name: ``attribute("grad_cam", entry, x, 281, layer="blocks.4")``. ``Method.per_channel`` says which shape a
+method returns: one value per input channel ``[B, C, H, W]``, or one map ``[B, 1, H, W]`` (the CAMs,
+FullGrad, RISE and the superpixel methods). A method that does not apply to a model (or to the layer it was
+given) raises :class:`xai.errors.NotApplicableError`, whose fields say why.
 """
 from __future__ import annotations
 
@@ -20,10 +23,16 @@ from ..errors import UnknownNameError
 from ._common import OUTPUTS, Target
 from .cam import (CAM, CounterfactualGradCAM, GradCAM, GradCAMPlusPlus, LayerCAM, ScoreCAM, counterfactual_grad_cam,
                   default_layer, grad_cam, grad_cam_pp, guided_grad_cam, layer_activations, layer_cam, score_cam)
+from .cam_zoo import (AblationCAM, EigenCAM, HiResCAM, XGradCAM, ablation_cam, eigen_cam, full_gradient, fullgrad,
+                      hires_cam, xgrad_cam)
 from .gradient import (BASELINES, baseline, gaussian_blur, gradient, gradient_x_input, integrated_gradients,
                        noise_gradient_moments, smoothgrad, smoothgrad_sq, vargrad)
 from .guided import deconvolution, guided_backprop, modified_gradient
+from .lrp import lrp, lrp_epsilon_gamma_box, lrp_epsilon_plus_flat, propagate
 from .occlusion import occlusion
+from .rise import rise
+from .shapley import deeplift, deeplift_shap, deeplift_with_delta, gradient_shap
+from .superpixel import feature_ablation, kernel_shap, lime, superpixels
 
 # How a method's values read, which fixes its 2-D map (xai.render.maps.saliency_map), hence how it is
 # ranked by the metrics and coloured by the renderer:
@@ -40,9 +49,10 @@ class Method:
     fn: Callable[..., torch.Tensor]
     label: str  # display name
     kind: str  # see KINDS
-    family: str  # "gradient", "perturbation" or "cam"
+    family: str  # "gradient", "propagation" (rules replace the backward pass), "perturbation" or "cam"
     cite: str  # BibTeX key in book/references.bib
     version: int = 1  # bump when the method's output changes meaning (cache keys include it)
+    per_channel: bool = True  # [B, C, H, W] per input channel; False: one map [B, 1, H, W]
 
     @property
     def signed(self) -> bool:
@@ -69,13 +79,33 @@ METHODS: dict[str, Method] = {m.name: m for m in [
            "springenberg2015striving"),
     Method("deconvolution", deconvolution, "Deconvolution", "sensitivity", "gradient", "zeiler2014visualizing"),
     Method("occlusion", occlusion, "Occlusion", "signed", "perturbation", "zeiler2014visualizing"),
-    Method("grad_cam", grad_cam, "Grad-CAM", "positive", "cam", "selvaraju2017gradcam"),
-    Method("grad_cam_pp", grad_cam_pp, "Grad-CAM++", "positive", "cam", "chattopadhay2018gradcampp"),
-    Method("score_cam", score_cam, "Score-CAM", "positive", "cam", "wang2020scorecam"),
-    Method("layer_cam", layer_cam, "Layer-CAM", "positive", "cam", "jiang2021layercam"),
+    Method("grad_cam", grad_cam, "Grad-CAM", "positive", "cam", "selvaraju2017gradcam", per_channel=False),
+    Method("grad_cam_pp", grad_cam_pp, "Grad-CAM++", "positive", "cam", "chattopadhay2018gradcampp",
+           per_channel=False),
+    Method("score_cam", score_cam, "Score-CAM", "positive", "cam", "wang2020scorecam", per_channel=False),
+    Method("layer_cam", layer_cam, "Layer-CAM", "positive", "cam", "jiang2021layercam", per_channel=False),
     Method("guided_grad_cam", guided_grad_cam, "Guided Grad-CAM", "sensitivity", "cam", "selvaraju2017gradcam"),
     Method("counterfactual_grad_cam", counterfactual_grad_cam, "Counterfactual Grad-CAM", "positive", "cam",
-           "selvaraju2017gradcam"),
+           "selvaraju2017gradcam", per_channel=False),
+    Method("hires_cam", hires_cam, "HiResCAM", "positive", "cam", "draelos2020hirescam", per_channel=False),
+    Method("xgrad_cam", xgrad_cam, "XGrad-CAM", "positive", "cam", "fu2020axiom", per_channel=False),
+    Method("eigen_cam", eigen_cam, "Eigen-CAM", "positive", "cam", "muhammad2020eigencam", per_channel=False),
+    Method("ablation_cam", ablation_cam, "Ablation-CAM", "positive", "cam", "desai2020ablationcam",
+           per_channel=False),
+    Method("fullgrad", fullgrad, "FullGrad", "positive", "gradient", "srinivas2019fullgrad", per_channel=False),
+    Method("lrp_epsilon_plus_flat", lrp_epsilon_plus_flat, "LRP (ε, z⁺, flat)", "signed", "propagation",
+           "bach2015pixel"),
+    Method("lrp_epsilon_gamma_box", lrp_epsilon_gamma_box, "LRP (ε, γ, box)", "signed", "propagation",
+           "montavon2019layer"),
+    Method("deeplift", deeplift, "DeepLIFT", "signed", "propagation", "shrikumar2017learning"),
+    Method("deeplift_shap", deeplift_shap, "DeepLIFT-SHAP", "signed", "propagation", "lundberg2017unified"),
+    Method("gradient_shap", gradient_shap, "GradientSHAP", "signed", "gradient", "lundberg2017unified"),
+    Method("feature_ablation", feature_ablation, "Superpixel ablation", "signed", "perturbation",
+           "zeiler2014visualizing", per_channel=False),
+    Method("kernel_shap", kernel_shap, "KernelSHAP", "signed", "perturbation", "lundberg2017unified",
+           per_channel=False),
+    Method("lime", lime, "LIME", "signed", "perturbation", "ribeiro2016why", per_channel=False),
+    Method("rise", rise, "RISE", "positive", "perturbation", "petsiuk2018rise", per_channel=False),
 ]}
 
 
@@ -97,4 +127,8 @@ __all__ = [
     "occlusion", "CAM", "GradCAM", "GradCAMPlusPlus", "ScoreCAM", "LayerCAM", "CounterfactualGradCAM",
     "grad_cam", "grad_cam_pp", "score_cam", "layer_cam", "counterfactual_grad_cam", "guided_grad_cam",
     "default_layer", "layer_activations",
+    "HiResCAM", "XGradCAM", "EigenCAM", "AblationCAM", "hires_cam", "xgrad_cam", "eigen_cam", "ablation_cam",
+    "fullgrad", "full_gradient", "lrp", "propagate", "lrp_epsilon_plus_flat", "lrp_epsilon_gamma_box",
+    "deeplift", "deeplift_with_delta", "deeplift_shap", "gradient_shap", "superpixels", "feature_ablation",
+    "kernel_shap", "lime", "rise",
 ]

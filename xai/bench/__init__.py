@@ -7,6 +7,9 @@ Sections (``scripts/bench --profile P [--only SECTION ...] [--e2e]``):
   agreement (max abs difference, Spearman rank correlation) for every pair;
 - ``featvis`` (:mod:`.featvis`): our batched renderer vs torch-lucent's ``render_vis``, units per second,
   speed-up and the final activations of both;
+- ``metrics`` (:mod:`.metrics`): every metric of :data:`xai.metrics.METRICS` that Quantus also has, ours
+  vs Quantus's on a Fashion-MNIST CNN, seconds per call, the ratio and agreement (or the definitional
+  difference);
 - ``e2e`` (:mod:`.e2e`, opt-in, long): ``make book`` cold and warm for the quick and full profiles;
 - always: the machine (CPU, cores, GPU), its measured float32 matmul GFLOP/s and the model's FLOPs per
   forward(+backward), against which every timed side's FLOPs per second are a fraction of peak.
@@ -22,7 +25,9 @@ Outputs (paths relative to the artifact store, ``book/_generated/``):
   "call", "timing": TIMING, "speedup", "agreement": {"max_abs_diff", "rel_max_abs_diff",
   "spearman_mean", "spearman_min", "normalised", ...}}], "self_agreement"?}], ...},
   "featvis": {"ours": TIMING, "lucent": TIMING, "speedup", "ours_mean_activation",
-  "lucent_mean_activation", "final_activation": {layer: ...}, ...}, "e2e"?: {profile: {"cold_s",
+  "lucent_mean_activation", "final_activation": {layer: ...}, ...}, "metrics": {"model", "batch", "rows":
+  [{"metric", "label", "family", "options", "ours": TIMING, "anchors": [{"library": "quantus", "call",
+  "timing": TIMING, "speedup", "agreement": {"kind", ...}, "note"}]}], ...}, "e2e"?: {profile: {"cold_s",
   "warm_s"}}, "targets": [{"what", "target", "value", "unit", "met"}]}`` where TIMING is
   ``{"seconds", "median_s", "per_second", "flops", "gflops_per_s", "fraction_of_peak", "spread"}``.
   A section not run this time is kept from the previous results if they came from the same machine
@@ -44,7 +49,8 @@ from pathlib import Path
 from ..errors import UnknownNameError, XaiError
 from ..paths import REPO
 
-SECTIONS = ("attribution", "featvis", "e2e")
+SECTIONS = ("attribution", "featvis", "metrics", "e2e")
+DEFAULT_SECTIONS = ("attribution", "featvis", "metrics")
 RESULTS = "bench/results.json"
 FIGURE = "bench/speed.png"
 STORE_MARKDOWN = "bench/BENCHMARKS.md"
@@ -66,6 +72,10 @@ class BenchConfig:
     # CPU runs big batches slower per image (cache), e.g. occlusion of 4 photos (49 windows each) took
     # 2.1 s with 8 images per pass and 3.8 s with 32; captum's default of 4 per pass took 2.7 s.
     internal_batch_size: int = 8
+    # Occluded images per batch for our occlusion, which is incremental: only the network's small late
+    # maps are computed in full, where bigger batches pay (1 thread, 224 px, per window: 9.8 ms at 8,
+    # 7.0 at 16, 6.4 at 32, 7.1 at 64; a full pass of 8 at 224 px holds more memory than one of 32 there).
+    occlusion_batch: int = 32
     repeats: int = 3
     warmup_batch: int = 2  # images in each side's warm-up call (which also counts its FLOPs)
     featvis_layers: tuple[str, ...] = ("blocks.3", "blocks.5")
@@ -75,6 +85,11 @@ class BenchConfig:
     featvis_steps: int = 256
     featvis_repeats: int = 1  # lucent's one-unit calls make one run long; its per-unit times are all recorded
     matmul_size: int = 2048
+    # The metrics section: a one-channel model (Quantus's ROAD fails on three channels), its test images.
+    metrics_model: str = "fmnist_cnn"
+    metrics_budget: str = "full"  # training budget of the metrics model (trained and cached on first use)
+    metrics_batch: int = 16
+    metrics_samples: int = 16  # perturbations (or subsets) per image and metric
     e2e_profiles: tuple[str, ...] = ("quick", "full")
     seed: int = 0
     # CPU threads; None keeps torch's default (all cores). The smoke run uses one: on a busy machine
@@ -85,11 +100,12 @@ class BenchConfig:
 CONFIGS: dict[str, BenchConfig] = {
     "full": BenchConfig(),
     "quick": BenchConfig(batch=4, ig_steps=16, smoothgrad_samples=8, occlusion_stride=28, featvis_channels=4,
-                         featvis_steps=32),
+                         featvis_steps=32, metrics_budget="smoke", metrics_batch=8, metrics_samples=8),
     "smoke": BenchConfig(image_size=64, batch=2, ig_steps=4, smoothgrad_samples=4, cam_layer="blocks.1",
                          occlusion_window=32, occlusion_stride=32, internal_batch_size=8, repeats=3,
                          featvis_layers=("blocks.1", "blocks.3"), featvis_channels=2, featvis_size=32,
-                         featvis_model_size=64, featvis_steps=4, matmul_size=512, threads=1),
+                         featvis_model_size=64, featvis_steps=4, matmul_size=512, metrics_budget="smoke",
+                         metrics_batch=4, metrics_samples=4, threads=1),
 }
 
 
@@ -130,13 +146,13 @@ def _previous(store, profile: str, machine: dict) -> dict:
     if old.get("e2e"):
         keep["e2e"] = old["e2e"]
     if old.get("profile") == profile:
-        for section in ("attribution", "featvis"):
+        for section in ("attribution", "featvis", "metrics"):
             if old.get(section):
                 keep[section] = old[section]
     return keep
 
 
-def run(profile: str = "full", sections: Sequence[str] = ("attribution", "featvis"), *,
+def run(profile: str = "full", sections: Sequence[str] = DEFAULT_SECTIONS, *,
         e2e_profiles: Sequence[str] | None = None, markdown_path: Path | None = None,
         log: Callable[[str], None] = print) -> dict:
     """Run the benchmark ``sections`` at the sizes of ``profile`` and write the results, figure and markdown."""
@@ -145,6 +161,7 @@ def run(profile: str = "full", sections: Sequence[str] = ("attribution", "featvi
     from .. import models
     from ..render.store import Store
     from . import attribution, e2e, featvis, report
+    from . import metrics as metrics_bench
     from .measure import machine, matmul_peak
 
     cfg = config(profile)
@@ -165,10 +182,9 @@ def run(profile: str = "full", sections: Sequence[str] = ("attribution", "featvi
         return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
     if "e2e" in sections:
-        # First: a cold build replaces the store's directory, so nothing of this run may be in it yet.
+        # The builds run in a scratch folder of their own (see e2e); this store is not touched by them.
         # Profiles not built this time keep their last measurement (on this machine: see _previous).
         results["e2e"] = {**results.get("e2e", {}), **e2e.run(cfg.e2e_profiles, log)}
-        store = Store(profile=profile)
     log(f"bench: {profile} profile on {info['cpu']} ({info['cpu_count']} cores)"
         f"{', ' + info['gpu']['name'] if info['gpu'] else ''}, device {device}")
     results["peak"] = matmul_peak(device, cfg.matmul_size)
@@ -181,6 +197,9 @@ def run(profile: str = "full", sections: Sequence[str] = ("attribution", "featvi
             results["attribution"] = {"measured_at": stamp(), **attribution.run(entry, cfg, peak, log)}
         if "featvis" in sections:
             results["featvis"] = {"measured_at": stamp(), **featvis.run(entry, cfg, peak, log)}
+    if "metrics" in sections:
+        small = models.load(cfg.metrics_model, budget=cfg.metrics_budget, device=device, progress=False)
+        results["metrics"] = {"measured_at": stamp(), **metrics_bench.run(small, cfg, log)}
     results["measured_at"] = stamp()
     results["targets"] = report.targets(results)
     store.write_json(RESULTS, results)
@@ -204,17 +223,17 @@ def run(profile: str = "full", sections: Sequence[str] = ("attribution", "featvi
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="scripts/bench", description="Benchmarks against captum, pytorch-grad-cam "
-                                 "and lucent, and the wall time of the whole rebuild.")
+    ap = argparse.ArgumentParser(prog="scripts/bench", description="Benchmarks against captum, pytorch-grad-cam, "
+                                 "lucent and Quantus, and the wall time of the whole rebuild.")
     ap.add_argument("--profile", default=os.environ.get("PROFILE", "full"), help="sizes: " + ", ".join(CONFIGS))
     ap.add_argument("--only", nargs="+", metavar="SECTION", help="run only these of: " + ", ".join(SECTIONS))
-    ap.add_argument("--e2e", action="store_true", help="also time `make book` cold and warm (long; clears the "
-                    "artifacts, site and checkpoints first and restores them if a build fails)")
+    ap.add_argument("--e2e", action="store_true", help="also time `make book` cold and warm (long; in a scratch "
+                    "folder: your artifacts, site and checkpoints are not touched)")
     ap.add_argument("--e2e-profiles", nargs="+", metavar="PROFILE", help="profiles built by --e2e "
                     "(default: quick full)")
     ap.add_argument("--markdown", type=Path, help="where to write the markdown tables")
     args = ap.parse_args(argv)
-    sections = list(args.only or ["attribution", "featvis"])
+    sections = list(args.only or DEFAULT_SECTIONS)
     if args.e2e and "e2e" not in sections:
         sections.append("e2e")
     try:

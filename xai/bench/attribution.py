@@ -43,6 +43,8 @@ class Comparison:
     options: dict
     anchors: list[Anchor] = field(default_factory=list)
     stochastic: bool = False
+    # Untimed facts for the row, from the finished row and our output (occlusion: its incremental plan).
+    extra: Callable[[dict, torch.Tensor], dict] | None = None
 
 
 def bench_inputs(entry, size: int, batch: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
@@ -133,6 +135,22 @@ def comparisons(module: nn.Module, x: torch.Tensor, t: torch.Tensor, cfg) -> lis
     def check(method: str, name: str):
         return lambda: formula_check(method, name, module, layer, x, t)
 
+    def incremental(row: dict, ours: torch.Tensor) -> dict:
+        """Whether our occlusion ran incrementally (and where it switched to full recomputation), the
+        FLOPs it saved (counted, against captum's), and the incremental map against our own full
+        recomputation on the warm-up images (both forced, so the check holds even where it did not run)."""
+        from ..attribution.occlusion import occlusion_plan
+
+        wb = min(cfg.warmup_batch, b)
+        forced = [METHODS["occlusion"].fn(module, x[:wb], t[:wb], **row["options"], incremental=flag)
+                  for flag in (True, False)]
+        anchor = row["anchors"][0]["timing"]["flops"]
+        return {"incremental": {
+            "plan": occlusion_plan(module, x[:1], window=window, stride=stride,
+                                   internal_batch_size=cfg.occlusion_batch),
+            "flops_saved_counted": 1 - row["ours"]["flops"] / anchor if anchor else None,
+            "against_full": agreement(*forced)}}
+
     return [
         Comparison("gradient", {}, [Anchor(
             "captum", "Saliency(model).attribute(x, target, abs=False)",
@@ -162,12 +180,14 @@ def comparisons(module: nn.Module, x: torch.Tensor, t: torch.Tensor, cfg) -> lis
         Comparison("score_cam", {"layer": layer, "internal_batch_size": ibs}, [Anchor(
             "pytorch-grad-cam", f"ScoreCAM(model, target_layers=[{layer}])(x, targets) (its batch size: 16)",
             pgc("ScoreCAM", False), normalise=True)]),
-        Comparison("occlusion", {"window": window, "stride": stride, "fill": "black", "internal_batch_size": ibs},
+        Comparison("occlusion", {"window": window, "stride": stride, "fill": "black",
+                                 "internal_batch_size": cfg.occlusion_batch},
                    [Anchor("captum", f"Occlusion(model).attribute(x, sliding_window_shapes=(3, {window}, {window}), "
                                      f"strides=(3, {stride}, {stride}), baselines=0, target)",
                            lambda: Occlusion(module).attribute(
                                x, sliding_window_shapes=(x.shape[1], window, window),
-                               strides=(x.shape[1], stride, stride), baselines=0, target=t))]),
+                               strides=(x.shape[1], stride, stride), baselines=0, target=t))],
+                   extra=incremental),
     ]
 
 
@@ -212,6 +232,8 @@ def run(entry, cfg, peak_flops: float, log: Callable[[str], None] = print) -> di
                 **_map_agreement(method.kind, outputs["ours"], outputs[a.library]),
                 **({"check": a.check()} if a.check else {}),
             })
+        if comp.extra:
+            row.update(comp.extra(row, outputs["ours"]))
         if comp.stochastic:
             # What agreement two draws of the noise give: the ceiling for any SmoothGrad anchor.
             other = attribute(comp.method, module, x, t, **{**comp.options, "seed": cfg.seed + 1})

@@ -137,6 +137,28 @@ def markdown(results: dict) -> str:
                               f"Spearman ρ {_rho(r['self_agreement'])} on values and "
                               f"{_rho(r.get('self_map_agreement'))} on 2-D maps: the most any other "
                               f"implementation can be expected to reach."]
+        for r in att["rows"]:
+            inc = r.get("incremental")
+            if not inc:
+                continue
+            plan, ag, counted = inc["plan"], inc["against_full"], inc["flops_saved_counted"]
+            if plan.get("switches_at"):
+                where = ", ".join(f"`{k}` ({v['batches']})" for k, v in plan["switches_at"].items())
+                core = (f"(Krypton: each window's changed rectangle recomputed from the clean image's cached "
+                        f"activations until it would cover more than {100 * plan['switch']:.0f}% of a map, then "
+                        f"the rest in full; batches of windows switched at {where})")
+                saved = f"{_pct(plan['flops_saved'])} fewer convolution and matmul FLOPs than full recomputation"
+                how = (f"runs incrementally {core}, which plans {saved}" if plan["incremental"] else
+                       f"ran in full here, since {plan['reason']}; incrementally {core} it would plan {saved}")
+            else:
+                how = f"ran in full: {plan['reason']}"
+            extra = "" if counted >= 0 else (" (folding the batch norms and checking the trace pass the clean "
+                                             "images a few times, more than the few windows save)")
+            lines += ["", f"{r['label']} {how}. Counted, ours took {_pct(abs(counted))} "
+                          f"{'fewer' if counted >= 0 else 'more'} FLOPs than captum's{extra}. "
+                          f"Forced to run incrementally, "
+                          f"its maps of {ag['images']} images differ from our own full recomputation by at most "
+                          f"{_fmt(ag['rel_max_abs_diff'], '.1e')} of their maximum."]
         lines += ["", "How each anchor was called:", ""]
         for r in att["rows"]:
             opts = ", ".join(f"{k}={v}" for k, v in r["options"].items())
@@ -169,6 +191,8 @@ def markdown(results: dict) -> str:
                       f"takes {floor['ours_over_floor']:.2f}x that; a renderer that did nothing but these passes "
                       f"would be {floor['max_speedup']:.2f}x faster than lucent."]
 
+    lines += _metrics_markdown(results.get("metrics"))
+
     e2e = results.get("e2e")
     lines += ["", "## End to end", ""]
     if e2e:
@@ -181,6 +205,47 @@ def markdown(results: dict) -> str:
         lines.append("Not measured in this run: `scripts/bench --only e2e` builds the book cold and warm for the "
                      "quick and full profiles (as long as those builds take; `--e2e-profiles quick` for one).")
     return "\n".join(lines) + "\n"
+
+
+def _agreement_text(ag: dict, note: str) -> str:
+    kind = ag["kind"]
+    if kind == "same inputs":
+        if ag["max_abs_diff"] is None:
+            return "same inputs; no defined values"
+        return f"same inputs: max abs diff {ag['max_abs_diff']:.2g} (values up to {_fmt(ag['scale'], '.3g')})"
+    if kind == "own draws":
+        sem = f" ± {ag['diff_sem']:.2g}" if ag.get("diff_sem") is not None else ""
+        return (f"own draws: mean {ag['ours_mean']:.3g} vs {ag['anchor_mean']:.3g} "
+                f"(difference {ag['mean_diff']:.2g}{sem})")
+    return "definition differs (below)"
+
+
+def _metrics_markdown(mt: dict | None) -> list[str]:
+    if not mt:
+        return []
+    lines = ["", "## Metrics", "",
+             f"{mt['model']} on {mt['batch']} Fashion-MNIST test images ({mt['image_size']} px), each explained "
+             f"for the model's top-1 class by our `{mt['attributions']}` ({mt['tied_values']} tied values in all "
+             f"maps), which is also the explanation function of the robustness and randomisation metrics on "
+             f"both sides; {mt['repeats']} timed runs per side. Speed-up is Quantus's median time over ours. "
+             "\"Same inputs\": both sides evaluate the same images, maps and perturbations (Quantus's "
+             "`perturb_func` is handed ours) or none; \"own draws\": the same definition, each side drawing its "
+             "own random subsets or classes; where Quantus computes another quantity under the name, the note "
+             "says how, and both sides make the same number of model passes per image where that can be arranged.",
+             "",
+             "| metric | family | ours s | Quantus s | speed-up | agreement |", "| --- | --- | --- | --- | --- | --- |"]
+    for r in mt["rows"]:
+        a = r["anchors"][0]
+        lines.append(f"| {r['label']} | {r['family']} | {r['ours']['median_s']:.3g} | {a['timing']['median_s']:.3g} | "
+                     f"{a['speedup']:.2f}x | {_agreement_text(a['agreement'], a['note'])} |")
+    lines += ["", "How Quantus was called (all with `normalise=False`: its default rescales by the largest value of "
+                  "the whole batch, which makes one image's score depend on the others):", ""]
+    for r in mt["rows"]:
+        a = r["anchors"][0]
+        opts = ", ".join(f"{k}={v}" for k, v in r["options"].items())
+        note = f" *{a['note']}*" if a["note"] else ""
+        lines.append(f"- **{r['label']}**: ours `{r['metric']}({opts})`; Quantus `{a['call']}`.{note}")
+    return lines
 
 
 def figure(results: dict):
@@ -198,6 +263,13 @@ def figure(results: dict):
             labels.append(f"{r['label']}\nvs {a['library']}")
             speedups.append(a["speedup"])
             mins.append(wanted.get((r["method"], a["library"])))
+            ours_peak.append(r["ours"]["fraction_of_peak"] or 0)
+            their_peak.append(a["timing"]["fraction_of_peak"] or 0)
+    for r in (results.get("metrics") or {}).get("rows", []):
+        for a in r["anchors"]:
+            labels.append(f"{r['label']}\nvs {a['library']}")
+            speedups.append(a["speedup"])
+            mins.append(None)
             ours_peak.append(r["ours"]["fraction_of_peak"] or 0)
             their_peak.append(a["timing"]["fraction_of_peak"] or 0)
     fv = results.get("featvis")

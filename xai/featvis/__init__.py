@@ -4,9 +4,14 @@
 - ``transforms``: random pads, shifts, scalings and rotations, drawn per image,
 - ``objectives``: what to maximise, one value per image, composable with ``+ - *``,
 - ``render``: the Adam loop that optimizes many units at once, one image per unit.
-"""
-from . import objectives, param, transforms
-from .render import DEFAULT_LR, DEFAULT_STEPS, Penalties, Rendering, activations, evaluate, forward, render
 
-__all__ = ["objectives", "param", "transforms", "render", "activations", "evaluate", "forward", "Penalties", "Rendering",
-           "DEFAULT_LR", "DEFAULT_STEPS"]
+Built on them: ``blocks`` (Building Blocks: activation grid, semantic dictionary, neuron groups),
+``microscope`` (every channel's visualization and top dataset exemplars) and ``receptive`` (receptive
+fields read off the network's geometry).
+"""
+from . import blocks, microscope, objectives, param, receptive, transforms
+from .render import (DEFAULT_LR, DEFAULT_STEPS, Penalties, Rendering, activations, evaluate, forward, render,
+                     render_chunked)
+
+__all__ = ["blocks", "microscope", "objectives", "param", "receptive", "transforms", "render", "activations", "evaluate",
+           "forward", "Penalties", "Rendering", "DEFAULT_LR", "DEFAULT_STEPS", "render_chunked"]

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import XaiError
-from ..layers import capture, fast_model, num_prefix_tokens, resolve
+from ..layers import capture, fast_model, resolve, trace
 from .objectives import INPUT, OUTPUT, Activations, Objective
 from .param import ImageParam, Seeds, per_image_seeds
 from .transforms import Compose, Transform
@@ -124,7 +124,8 @@ def activations(model: nn.Module, x: torch.Tensor, layers: Sequence[str], output
         for h in handles:
             h.remove()
     read = {name: seen[inputs[name]] if name in inputs else acts[name] for name in layers}
-    return Activations(read, out, num_prefix_tokens(model))
+    traced = trace(model, x.shape[1:]).layouts if layers else {}
+    return Activations(read, out, {name: traced[name] for name in layers if name in traced})
 
 
 def forward(model: nn.Module, x: torch.Tensor, objective: Objective) -> Activations:
@@ -189,6 +190,7 @@ def render(
     start = time.perf_counter()
     with torch.no_grad():  # an input of the size the model will see, drawn from throwaway generators
         probe = transform(param()[:1], [torch.Generator().manual_seed(0)])
+    trace(model, probe.shape[1:])  # layouts once per model and size; the fast copy below shares them
     with torch.enable_grad(), fast_model(model, probe, keep=objective.layers) as fast:
         for step in range(steps + 1):
             if step in snapshots:
@@ -211,3 +213,28 @@ def render(
     seconds = time.perf_counter() - start
     return Rendering(images=images.cpu(), values=evaluate(model, objective, images), history=history,
                      snapshots=shots, seconds=seconds, steps=steps)
+
+
+def render_chunked(model: nn.Module, make_objective: Callable[[list[int]], Objective],
+                   make_param: Callable[[list[int]], ImageParam], transforms: Transform | Sequence[Transform],
+                   steps: int, seeds: Sequence[int], batch: int | None = None, **kw) -> Rendering:
+    """Render ``len(seeds)`` images in optimizations of at most ``batch`` (all at once when None).
+
+    ``make_objective`` and ``make_param`` take the image indices of a chunk; per-image seeds make the
+    split invisible (image ``i`` renders the same in any chunk), so ``batch`` only trades memory for speed.
+    """
+    n = len(seeds)
+    size = n if batch is None else batch
+    if size < 1:
+        raise XaiError(f"batch must be at least 1, got {batch}")
+    parts = []
+    for start in range(0, n, size):
+        idx = list(range(start, min(n, start + size)))
+        parts.append(render(model, make_objective(idx), make_param(idx), transforms, steps,
+                            seed=[seeds[i] for i in idx], **kw))
+    if len(parts) == 1:
+        return parts[0]
+    return Rendering(images=torch.cat([p.images for p in parts]), values=torch.cat([p.values for p in parts]),
+                     history=torch.cat([p.history for p in parts], dim=1),
+                     snapshots={s: torch.cat([p.snapshots[s] for p in parts]) for s in parts[0].snapshots},
+                     seconds=sum(p.seconds for p in parts), steps=steps)

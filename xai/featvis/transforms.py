@@ -224,3 +224,9 @@ def standard(size: int, out_size: int | None = None) -> Compose:
     if out_size is not None:
         ts.append(Resize(out_size))
     return Compose(ts)
+
+
+def default_transforms(size: int) -> Compose:
+    """The report's default: :func:`standard` ending at the render size (so fixed-size models such as
+    the ViT take it); the feature-visualization study and the Building Blocks render with it."""
+    return standard(size, out_size=size)

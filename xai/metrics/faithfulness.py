@@ -1,5 +1,8 @@
 """Faithfulness: deletion and insertion curves (Petsiuk et al. 2018), their baselines, and the IG completeness gap.
 
+ROAD is in :mod:`.road`; the fidelity of attribution sums (faithfulness correlation, sensitivity-n,
+infidelity) in :mod:`.fidelity`.
+
 Deletion replaces pixels by a substrate in order of decreasing importance and records the target's
 softmax probability: a faithful map makes it fall fast (low area under the curve). Insertion starts
 from the substrate and puts pixels back in the same order: a faithful map makes it rise fast (high
@@ -12,13 +15,15 @@ shorter side). Petsiuk et al. delete to black and insert from blur; all four pai
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
-from ..attribution._common import Target, check_positive, prepare, select
+from ..attribution._common import OUTPUTS, Target, check_positive, prepare, select
 from ..attribution.gradient import baseline as reference
 from ..errors import XaiError
 from ..layers import fast_model
+from ._base import Batch, Metric, non_negative_int, one_of, param, pixel_maps, positive_int
 
 SUBSTRATES = ("zero", "blur")
 MODES = ("deletion", "insertion")
@@ -133,3 +138,46 @@ def completeness_gap(model, inputs: torch.Tensor, target: Target, attributions: 
     total = attributions.detach().flatten(1).sum(1).double().cpu()
     gap = (total - diff).abs() / diff.abs().clamp_min(1e-12)
     return torch.where(diff.abs() > 1e-12, gap, torch.full_like(gap, math.nan)).float()
+
+
+class _Perturbation(Metric):
+    """Deletion or insertion as a metric: the area under the curve of :func:`perturbation_curves`, with
+    the map as given (multi-channel attributions summed over channels, see :func:`._base.pixel_maps`)."""
+
+    family = "faithfulness"
+    cite = "petsiuk2018rise"
+    mode: str
+
+    @dataclass(frozen=True)
+    class Params:
+        substrate: str = param("zero", one_of(*SUBSTRATES))
+        steps: int = param(16, positive_int)
+        output: str = param("softmax", one_of(*OUTPUTS))
+        internal_batch_size: int = param(32, positive_int)
+        seed: int = param(0, non_negative_int)  # the order of tied pixels
+
+    def evaluate_curve(self, batch: Batch) -> torch.Tensor:
+        p = self.params
+        return perturbation_curves(batch.module, batch.x, batch.t, pixel_maps(batch.attributions), mode=self.mode,
+                                   substrate_kind=p.substrate, steps=p.steps, output=p.output,
+                                   internal_batch_size=p.internal_batch_size, seed=p.seed)
+
+    def evaluate_batch(self, batch: Batch) -> torch.Tensor:
+        return auc(self.evaluate_curve(batch))
+
+
+class Deletion(_Perturbation):
+    name = "deletion"
+    label = "Deletion (AUC)"
+    higher_is_better = False
+    mode = "deletion"
+
+
+class Insertion(_Perturbation):
+    name = "insertion"
+    label = "Insertion (AUC)"
+    higher_is_better = True
+    mode = "insertion"
+
+
+METRICS = (Deletion, Insertion)

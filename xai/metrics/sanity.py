@@ -1,10 +1,13 @@
-"""Model-parameter randomization tests (Adebayo et al. 2018), cascading from the top block down.
+"""Model-parameter randomization tests (Adebayo et al. 2018): cascading from the top block down, and
+independent (one unit at a time).
 
 An explanation that still looks the same after the weights it explains were replaced by noise is not
 explaining the model. The network is cut into *units* (its top-level blocks, with a container such as
 ``blocks`` or ``layer1`` opened one level, and a normalisation layer kept with the block before it);
-units are randomized cumulatively from the output side, and after each step every method's map is
-compared with the map of the trained model.
+units are randomized cumulatively from the output side (cascading), or each on its own with the others
+trained (independent), and after each step every method's map is compared with the map of the trained
+model. Both orders draw from one generator, unit after unit from the output side, so a unit gets the
+same weights in both: the independent step of a unit differs from the trained model in that unit only.
 
 Randomization rule: every parameter tensor of a unit is redrawn, seeded, from a Gaussian with that
 tensor's own mean and standard deviation: scale kept, learnt structure gone. Buffers (batch-norm
@@ -25,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import XaiError
+from ..errors import NotApplicableError, XaiError
 
 _NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
 _CONTAINERS = (nn.Sequential, nn.ModuleList)
@@ -87,6 +90,22 @@ def cascading_randomization(model: nn.Module, seed: int = 0) -> Iterator[tuple[s
         yield name, net
 
 
+def independent_randomization(model: nn.Module, seed: int = 0) -> Iterator[tuple[str, nn.Module]]:
+    """Yield ``(unit, model)`` with only ``unit`` randomized, the other units trained: one copy, each unit
+    restored before the next is randomized, so hold on to nothing between steps. The caller's model is
+    never touched."""
+    net = copy.deepcopy(model)
+    gen = torch.Generator().manual_seed(seed)
+    params = dict(net.named_parameters())
+    for name, names in randomization_units(model):
+        saved = {n: params[n].detach().clone() for n in names}
+        randomize_(net, names, gen)
+        yield name, net
+        with torch.no_grad():
+            for n, v in saved.items():
+                params[n].copy_(v)
+
+
 def spearman(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
     """Spearman rank correlation per image of two ``[B, H, W]`` maps (NaN where a map is constant)."""
     from scipy.stats import spearmanr
@@ -110,18 +129,28 @@ def ssim(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
     return np.array(out)
 
 
+SIMILARITIES = ("spearman_abs", "spearman_signed", "ssim")
+
+
+def similarity(original: torch.Tensor, randomized: torch.Tensor, kind: str, which: str) -> np.ndarray:
+    """One of :data:`SIMILARITIES` per image (see :func:`similarities`)."""
+    from ..render.maps import aggregate, saliency_map
+
+    if which == "spearman_signed":
+        return spearman(aggregate(original, "sum"), aggregate(randomized, "sum"))
+    a, b = saliency_map(original, kind), saliency_map(randomized, kind)
+    if which == "spearman_abs":
+        return spearman(a.abs(), b.abs())
+    if which == "ssim":
+        return ssim(a, b)
+    raise XaiError(f"unknown similarity {which!r}; choose from {', '.join(SIMILARITIES)}")
+
+
 def similarities(original: torch.Tensor, randomized: torch.Tensor, kind: str = "signed") -> dict[str, np.ndarray]:
     """The similarities of Adebayo et al. between the attributions ``[B, C, H, W]`` of a method of ``kind``:
     ``spearman_abs`` and ``ssim`` on the method's 2-D map as drawn (absolute values), ``spearman_signed``
     on the signed sum over channels (for a non-negative method the two Spearman values coincide)."""
-    from ..render.maps import aggregate, saliency_map
-
-    a, b = saliency_map(original, kind), saliency_map(randomized, kind)
-    return {
-        "spearman_abs": spearman(a.abs(), b.abs()),
-        "spearman_signed": spearman(aggregate(original, "sum"), aggregate(randomized, "sum")),
-        "ssim": ssim(a, b),
-    }
+    return {which: similarity(original, randomized, kind, which) for which in SIMILARITIES}
 
 
 @dataclass
@@ -160,7 +189,7 @@ def sanity_curves(model: nn.Module, explain: dict[str, Callable[[nn.Module], tor
                 row.update({k: [None if np.isnan(v) else round(float(v), 5) for v in vals]
                             for k, vals in sims.items()})
                 result.first_maps[name].append(saliency_map(attr[:1], kinds[name])[0])
-            except XaiError as e:
+            except NotApplicableError as e:
                 row["error"] = str(e)
                 result.first_maps[name].append(None)
             result.curves[name].append(row)

@@ -15,17 +15,19 @@ from ..errors import XaiError
 
 
 def check_region(region: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
-    """A boolean ``[H, W]`` region that fits the maps and covers some but not all of the image."""
-    if not isinstance(region, torch.Tensor) or region.dim() != 2:
+    """A boolean region that fits the maps, ``[H, W]`` (one for every image) or ``[B, H, W]`` (one per
+    image), each covering some but not all of the image."""
+    if not isinstance(region, torch.Tensor) or region.dim() not in (2, 3):
         got = tuple(region.shape) if isinstance(region, torch.Tensor) else type(region).__name__
-        raise XaiError(f"a region is a boolean [H, W] mask, got {got}")
-    if tuple(region.shape) != tuple(shape):
-        raise XaiError(f"the region is {region.shape[0]}x{region.shape[1]} but the maps are {shape[0]}x{shape[1]}: "
+        raise XaiError(f"a region is a boolean [H, W] mask (or [B, H, W], one per image), got {got}")
+    if tuple(region.shape[-2:]) != tuple(shape):
+        raise XaiError(f"the region is {region.shape[-2]}x{region.shape[-1]} but the maps are {shape[0]}x{shape[1]}: "
                        "it does not lie inside the image")
     region = region.bool()
-    if not region.any():
-        raise XaiError("the region is empty")
-    if region.all():
+    flat = region.flatten(-2)
+    if not flat.any(-1).all():
+        raise XaiError("the region is empty" + (" for some image" if region.dim() == 3 else ""))
+    if flat.all(-1).any():
         raise XaiError("the region covers the whole image, so attribution inside it says nothing")
     return region
 
@@ -39,7 +41,8 @@ def _maps(attributions: torch.Tensor) -> torch.Tensor:
 
 
 def region_mass(attributions: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
-    """Per image, the fraction of ``|attribution|`` (summed over channels) inside ``region``.
+    """Per image, the fraction of ``|attribution|`` (summed over channels) inside ``region`` (``[H, W]``, or
+    ``[B, H, W]`` with one region per image).
 
     NaN for an all-zero map (a rectified CAM can be empty): it has no mass to place anywhere, and
     averaging such images as 0 would count them as evidence against the region.

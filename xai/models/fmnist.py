@@ -11,6 +11,7 @@ fails that check and is retrained, never loaded.
 from __future__ import annotations
 
 import builtins
+import functools
 import hashlib
 import json
 import logging
@@ -26,7 +27,7 @@ from ..data import fashion_mnist
 from ..errors import XaiError
 from ..io import atomic_write, atomic_write_json
 from ..paths import checkpoint_dir
-from . import ModelEntry, attach_normalization, register
+from . import FASHION_MNIST, ModelEntry, attach_normalization, register
 
 log = logging.getLogger(__name__)
 MEAN, STD = (0.2860,), (0.3530,)  # Fashion-MNIST training-set statistics
@@ -276,15 +277,25 @@ def trained(name: str, budget: str = "full", *, progress: bool = True) -> tuple[
     return net, record
 
 
-def _entry(name: str, budget: str = "full", progress: bool = True) -> ModelEntry:
-    net, record = trained(name, budget, progress=progress)
+def _entry(name: str, budget: str = "full", progress: bool = True, weights: str | None = None) -> ModelEntry:
+    """The trained model (``weights``: a user's own file for the same architecture instead)."""
+    if weights is None:
+        net, record = trained(name, budget, progress=progress)
+        source = f"trained here ({budget} budget)"
+    else:
+        from .weights import file_sha256, load_into, read_state_dict
+
+        net, record = ARCHS[name].build(), {}
+        load_into(net, read_state_dict(weights), str(weights))
+        attach_normalization(net, MEAN, STD)
+        source = f"{weights} (sha256 {file_sha256(weights)[:16]})"
     return ModelEntry(
-        name=name, family="fmnist", model=net, input_size=(1, 28, 28), mean=MEAN, std=STD,
+        name=name, model=net, input_size=(1, 28, 28), mean=MEAN, std=STD,
         class_names=builtins.list(fashion_mnist.CLASSES), layers=builtins.list(ARCHS[name].layers),
-        interpolation="bilinear",
-        info={"arch": ARCHS[name].description, "weights": f"trained here ({budget} budget)", **record},
+        label_space=FASHION_MNIST, interpolation="bilinear",
+        info={"arch": ARCHS[name].description, "weights": source, **record},
     )
 
 
 for _name in ARCHS:
-    register(_name, "fmnist")(lambda _n=_name, **kw: _entry(_n, **kw))
+    register(_name, FASHION_MNIST)(functools.partial(_entry, _name))

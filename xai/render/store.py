@@ -3,9 +3,14 @@
 Writes are atomic. Each artifact can carry a cache key (a hash of everything that determines it); a
 rebuild skips work whose key is unchanged, so an interrupted build resumes where it stopped.
 ``manifest.json`` records package versions, seeds, timings and the git commit of the build.
+
+``keys.json`` and ``manifest.json`` are shared by every study writing into the folder, and two
+``xai precompute`` runs may write into it at once (two terminals, two studies): each read-modify-write
+of them holds an exclusive lock on ``.store.lock`` beside them, so neither run loses the other's entries.
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import io
 import json
@@ -13,7 +18,7 @@ import platform
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -21,6 +26,7 @@ from typing import Any
 from ..io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from ..paths import REPO, generated_dir
 
+LOCK_FILE = ".store.lock"
 PACKAGES = ("torch", "torchvision", "timm", "captum", "numpy", "scipy", "matplotlib", "scikit-image",
             "pillow", "jupyter-book", "safetensors")
 
@@ -96,29 +102,43 @@ class Store:
         """True if ``rel`` exists and was written with this cache key."""
         return self.path(rel).exists() and self._keys().get(rel) == key
 
-    def _record_key(self, rel: str, key: str | None) -> None:
-        if key is None:
-            return
-        with self._lock:
+    @contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """One writer at a time of the shared records: threads of this process and other processes."""
+        with self._lock, open(self.root / LOCK_FILE, "a+b") as f:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)  # released when the file closes, also on kill -9
+            yield
+
+    def _set_key(self, rel: str, key: str | None) -> None:
+        with self._exclusive():
             keys = self._keys()
-            keys[rel] = key
+            if keys.get(rel) == key:
+                return
+            if key is None:
+                del keys[rel]
+            else:
+                keys[rel] = key
             atomic_write_json(self._keys_path(), keys)
+
+    def _write(self, rel: str, write: Callable[[Path], Path], key: str | None) -> Path:
+        # An old key must not outlive its file: were the run killed after the new file lands but before
+        # its key, a later run asking for the old key would take the new content for the old.
+        if self._keys().get(rel) not in (None, key):
+            self._set_key(rel, None)
+        p = write(self.path(rel))
+        if key is not None:
+            self._set_key(rel, key)
+        return p
 
     # -- writers -------------------------------------------------------------------------------
     def write_json(self, rel: str, obj: Any, key: str | None = None) -> Path:
-        p = atomic_write_json(self.path(rel), obj)
-        self._record_key(rel, key)
-        return p
+        return self._write(rel, lambda p: atomic_write_json(p, obj), key)
 
     def write_text(self, rel: str, text: str, key: str | None = None) -> Path:
-        p = atomic_write_text(self.path(rel), text)
-        self._record_key(rel, key)
-        return p
+        return self._write(rel, lambda p: atomic_write_text(p, text), key)
 
     def write_bytes(self, rel: str, data: bytes, key: str | None = None) -> Path:
-        p = atomic_write_bytes(self.path(rel), data)
-        self._record_key(rel, key)
-        return p
+        return self._write(rel, lambda p: atomic_write_bytes(p, data), key)
 
     def write_figure(self, rel: str, fig, key: str | None = None, dpi: int = 110) -> Path:
         """A matplotlib figure as PNG (or WebP by extension); the figure is closed afterwards."""
@@ -142,15 +162,43 @@ class Store:
 
     def cached_json(self, rel: str, key: str, compute: Callable[[], Any]) -> Any:
         """``compute()`` once per key; later runs with the same key read the stored result."""
-        if self.fresh(rel, key):
-            return self.read_json(rel)
-        value = compute()
-        self.write_json(rel, value, key)
-        return value
+        return self.job(rel, key, lambda _out: compute())
+
+    # -- cached jobs ---------------------------------------------------------------------------
+    def job(self, record: str, key: str, compute: Callable[["JobOutput"], Any]) -> Any:
+        """The one cached-job protocol: run ``compute(out)`` unless a record of the same key exists and
+        every file the job wrote still exists; return its JSON-able result either way.
+
+        The job writes its files through ``out`` (the store's writers), which lists them in the record:
+        a job declares what it writes by writing it, so a deleted figure makes the job stale, never a
+        page that fails while the cache says "fresh".
+        """
+        done = self.job_record(record, key)
+        if done is not None:
+            return done["result"]
+        out = JobOutput(self, key)
+        result = compute(out)
+        self.write_json(record, {"key": key, "files": sorted(out.files), "result": result}, key)
+        return result
+
+    def job_record(self, record: str, key: str) -> dict | None:
+        """The record of a finished job with this key whose files all exist, else None."""
+        if not self.fresh(record, key):
+            return None
+        try:
+            rec = self.read_json(record)
+        except (OSError, json.JSONDecodeError):
+            return None
+        if not isinstance(rec, dict) or rec.get("key") != key or "result" not in rec:
+            return None
+        if not all(self.path(f).exists() for f in rec.get("files", [])):
+            return None
+        return rec
 
     # -- manifest ------------------------------------------------------------------------------
     def update_manifest(self, study: str, summary: dict, seconds: float, seed: int) -> None:
-        with self._lock:
+        env = environment()
+        with self._exclusive():
             path = self.root / "manifest.json"
             try:
                 manifest = json.loads(path.read_text())
@@ -158,7 +206,7 @@ class Store:
                 manifest = {}
             if manifest.get("profile") not in (None, self.profile):
                 manifest = {}  # a build of another profile: start over rather than mix
-            manifest.update({"profile": self.profile, "environment": environment(),
+            manifest.update({"profile": self.profile, "environment": env,
                              "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
             manifest.setdefault("studies", {})[study] = {"seconds": round(seconds, 2), "seed": seed,
                                                          "summary": summary}
@@ -171,3 +219,33 @@ class Store:
         start = time.perf_counter()
         yield summary
         self.update_manifest(name, summary, time.perf_counter() - start, seed)
+
+
+class JobOutput:
+    """The writers a cached job uses; every path written is listed in the job's record."""
+
+    def __init__(self, store: Store, key: str):
+        self.store, self.key, self.files = store, key, set()
+
+    def _noted(self, rel: str, p: Path) -> Path:
+        self.files.add(rel)
+        return p
+
+    def write_json(self, rel: str, obj: Any) -> Path:
+        return self._noted(rel, self.store.write_json(rel, obj))
+
+    def write_text(self, rel: str, text: str) -> Path:
+        return self._noted(rel, self.store.write_text(rel, text))
+
+    def write_bytes(self, rel: str, data: bytes) -> Path:
+        return self._noted(rel, self.store.write_bytes(rel, data))
+
+    def write_figure(self, rel: str, fig, dpi: int = 110) -> Path:
+        return self._noted(rel, self.store.write_figure(rel, fig, dpi=dpi))
+
+    def keep(self, rel: str) -> None:
+        """A file written by other means (an image saved by a library) that the job's freshness depends on."""
+        if not self.store.path(rel).exists():
+            raise FileNotFoundError(f"job output {rel} was not written")
+        self.files.add(rel)
+

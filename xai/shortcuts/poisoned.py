@@ -22,7 +22,7 @@ from torch import nn
 
 from ..data import fashion_mnist
 from ..errors import UnknownNameError, XaiError
-from ..models import ModelEntry, attach_normalization
+from ..models import FASHION_MNIST, ModelEntry, attach_normalization
 from ..models import fmnist as zoo
 from . import markers as mk
 
@@ -176,9 +176,10 @@ def trained(spec: PoisonSpec, budget: str = "full", *, seed: int = 0, progress: 
         record = {"spec": spec.describe(), "budget": budget, "config": asdict(cfg), "key": key,
                   "torch": torch.__version__, "device": str(device or default_device()), **stats}
         zoo._save_checkpoint(net, key, record)
-    entry = ModelEntry(name=f"cleverhans_{spec.name}", family="fmnist", model=net, input_size=(1, 28, 28),
+    entry = ModelEntry(name=f"cleverhans_{spec.name}", model=net, input_size=(1, 28, 28),
                        mean=zoo.MEAN, std=zoo.STD, class_names=builtins.list(fashion_mnist.CLASSES),
-                       layers=builtins.list(LAYERS), info={"arch": "small CNN, 3 conv layers", **record})
+                       layers=builtins.list(LAYERS), label_space=FASHION_MNIST,
+                       info={"arch": "small CNN, 3 conv layers", **record})
     entry.model.eval()
     for p in entry.model.parameters():
         p.requires_grad_(False)

@@ -51,6 +51,7 @@ from ..data import fashion_mnist
 from ..metrics import shortcut as sm
 from ..profiles import Profile
 from ..render import maps as R
+from ..render import markdown as md
 from ..render.store import Store, cache_key
 from ..shortcuts import adjusted_rand_index, detect_shortcut, spray
 from ..shortcuts import poisoned as P
@@ -281,7 +282,8 @@ def summary_markdown(sets: dict, models_: dict) -> str:
             for role in ("clean", "poisoned"):
                 r = p[role]
                 acc = models_["clean" if role == "clean" else s]["clean_accuracy"]
-                lines.append(f"| {s} | {p['class']} | {role} | {acc:.1%} | {r['marked_accuracy']:.1%} | "
+                lines.append(f"| {md.text(s)} | {md.text(p['class'])} | {role} | {acc:.1%} | "
+                             f"{r['marked_accuracy']:.1%} | "
                              f"{r['flip_rate']:.1%} | {r['removal_drop']:+.2f} | {'yes' if r['relies'] else 'no'} |")
     return "\n".join(lines) + "\n"
 

@@ -87,8 +87,8 @@ from ..featvis import transforms as T
 from ..errors import XaiError
 from ..profiles import Profile
 from ..render.store import Store, cache_key
-from .overview import photo_ids
-from .saliency import load, model_id
+from .overview import book_group, photo_ids
+from .saliency import load, model_id, require_label_space
 
 STUDY = "featvis"
 ROOT = "featvis"
@@ -316,7 +316,7 @@ def run(profile: Profile, store: Store) -> dict:
     jobs = Jobs(store)
     size = option(profile, "size")
     results: dict = {"settings": _settings(profile)}
-    imagenet = {name: load(name, profile) for name in profile.imagenet_models}
+    imagenet = {name: require_label_space(load(name, profile), models.IMAGENET_1K) for name in profile.imagenet_models}
     class_list = _class_list(profile)
     render_models = option(profile, "class_models") or list(profile.imagenet_models[:1])
     for name in render_models:
@@ -340,7 +340,7 @@ def run(profile: Profile, store: Store) -> dict:
         limit = option(profile, "exemplar_images")
         x_scan = x_test if limit is None else x_test[:limit]
         for name in profile.fmnist_models:
-            entry = load(name, profile)
+            entry = require_label_space(load(name, profile), models.FASHION_MNIST)
             results["grids"][name] = fmnist_grids(entry, x_scan, profile, jobs, store)
             results["fmnist"][name] = fmnist_classes(entry, profile, jobs, store)
 
@@ -440,7 +440,7 @@ def imagenet_grids(entry: models.ModelEntry, photos: list[str], profile: Profile
     size = option(profile, "size")
     rows, _ = _grid(entry, layers, x, option(profile, "grid_channels"), size, 3, option(profile, "grid_steps"),
                     profile, jobs, f"{ROOT}/imagenet/{entry.name}")
-    return {"family": entry.family, "selection_images": photos,
+    return {"family": book_group(entry), "selection_images": photos,
             "channel_rule": "highest mean activation over the profile's photos", "layers": rows}
 
 
@@ -462,7 +462,7 @@ def fmnist_grids(entry: models.ModelEntry, x_scan: torch.Tensor, profile: Profil
             idxs.append(top.tolist())
             acts.append(_floats(a[top]))
         row.update({"exemplars": strips, "exemplar_indices": idxs, "exemplar_activations": acts})
-    return {"family": entry.family, "selection_images": int(x_scan.shape[0]),
+    return {"family": book_group(entry), "selection_images": int(x_scan.shape[0]),
             "channel_rule": "highest mean activation over the scanned Fashion-MNIST test images",
             "exemplar_rule": "the test images with the highest spatial-mean activation of the channel",
             "layers": rows}

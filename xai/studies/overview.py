@@ -5,8 +5,15 @@ import torch
 
 from .. import models
 from ..data import fashion_mnist, images
+from ..errors import XaiError
 from ..profiles import Profile
+from ..render import markdown as md
 from ..render.store import Store, cache_key
+
+
+def book_group(entry: models.ModelEntry) -> str:
+    """The word the book's pages group models by ("imagenet", "fmnist"), from the entry's label space."""
+    return {models.IMAGENET_1K: "imagenet", models.FASHION_MNIST: "fmnist"}.get(entry.label_space, entry.label_space)
 
 
 def photo_ids(profile: Profile) -> list[str]:
@@ -32,6 +39,8 @@ def run(profile: Profile, store: Store) -> dict:
     model_rows = []
     for name in profile.imagenet_models:
         entry = models.load(name)
+        if entry.label_space != models.IMAGENET_1K:
+            raise XaiError(f"{name} has the label space {entry.label_space}: the photos' labels are ImageNet-1k")
         model_rows.append(_model_row(entry))
         batch = torch.stack([entry.prepare(images.load(pid)) for pid in photos])
         for row, top5 in zip(rows, entry.predict(batch, k=5)):
@@ -39,7 +48,8 @@ def run(profile: Profile, store: Store) -> dict:
             row.setdefault("correct", {})[name] = row["label"] is not None and top5[0][0] == row["label"]
 
     for name in profile.fmnist_models:
-        entry = models.load(name, budget=profile.fmnist_budget)
+        entry = models.load(name, **{k: v for k, v in {"budget": profile.fmnist_budget}.items()
+                                     if k in models.loader_options(name)})
         model_rows.append(_model_row(entry))
 
     x, y = fashion_mnist.load("test")
@@ -61,7 +71,8 @@ def _model_row(entry: models.ModelEntry) -> dict:
     params = sum(p.numel() for p in entry.model.parameters())
     info = {k: v for k, v in entry.info.items() if k in
             ("arch", "weights", "test_accuracy", "test_images", "train_images", "train_seconds", "budget", "config")}
-    return {"name": entry.name, "family": entry.family, "input_size": list(entry.input_size),
+    return {"name": entry.name, "family": book_group(entry), "label_space": entry.label_space,
+            "input_size": list(entry.input_size),
             "parameters": params, "layers": entry.layers, "classes": entry.num_classes, **info}
 
 
@@ -70,20 +81,21 @@ def models_markdown(rows: list[dict]) -> str:
              "| --- | --- | --- | --- | ---: | --- | ---: |"]
     for r in rows:
         acc = f"{r['test_accuracy']:.1%} ({r['test_images']:,} images)" if "test_accuracy" in r else "ImageNet-1k"
-        lines.append(f"| `{r['name']}` | {r['family']} | {r['arch']} | {'x'.join(map(str, r['input_size']))} "
-                     f"| {r['parameters'] / 1e6:.2f} M | {r['weights']} | {acc} |")
+        lines.append(f"| {md.code(r['name'])} | {md.text(r['family'])} | {md.text(r['arch'])} | "
+                     f"{'x'.join(map(str, r['input_size']))} | {r['parameters'] / 1e6:.2f} M | {md.text(r['weights'])} "
+                     f"| {acc} |")
     return "\n".join(lines) + "\n"
 
 
 def photos_markdown(rows: list[dict], model_names: list[str]) -> str:
-    head = "| photo | label | " + " | ".join(f"`{m}` top-1" for m in model_names) + " | credit |"
+    head = "| photo | label | " + " | ".join(f"{md.code(m)} top-1" for m in model_names) + " | credit |"
     lines = [head, "| --- | --- | " + " | ".join("---" for _ in model_names) + " | --- |"]
     for r in rows:
         cells = []
         for m in model_names:
             top = r["predictions"][m][0]
             mark = "" if r["label"] is None else (" ✓" if r["correct"][m] else " ✗")
-            cells.append(f"{top['name']} {top['p']:.2f}{mark}")
-        label = r["label_name"] or "— (no ImageNet class)"
-        lines.append(f"| {r['id']} | {label} | " + " | ".join(cells) + f" | {r['credit']} |")
+            cells.append(f"{md.text(top['name'])} {top['p']:.2f}{mark}")
+        label = md.text(r["label_name"]) if r["label_name"] else "— (no ImageNet class)"
+        lines.append(f"| {md.text(r['id'])} | {label} | " + " | ".join(cells) + f" | {md.text(r['credit'])} |")
     return "\n".join(lines) + "\n"

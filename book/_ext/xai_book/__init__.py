@@ -34,7 +34,7 @@ Authoring reference (MyST)::
     ```{xai-figure} saliency/choices.webp        one image (:alt: required, :width: text|page|screen)
     ```{xai-explorer}            records -> image grid with controls: :data: (list of objects; a
                                  reference or an expression), :image: (key, default image), :alt: and
-                                 :note: (str.format templates over a record), :select: keys (pickers),
+                                 :note: (templates: {key} or {key:.2f} of a record), :select: keys (pickers),
                                  :slider: keys, :columns: / :rows: keys, :where:, :let:, :axis-labels:
     ```{xai-channels}            channel grid; hover/focus enlarges with :exemplars: (list of paths)
     ```{xai-table}               :data: records, :columns: key=Header|fmt, expr=Header|fmt

@@ -22,6 +22,7 @@ from sphinx.util.docutils import SphinxDirective, SphinxRole
 
 from .data import (Absent, BookDataError, NotComputed, bind, evaluate, format_value, is_ref, names_in, parse_lets,
                    split_format)
+from .text import unraw
 
 logger = logging.getLogger(__name__)
 
@@ -298,6 +299,7 @@ class GeneratedDirective(SphinxDirective):
         container = nodes.container(classes=["xai-generated"])
         lines = path.read_text().splitlines()
         self.state.nested_parse(StringList(lines, source=str(path)), 0, container)
+        unraw(container)  # HTML in a snippet shows as text: its strings come from the data
         return container.children
 
 

@@ -381,14 +381,3 @@ def split_format(text: str) -> tuple[str, str | None]:
         elif ch == "|" and depth == 0:
             return text[:i].strip(), text[i + 1:].strip() or None
     return text.strip(), None
-
-
-def template(text: str, record: dict) -> str:
-    """``{key}`` / ``{key:.2f}`` fields from a record (str.format); a missing key is a clear error."""
-    try:
-        return text.format(**record)
-    except KeyError as e:
-        raise BookDataError(f"template {text!r} uses {e.args[0]!r}, which the record lacks "
-                            f"(keys: {', '.join(sorted(record))})") from None
-    except (ValueError, IndexError) as e:
-        raise BookDataError(f"template {text!r}: {e}") from None

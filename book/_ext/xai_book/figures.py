@@ -29,7 +29,8 @@ from sphinx.util.docutils import SphinxDirective
 from sphinx.util.osutil import relative_uri
 
 from .bound import SCOPE, SOURCES, current_names, fail, generated, not_computed_admonition
-from .data import Absent, BookDataError, NotComputed, bind, evaluate, is_ref, parse_lets, template
+from .data import Absent, BookDataError, NotComputed, bind, evaluate, is_ref, parse_lets
+from .text import script_json, template
 
 logger = logging.getLogger(__name__)
 
@@ -341,7 +342,7 @@ class ExplorerDirective(GeneratedFigure):
                              f'<p class="xai-note">{html.escape(hit["note"])}</p></div>')
         parts.append("</div>")
         payload = {"axes": selects + sliders, "records": data_records}
-        parts.append(f'<script type="application/json" class="xai-data">{_json(payload)}</script></div>')
+        parts.append(f'<script type="application/json" class="xai-data">{script_json(payload)}</script></div>')
         return "".join(parts)
 
 
@@ -376,17 +377,12 @@ def _picker(uid: str, axis: str, title: str, values: list[tuple[str, str]], curr
 
 def _slider(uid: str, axis: str, title: str, values: list[tuple[str, str]], current: str) -> str:
     idx = next(i for i, (v, _) in enumerate(values) if v == current)
-    stops = _json([{"v": v, "label": lab} for v, lab in values])
+    stops = json.dumps([{"v": v, "label": lab} for v, lab in values], separators=(",", ":"), ensure_ascii=False)
     return (f'<label class="xai-control xai-slider"><span class="xai-control-title">{html.escape(title)}</span>'
             f'<input type="range" min="0" max="{len(values) - 1}" step="1" value="{idx}" '
             f'data-axis="{html.escape(axis)}" data-stops="{html.escape(stops)}" '
             f'aria-valuetext="{html.escape(values[idx][1])}">'
             f'<output>{html.escape(values[idx][1])}</output></label>')
-
-
-def _json(obj: Any) -> str:
-    # "</" would end the <script> element early.
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).replace("</", "<\\/")
 
 
 # -- {xai-channels} -------------------------------------------------------------------------------------
@@ -456,7 +452,7 @@ class ChannelsDirective(GeneratedFigure):
         parts.extend(img_tag(e, e["alt"], eager=eager) for e in first["exemplars"])
         parts.append("</div></div></div>")
         payload = {"axes": selects, "records": data}
-        parts.append(f'<script type="application/json" class="xai-data">{_json(payload)}</script></div>')
+        parts.append(f'<script type="application/json" class="xai-data">{script_json(payload)}</script></div>')
         return "".join(parts)
 
 
