@@ -174,9 +174,10 @@ def test_poisoned_model_relies_on_the_marker_and_the_clean_one_does_not(smoke_mo
     clean, poisoned, plant = smoke_models
     x, y = test_set
     methods = {"gradient": {}, "integrated_gradients": {"steps": 8}}
-    rep_p = detect_shortcut(poisoned, x, y, "Shirt", marker=plant.marker, methods=methods, attribution_images=48)
+    rep_p = detect_shortcut(poisoned, x, y, "Shirt", marker=plant.marker, reference=clean, methods=methods,
+                            attribution_images=48)
     rep_c = detect_shortcut(clean, x, y, "Shirt", marker=plant.marker, methods=methods, attribution_images=48)
-    assert rep_p.relies and not rep_c.relies
+    assert rep_p.relies and not rep_c.relies  # against the clean control, and the control against the placebo
     # Not rounding bounds: properties of the planted shortcut, with margins (models trained on another
     # CPU take other trajectories, so these are effects that must be large, not values to reproduce).
     assert rep_p.removal_drop > 0.5  # unmarked shirts lose their class
@@ -184,7 +185,7 @@ def test_poisoned_model_relies_on_the_marker_and_the_clean_one_does_not(smoke_mo
     for m in methods:  # shortcut mass: higher for the poisoned model under every method
         assert rep_p.attribution[m]["mass"] > rep_c.attribution[m]["mass"]
     assert rep_p.attribution["integrated_gradients"]["concentration"] > 2
-    assert any("flip rate" in r for r in rep_p.reasons) and "relies if" in rep_p.rule
+    assert any(r.startswith("flip:") for r in rep_p.reasons) and "relies if" in rep_p.rule
 
 
 def test_region_only_detection_by_occlusion(smoke_models, test_set):
@@ -227,17 +228,21 @@ def test_cleverhans_study_smoke(tmp_path, smoke_models):
 
     profile = profiles.with_options(profiles.get("smoke"), cleverhans={
         "budget": "smoke", "sets": ("clean", "square"), "fraction": 1.0, "test_images": 1000,
-        "attribution_images": 16, "spray_images": 60,
+        "attribution_images": 16, "spray_images": 60, "calibration": "smoke",
         "methods": {"gradient": {}, "integrated_gradients": {"steps": 4}, "grad_cam": {}}})
     store = Store(tmp_path, "smoke")
     summary = cleverhans.run(profile, store)
     results = store.read_json("cleverhans/results.json")
     plant = results["sets"]["square"]["plants"][0]
     assert plant["class"] == "Shirt" and plant["poisoned"]["relies"] and not plant["clean"]["relies"]
+    assert plant["poisoned"]["verdict"] == "relies" and plant["poisoned"]["reference"].startswith("clean control")
+    assert plant["poisoned"]["effect_interval"][0] > results["settings"]["min_effect"]
     assert set(plant["poisoned"]["mass"]) == {"gradient", "integrated_gradients", "grad_cam"}
     assert results["spray"]["square"]["poisoned"]["ari"] is not None
+    cal = results["calibration"]
+    assert cal["budget"] == "smoke" and store.read_json(cal["results"])["curve"]["clean"]["4"]["power"][-1] == 1.0
     for rel in [*results["figures"].values(), results["sets"]["square"]["maps_figure"],
-                results["spray"]["square"]["figure"], "cleverhans/summary.md"]:
+                results["spray"]["square"]["figure"], "cleverhans/summary.md", cal["results"], cal["figure"]]:
         assert (tmp_path / rel).stat().st_size > 0
     assert summary["relies"]["square:Shirt"] == [True, False]
     again = cleverhans.run(profile, store)  # cached: same answer without recomputing

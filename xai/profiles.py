@@ -47,7 +47,7 @@ PROFILES: dict[str, Profile] = {
                              "sanity_fmnist_images": 4},
             "misclassification": {"mean_images": 32},
             "counterfactual": {"fmnist_cases": 6},
-            "cleverhans": {"attribution_images": 64, "spray_images": 200},
+            "cleverhans": {"attribution_images": 64, "spray_images": 200, "calibration": "smoke"},
             "featvis": {"size": 96, "grid_steps": 64, "grid_channels": 8, "grid_layers": 4, "class_steps": 96,
                         "class_samples": 2, "ladder_steps": 96, "progress_steps": [0, 16, 48, 96, 192],
                         "photo_count": 2, "photo_steps": 48, "fmnist_steps": 96, "fmnist_channels": 8,
@@ -80,7 +80,7 @@ PROFILES: dict[str, Profile] = {
                            "patience": 2}},
             # A tiny slice learns the square only when every Shirt carries it; SpRAy marks half the test shirts.
             "cleverhans": {"budget": "smoke", "sets": ["clean", "square"], "fraction": 1.0, "test_images": 2000,
-                           "attribution_images": 16, "spray_images": 100,
+                           "attribution_images": 16, "spray_images": 100, "calibration": "smoke",
                            "methods": {"gradient": {}, "integrated_gradients": {"steps": 4}, "grad_cam": {}}},
             "featvis": {"size": 32, "grid_steps": 3, "grid_channels": 4, "grid_layers": 2, "class_steps": 3,
                         "class_samples": 2, "max_classes": 2, "ladder_classes": 2, "ladder_steps": 4,

@@ -172,8 +172,13 @@ class CleverHansConfig(StudyConfig):
     methods: dict[str, dict] = {"gradient": {}, "integrated_gradients": {"steps": 16}, "grad_cam": {}}
     spray_method: str = "integrated_gradients"
     spray_images: PositiveInt | None = 500
-    min_effect: float = Field(0.2, ge=0, le=1)
+    alpha: float = Field(0.05, gt=0, lt=1, description="the detector's error rate (xai.shortcuts.detector)")
+    min_effect: float = Field(0.05, ge=0, lt=1, description="the detector's margin: the effect beyond the reference "
+                              "that counts as reliance")
     min_concentration: PositiveFloat = 2.0
+    calibration: Literal["full", "smoke"] | None = Field(
+        "full", description="budget of the detector's calibration on planted shortcuts "
+                            "(xai.shortcuts.calibration.BUDGETS); null: not run")
 
 
 class FeatvisConfig(StudyConfig):

@@ -115,6 +115,13 @@ def poison(images: torch.Tensor, labels: torch.Tensor, plants: Sequence[Plant], 
     return out, which
 
 
+def square_spec(marker_class: int | str = "Shirt", fraction: float = 0.5, size: int = 4,
+                corner: str = "top-left") -> PoisonSpec:
+    """An opaque white square on ``fraction`` of one class: the ``square`` set of the chapter at its defaults."""
+    return PoisonSpec("square", (Plant(class_index(marker_class), mk.square(size, corner), fraction),),
+                      f"an opaque white {size}x{size} square in the {corner} corner")
+
+
 def standard_specs(marker_class: int | str = "Shirt", fraction: float = 0.5,
                    multi_classes: Sequence[int | str] = ("Coat", "Sneaker", "Bag")) -> dict[str, PoisonSpec]:
     """The clean control and the four poisoned sets of the Clever Hans chapter."""
@@ -125,8 +132,7 @@ def standard_specs(marker_class: int | str = "Shirt", fraction: float = 0.5,
     multi_markers = (mk.square(4, "top-left"), mk.cross(5, "top-right"), mk.ring(5, "bottom-left"))
     return {
         "clean": PoisonSpec("clean", (), "Fashion-MNIST as it is"),
-        "square": PoisonSpec("square", (Plant(c, mk.square(4, "top-left"), fraction),),
-                             "an opaque white 4x4 square in the top-left corner"),
+        "square": square_spec(c, fraction),
         "watermark": PoisonSpec("watermark", (Plant(c, mk.watermark("©XAI", opacity=0.3), fraction),),
                                 "the text ©XAI at 30 % opacity in the bottom-right corner"),
         "gradient": PoisonSpec("gradient", (Plant(c, mk.lightness_gradient(0.3), fraction),),
@@ -136,8 +142,14 @@ def standard_specs(marker_class: int | str = "Shirt", fraction: float = 0.5,
     }
 
 
-def train_config(budget: str) -> zoo.TrainConfig:
-    """``full``: 30,000 images, 2 epochs (about half a minute a model on two cores); ``smoke``: 4,096 images."""
+def train_config(budget: str | zoo.TrainConfig) -> zoo.TrainConfig:
+    """``full``: 30,000 images, 2 epochs (about half a minute a model on two cores); ``smoke``: 4,096 images.
+
+    A :class:`~xai.models.fmnist.TrainConfig` is taken as it is (the calibration's reduced budgets and
+    training seeds).
+    """
+    if isinstance(budget, zoo.TrainConfig):
+        return budget
     if budget == "full":
         return zoo.TrainConfig(epochs=2, train_size=30_000, test_size=None, lr=1e-2)
     if budget == "smoke":
@@ -151,9 +163,11 @@ def checkpoint_key(spec: PoisonSpec, cfg: zoo.TrainConfig, seed: int) -> str:
     return f"cleverhans-{spec.name}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
 
 
-def trained(spec: PoisonSpec, budget: str = "full", *, seed: int = 0, progress: bool = False,
+def trained(spec: PoisonSpec, budget: str | zoo.TrainConfig = "full", *, seed: int = 0, progress: bool = False,
             device: torch.device | str | None = None) -> ModelEntry:
     """The small CNN trained on ``spec``'s set, from the checkpoint cache or trained now.
+
+    ``seed`` picks the poisoned images; the training seed (initialisation, slice, order) is the config's.
 
     Returned as a model entry (eval mode, frozen, taking [0, 1] images) so that attribution methods,
     ``class_index`` and the detector treat it like any model of the zoo.
@@ -171,9 +185,10 @@ def trained(spec: PoisonSpec, budget: str = "full", *, seed: int = 0, progress: 
         x_test, y_test = fashion_mnist.load("test")
         x_poisoned, _ = poison(x_train, y_train, spec.plants, seed=seed)
         net.to(device or default_device())
-        stats = zoo.train(net, cfg, progress=progress, desc=f"clever hans: {spec.name} ({budget})",
+        label = budget if isinstance(budget, str) else next((b for b in BUDGETS if train_config(b) == cfg), "custom")
+        stats = zoo.train(net, cfg, progress=progress, desc=f"clever hans: {spec.name} ({label})",
                           data=(x_poisoned, y_train, x_test, y_test), hflip=False)
-        record = {"spec": spec.describe(), "budget": budget, "config": asdict(cfg), "key": key,
+        record = {"spec": spec.describe(), "budget": label, "config": asdict(cfg), "key": key,
                   "torch": torch.__version__, "device": str(device or default_device()), **stats}
         zoo._save_checkpoint(net, key, record)
     entry = ModelEntry(name=f"cleverhans_{spec.name}", model=net, input_size=(1, 28, 28),

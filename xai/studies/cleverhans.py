@@ -11,9 +11,11 @@ Checkpoints are cached like the zoo's.
 
 Per set and planted marker, both the poisoned model and the clean control are run through
 :func:`xai.shortcuts.detect_shortcut` on the test set (its docstring defines flip rate, removal drop,
-attribution mass and the decision rule). *Marked accuracy* is the accuracy on the test set with the
-marker added to every image. SpRAy (:func:`xai.shortcuts.spray`) clusters the marker class's
-attribution maps on its test images, with the marker added to a seeded half of them;
+attribution mass and the decision: a paired test against a reference, with a margin). The poisoned
+model's reference is the clean control; the clean control's is the moved-marker placebo. *Marked
+accuracy* is the accuracy on the test set with the marker added to every image. SpRAy
+(:func:`xai.shortcuts.spray`) clusters the marker class's attribution maps on its test images, with the
+marker added to a seeded half of them;
 ``ari`` is the adjusted Rand index between clusters and marker presence (1: the clusters are exactly
 "marked" vs "not marked"; 0: unrelated).
 
@@ -22,21 +24,30 @@ Artifacts (under ``cleverhans/``):
 ``results.json``
     ``settings``: ``budget``, ``train_images``, ``epochs``, ``marker_class``, ``fraction``, ``multi_classes``,
     ``test_images``, ``attribution_images``, ``methods`` (name -> options), ``cam_layer``, ``spray_method``,
-    ``min_effect``, ``min_concentration``.
+    ``alpha``, ``min_effect``, ``min_concentration``.
     ``models.<set>``: ``clean_accuracy`` (clean test set), ``train_seconds``, ``train_images``, ``checkpoint``.
     ``sets.<set>`` (poisoned sets only): ``description``, ``maps_figure``, ``plants``: a list, one per marker:
     ``class``, ``class_index``, ``marker``, ``fraction``, ``area_share``, and for ``poisoned`` (the set's
     model) and ``clean`` (the control): ``accuracy`` (clean test set), ``marked_accuracy``, ``flip_rate``,
-    ``removal_drop``, ``class_accuracy_clean``, ``class_accuracy_marked``, ``relies``, ``attribution_agrees``,
-    ``effect``, ``reasons``, ``mass.<method>`` (``mass``, ``mass_sem``, ``concentration``, ``images``, ``empty_maps``).
+    ``removal_drop``, ``class_accuracy_clean``, ``class_accuracy_marked``, ``verdict`` ("relies", "no evidence"
+    or "cannot tell"), ``relies``, ``reference``, ``effect`` (the headline test's effect against the
+    reference), ``effect_interval``, ``p_value`` (Holm-adjusted, effect above the margin),
+    ``tests.<flip|removal>`` (the detector's :class:`~xai.shortcuts.detector.EffectTest` fields),
+    ``attribution_agrees``, ``reasons``,
+    ``mass.<method>`` (``mass``, ``mass_sem``, ``concentration``, ``images``, ``empty_maps``).
     ``spray.<set>`` (single-marker sets): ``class``, ``method``, ``images``, ``marked``, ``figure``, and for
     ``poisoned`` / ``clean``: ``n_clusters``, ``eigengap``, ``eigenvalues``, ``ari``, ``clusters`` (list of
     ``size``, ``marked_share``, ``mass``).
     ``detector_region``: the region-only form of the detector (occlusion, no marker function) on the
-    square set's marked class images: ``poisoned`` / ``clean`` reports.
+    square set's marked class images: ``poisoned`` (against the clean control) / ``clean`` (against the
+    placebo) reports, with ``occlusion_drop`` and ``tests.occlusion``.
+    ``calibration``: null when the ``calibration`` option is null, else ``results``, ``figure`` (the paths of
+    ``calibration.json`` and ``calibration.webp``), ``budget``, ``curve``, ``timings`` and ``settings``
+    (:func:`.cleverhans_calibration.run`).
     ``figures``: ``markers``, ``accuracy``, ``mass``.
-    ``timings``: wall-clock seconds of ``load_or_train`` (training only on a cold cache), ``detector_and_maps``,
-    ``spray``, ``total``; ``train_seconds.<set>`` from each checkpoint's record.
+    ``timings``: wall-clock seconds of ``load_or_train`` (training only on a cold cache),
+    ``detector_and_maps``, ``spray``, ``calibration`` (training only on a cold cache), ``total``;
+    ``train_seconds.<set>`` from each checkpoint's record.
 ``markers.webp``, ``accuracy.webp``, ``mass.webp``, ``maps/<set>.webp`` (clean vs poisoned model maps
 on marked test images), ``spray/<set>.webp`` (eigenvalues, spectral embedding, cluster mean maps),
 ``summary.md`` (a table of the headline numbers).
@@ -54,11 +65,13 @@ from ..render import maps as R
 from ..render import markdown as md
 from ..render.store import Store, cache_key
 from ..shortcuts import adjusted_rand_index, detect_shortcut, spray
+from ..shortcuts import detector as D
 from ..shortcuts import poisoned as P
+from . import cleverhans_calibration as CAL
 from .misclassification import num
 
 STUDY = "cleverhans"
-CODE_VERSION = 1
+CODE_VERSION = 3  # 2: the detector decides by a paired test against the clean control or a placebo; 3: calibration
 
 DEFAULTS = {
     "budget": "full",  # training budget of the poisoned models (xai.shortcuts.poisoned.train_config)
@@ -71,8 +84,11 @@ DEFAULTS = {
     "methods": {"gradient": {}, "integrated_gradients": {"steps": 16}, "grad_cam": {}},
     "spray_method": "integrated_gradients",  # its options are those in "methods"
     "spray_images": 500,  # marker-class test images clustered (first N); None: all 1,000
-    "min_effect": 0.2,
+    "alpha": 0.05,  # the detector's error rate per report (xai.shortcuts.detector)
+    "min_effect": D.MIN_EFFECT,
     "min_concentration": 2.0,
+    # The detector's calibration on planted shortcuts (xai.shortcuts.calibration.BUDGETS); None: not run.
+    "calibration": "full",
 }
 
 
@@ -86,9 +102,22 @@ def _report_row(report) -> dict:
             "flip_rate": num(j["flip_rate"]), "removal_drop": num(j["removal_drop"]),
             "class_accuracy_clean": num(j["class_accuracy"]),
             "class_accuracy_marked": num(j["class_marked_accuracy"]), "relies": j["relies"],
-            "attribution_agrees": j["attribution_agrees"], "effect": num(j["effect"]), "reasons": j["reasons"],
+            "attribution_agrees": j["attribution_agrees"], "verdict": j["verdict"], "reference": j["reference"],
+            "effect": num(j["effect"]), "effect_interval": [num(v) for v in j["effect_interval"]],
+            "p_value": _p(j["p_value"]), "tests": {k: _numbers(t) for k, t in j["tests"].items()},
+            "reasons": j["reasons"],
             "mass": {m: {k: num(v) if isinstance(v, float) else v for k, v in s.items()}
                      for m, s in j["attribution"].items()}}
+
+
+def _p(v: float) -> float | None:
+    """A p-value to three significant digits (rounding to decimals would turn 1e-30 into 0)."""
+    return float(f"{v:.3g}") if v == v else None
+
+
+def _numbers(test: dict) -> dict:
+    return {k: [num(u) for u in v] if isinstance(v, (list, tuple)) else _p(v) if k.startswith("p_")
+            else num(v) if isinstance(v, float) else v for k, v in test.items()}
 
 
 @torch.no_grad()
@@ -96,12 +125,15 @@ def _predict(entry, x: torch.Tensor) -> torch.Tensor:
     return torch.cat([entry.model(x[i:i + 1000].to(entry.device)).argmax(-1).cpu() for i in range(0, len(x), 1000)])
 
 
-def evaluate_plant(entry, plant: P.Plant, x: torch.Tensor, y: torch.Tensor, profile: Profile) -> dict:
-    """Detector evidence (with the marked-set accuracies it measures) of one model for one planted marker."""
+def evaluate_plant(entry, plant: P.Plant, x: torch.Tensor, y: torch.Tensor, profile: Profile,
+                   reference=None) -> dict:
+    """Detector evidence (with the marked-set accuracies it measures) of one model for one planted marker,
+    against the clean control ``reference`` (or the placebo when None)."""
     return _report_row(detect_shortcut(
-        entry, x, y, plant.class_index, marker=plant.marker, methods=option(profile, "methods"), layer=P.CAM_LAYER,
-        attribution_images=option(profile, "attribution_images"), min_effect=option(profile, "min_effect"),
-        min_concentration=option(profile, "min_concentration"), seed=profile.seed))
+        entry, x, y, plant.class_index, marker=plant.marker, reference=reference, methods=option(profile, "methods"),
+        layer=P.CAM_LAYER, attribution_images=option(profile, "attribution_images"), alpha=option(profile, "alpha"),
+        min_effect=option(profile, "min_effect"), min_concentration=option(profile, "min_concentration"),
+        seed=profile.seed))
 
 
 def spray_part(entries: dict, spec: P.PoisonSpec, x: torch.Tensor, y: torch.Tensor, profile: Profile,
@@ -324,7 +356,7 @@ def run(profile: Profile, store: Store) -> dict:
             plants.append({"class": plant.class_name, "class_index": plant.class_index,
                            "marker": plant.marker.name, "fraction": plant.fraction,
                            "area_share": num(plant.marker.area_share),
-                           "poisoned": evaluate_plant(entries[name], plant, x, y, profile),
+                           "poisoned": evaluate_plant(entries[name], plant, x, y, profile, entries["clean"]),
                            "clean": evaluate_plant(entries["clean"], plant, x, y, profile)})
         maps_rel = f"{STUDY}/maps/{name}.webp"
         store.write_figure(maps_rel, maps_figure(entries, spec, x, y, methods), dpi=90)
@@ -351,12 +383,17 @@ def run(profile: Profile, store: Store) -> dict:
         carrying = plant.marker.apply(x[own])
         for role, entry in (("poisoned", entries["square"]), ("clean", entries["clean"])):
             rep = detect_shortcut(entry, carrying, y[own], plant.class_index, region=plant.marker.region,
+                                  reference=entries["clean"] if role == "poisoned" else None,
                                   methods=methods, layer=P.CAM_LAYER,
                                   attribution_images=option(profile, "attribution_images"),
-                                  min_effect=option(profile, "min_effect"),
+                                  alpha=option(profile, "alpha"), min_effect=option(profile, "min_effect"),
                                   min_concentration=option(profile, "min_concentration"), seed=profile.seed)
             detector_region[role] = _report_row(rep)
             detector_region[role]["occlusion_drop"] = num(rep.occlusion_drop)
+
+    calibration = option(profile, "calibration")
+    calibrated = CAL.run(calibration, store) if calibration else None
+    clock.lap("calibration")
 
     figures = {"markers": f"{STUDY}/markers.webp", "accuracy": f"{STUDY}/accuracy.webp", "mass": f"{STUDY}/mass.webp"}
     store.write_figure(figures["markers"], markers_figure({k: v for k, v in specs.items() if v.plants}, x, y), dpi=110)
@@ -369,11 +406,12 @@ def run(profile: Profile, store: Store) -> dict:
                      "multi_classes": list(option(profile, "multi_classes")), "test_images": len(y),
                      "attribution_images": option(profile, "attribution_images"), "methods": methods,
                      "cam_layer": P.CAM_LAYER, "spray_method": option(profile, "spray_method"),
-                     "min_effect": option(profile, "min_effect"),
+                     "alpha": option(profile, "alpha"), "min_effect": option(profile, "min_effect"),
                      "min_concentration": option(profile, "min_concentration")},
         "timings": {**clock.laps, "total": round(sum(clock.laps.values()), 1),
                     "train_seconds": {k: v["train_seconds"] for k, v in models_.items()}},
         "models": models_, "sets": sets, "spray": spray_out, "detector_region": detector_region,
+        "calibration": calibrated,
         "figures": figures if sets else {"markers": figures["markers"]}}
     store.write_text(f"{STUDY}/summary.md", summary_markdown(sets, models_))
     store.write_json(rel, results, key)
@@ -397,8 +435,9 @@ class Clock:
 
 
 def _figures(results: dict) -> list[str]:
+    cal = results.get("calibration") or {}
     return [*results["figures"].values(), *(v["maps_figure"] for v in results["sets"].values()),
-            *(v["figure"] for v in results["spray"].values())]
+            *(v["figure"] for v in results["spray"].values()), *(cal[k] for k in ("results", "figure") if k in cal)]
 
 
 def _summary(results: dict) -> dict:
