@@ -22,7 +22,7 @@ ray = pytest.importorskip("ray", reason="ray is not installed: pip install -e '.
 
 from tolerance import NETWORK  # noqa: E402
 from xai import cli, profiles
-from xai import run as executors  # noqa: E402
+from xai import run as xrun  # noqa: E402
 from xai.paths import cache_dir  # noqa: E402
 from xai.render.store import Store  # noqa: E402
 

@@ -88,7 +88,7 @@ class RayExecutor:
             log: Callable[[str], None] = print) -> dict[str, dict]:
         from .. import studies
 
-        order = studies.selected(names)
+        order = studies.enabled(names, profile, log=log)
         try:
             import ray
         except ImportError as e:

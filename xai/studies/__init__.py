@@ -48,6 +48,17 @@ def selected(names: list[str] | None) -> list[str]:
     return [s for s in STUDIES if s in names]
 
 
+def enabled(names: list[str] | None, profile: Profile, *, log=print) -> list[str]:
+    """:func:`selected`, less the studies the profile's config turns off (each said in the log)."""
+    out = []
+    for n in selected(names):
+        if n in profile.disabled:
+            log(f"[{n}] off in the {profile.name} config")
+        else:
+            out.append(n)
+    return out
+
+
 def run_study(name: str, profile: Profile, store: Store, *, log=print) -> dict:
     """One study, seeded and timed in the manifest; returns its summary."""
     torch.manual_seed(profile.seed)
@@ -55,11 +66,11 @@ def run_study(name: str, profile: Profile, store: Store, *, log=print) -> dict:
     log(f"[{name}] running ({profile.name} profile)")
     module = importlib.import_module(STUDIES[name])
     with store.study(name, profile.seed) as summary:
-        summary.update(module.run(profile, store) or {})
+        summary.update(module.run(profile.for_study(name), store) or {})
     log(f"[{name}] done in {time.perf_counter() - start:.1f} s")
     return summary
 
 
 def run(names: list[str] | None, profile: Profile, store: Store, *, log=print) -> dict[str, dict]:
     """Run the named studies (all when None) in registry order; returns their summaries."""
-    return {n: run_study(n, profile, store, log=log) for n in selected(names)}
+    return {n: run_study(n, profile, store, log=log) for n in enabled(names, profile, log=log)}
