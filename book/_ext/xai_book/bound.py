@@ -6,7 +6,7 @@
                                         fails (naming the page, the expression and its values) otherwise
 ``{cases}`` holding ``{case}`` blocks    alternatives for results that may go either way: exactly one
                                         ``:when:`` must hold, the others are left out
-``{generated} study/file.md``          a Markdown snippet a study wrote (tables), parsed as MyST
+``{generated} study/file.md``          a Markdown snippet a study wrote (the speed section), parsed as MyST
 ``{study} NAME``                       the provenance note of a chapter, or the "not computed" notice
 """
 from __future__ import annotations
@@ -281,7 +281,7 @@ class BindDirective(SphinxDirective):
 # -- {generated} ------------------------------------------------------------------------------------------
 
 class GeneratedDirective(SphinxDirective):
-    """Include a Markdown snippet that a study wrote (``{generated} overview/models.md``)."""
+    """Include a Markdown snippet that a study wrote (``{generated} speed/section.md``)."""
 
     required_arguments = 1
     has_content = False
