@@ -59,6 +59,8 @@ def test_the_precompute_records_what_the_book_needs(tmp_path):
 
     store = Store(tmp_path, profile="smoke")
     store.record_build({"registered_studies": list(STUDIES), "profiles": profiles.table()})
+    # Before any study has finished, the manifest says so: no study ran (and the book fails by name).
+    assert json.loads((tmp_path / "manifest.json").read_text())["studies"] == {}
     store.update_manifest("overview", {"photos": 3}, 1.5, seed=0)
     m = json.loads((tmp_path / "manifest.json").read_text())
     assert m["registered_studies"] == list(STUDIES) and m["studies"]["overview"]["summary"] == {"photos": 3}

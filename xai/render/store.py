@@ -218,11 +218,12 @@ class Store:
                 manifest = {}  # a build of another profile: start over rather than mix
             manifest.update({"profile": self.profile, "environment": env,
                              "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+            manifest.setdefault("studies", {})  # also in a manifest that so far holds only the build's record
             edit(manifest)
             atomic_write_json(path, manifest)
 
     def update_manifest(self, study: str, summary: dict, seconds: float, seed: int) -> None:
-        self._edit_manifest(lambda m: m.setdefault("studies", {}).__setitem__(
+        self._edit_manifest(lambda m: m["studies"].__setitem__(
             study, {"seconds": round(seconds, 2), "seed": seed, "summary": summary}))
 
     def record_build(self, build: dict) -> None:
