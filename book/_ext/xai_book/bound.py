@@ -98,7 +98,8 @@ def not_computed_admonition(study: str, what: str) -> nodes.admonition:
     para = nodes.paragraph()
     para += nodes.Text(f"{what} comes from the ")
     para += nodes.literal(text=study)
-    para += nodes.Text(" study, which this checkout does not have (it is not registered in ")
+    # The registry is the one the precompute recorded in the manifest: the book cannot ask the package.
+    para += nodes.Text(" study, which the precompute of this build did not have (it was not registered in ")
     para += nodes.literal(text="xai.studies.STUDIES")
     para += nodes.Text("). Once it is, ")
     para += nodes.literal(text="make book")
