@@ -164,13 +164,19 @@ def _hostile_generated(root: Path, value: str):
              "poisoned": {"marked_accuracy": 0.2, "flip_rate": 0.7, "removal_drop": 0.5, "relies": True}}
     cleverhans = {"sets": {value: {"plants": [plant]}},
                   "models": {"clean": {"clean_accuracy": 0.9}, value: {"clean_accuracy": 0.8}}}
+    ranked = {"mean": 0.5, "rank": 1}
+    case = {"methods": [value], "labels": {value: value, "lime": value}, "not_applicable": {"lime": value},
+            "ground_truth": {"relevance_mass": {value: ranked}, "pointing_game": {value: ranked}},
+            "metrics": {value: {"label": value, "family": value, "rank": {value: 1.5}}}}
+    leaderboard = {"headline": value, "cases": {value: case}}
     files = {"overview/photos.json": [photo], "overview/models.json": [model],
+             "leaderboard/results.json": leaderboard,
              "misclassification/results.json": {"fmnist": confusion},
              "faithfulness/results.json": faithfulness, "cleverhans/results.json": cleverhans}
     for rel, obj in files.items():
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_text(json.dumps(obj))
-    studies = ["overview", "misclassification", "faithfulness", "cleverhans"]
+    studies = ["overview", "misclassification", "faithfulness", "cleverhans", "leaderboard"]
     (root / "manifest.json").write_text(json.dumps({"profile": "smoke", "registered_studies": studies,
                                                     "studies": {s: {} for s in studies}}))
     return Generated(root)
@@ -187,7 +193,7 @@ def test_the_studies_tables_keep_hostile_names_literal(value, tmp_path):
     # (table, columns, rows): the rows of each table above, one column per model where the table has them
     for name, columns, rows in [("overview/photos", 4, 1), ("overview/models", 7, 1),
                                 ("misclassification/confusions", 5, 1), ("faithfulness/table", 3, 2),
-                                ("cleverhans/summary", 8, 2)]:
+                                ("cleverhans/summary", 8, 2), ("leaderboard/table", 5, 2)]:
         table = tables.build(gen, name)
         entries = [[e for e in row.findall(nodes.entry)] for row in table.findall(nodes.row)]
         assert [len(r) for r in entries] == [columns] * (rows + 1), name  # header and body rows

@@ -140,12 +140,38 @@ def cleverhans_summary(gen: Generated, options: dict) -> Table:
     return t
 
 
+def leaderboard_table(gen: Generated, options: dict) -> Table:
+    """The headline case's methods (rows, by ground-truth rank) x ranks: the two localisation scores, then
+    every metric's, 1 the best."""
+    results = gen.load("leaderboard/results.json")
+    case = results["cases"][results["headline"]]
+    gt, labels = case["ground_truth"], case["labels"]
+    metrics = sorted(case["metrics"], key=lambda m: (case["metrics"][m]["family"], m))
+    order = sorted(case["methods"], key=lambda m: (gt["relevance_mass"][m]["rank"] or 1e9, m))
+    header = [text(h) for h in ("method", "relevance mass", "rank", "pointing game rank")]
+    header += [text(case["metrics"][m]["label"]) for m in metrics]
+    t = Table(header, [None] + [RIGHT] * (len(header) - 1))
+
+    def rank(v) -> Cell:
+        return text("—" if v is None else (f"{v:.0f}" if float(v).is_integer() else f"{v:.1f}"))
+
+    for m in order:
+        mass = gt["relevance_mass"][m]["mean"]
+        t.add(text(labels.get(m, m)), text("—" if mass is None else f"{mass:.2f}"),
+              rank(gt["relevance_mass"][m]["rank"]), rank(gt["pointing_game"][m]["rank"]),
+              *(rank(case["metrics"][k]["rank"].get(m)) for k in metrics))
+    for m in case.get("not_applicable", {}):
+        t.add(text(labels.get(m, m)), *(text("n/a") for _ in header[1:]))
+    return t
+
+
 TABLES: dict[str, Callable[[Generated, dict], Table]] = {
     "overview/models": overview_models,
     "overview/photos": overview_photos,
     "misclassification/confusions": misclassification_confusions,
     "faithfulness/table": faithfulness_table,
     "cleverhans/summary": cleverhans_summary,
+    "leaderboard/table": leaderboard_table,
 }
 
 
