@@ -40,12 +40,15 @@ def run(names: list[str] | None, profile: Profile, store: Store, *, log=print) -
     store.record_build({"registered_studies": list(STUDIES), "profiles": profiles.table()})
     results = {}
     for n in [s for s in STUDIES if s in names]:
+        if n in profile.disabled:
+            log(f"[{n}] off in the {profile.name} config")
+            continue
         torch.manual_seed(profile.seed)
         start = time.perf_counter()
         log(f"[{n}] running ({profile.name} profile)")
         module = importlib.import_module(STUDIES[n])
         with store.study(n, profile.seed) as summary:
-            summary.update(module.run(profile, store) or {})
+            summary.update(module.run(profile.for_study(n), store) or {})
         log(f"[{n}] done in {time.perf_counter() - start:.1f} s")
         results[n] = summary
     return results

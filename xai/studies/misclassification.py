@@ -173,7 +173,7 @@ def photos_part(profile: Profile, store: Store, methods, opts: dict) -> tuple[li
     labelled = [p for p in photo_ids(profile) if images.photo(p).label is not None]
     records, counts = [], {}
     for name in profile.imagenet_models:
-        entry = S.require_label_space(models.load(name), models.IMAGENET_1K)
+        entry = S.require_label_space(S.load(name, profile), models.IMAGENET_1K)
         batch = S.photo_batch(entry, labelled)
         wrong = [i for i, p in enumerate(labelled) if int(batch.targets[i]) != images.photo(p).label]
         counts[name] = {"labelled": len(labelled), "misclassified": len(wrong)}
@@ -262,7 +262,7 @@ def _slug(name: str) -> str:
 def fmnist_part(profile: Profile, store: Store, methods, opts: dict) -> dict:
     out = {}
     for name in profile.fmnist_models:
-        entry = S.require_label_space(models.load(name, **S.loader_kwargs(name, profile)), models.FASHION_MNIST)
+        entry = S.require_label_space(S.load(name, profile), models.FASHION_MNIST)
         key = cache_key(STUDY, CODE_VERSION, "fmnist", S.model_id(entry), opts,
                         {m: attribution.get(m).version for m in [*methods, "grad_cam"]},
                         {k: option(profile, k) for k in DEFAULTS if k != "methods"})

@@ -36,8 +36,10 @@ def run(profile: Profile, store: Store) -> dict:
                      "size": list(img.shape[1:]), "predictions": {}})
 
     model_rows = []
+    from .saliency import load  # saliency reads this module's photo ids: imported here, not at the top
+
     for name in profile.imagenet_models:
-        entry = models.load(name)
+        entry = load(name, profile)
         if entry.label_space != models.IMAGENET_1K:
             raise XaiError(f"{name} has the label space {entry.label_space}: the photos' labels are ImageNet-1k")
         model_rows.append(_model_row(entry))
@@ -46,10 +48,8 @@ def run(profile: Profile, store: Store) -> dict:
             row["predictions"][name] = [{"index": i, "name": n, "p": round(q, 4)} for i, n, q in top5]
             row.setdefault("correct", {})[name] = row["label"] is not None and top5[0][0] == row["label"]
 
-    for name in profile.fmnist_models:
-        entry = models.load(name, **{k: v for k, v in {"budget": profile.fmnist_budget}.items()
-                                     if k in models.loader_options(name)})
-        model_rows.append(_model_row(entry))
+    for name in (*profile.fmnist_models, *profile.other_models):
+        model_rows.append(_model_row(load(name, profile)))
 
     x, y = fashion_mnist.load("test")
     store.write_figure("overview/fmnist_samples.png", figures.fmnist_samples(x, y, fashion_mnist.CLASSES))
