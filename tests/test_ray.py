@@ -113,8 +113,10 @@ def test_ray_run_equals_inprocess(cluster, inprocess, tmp_path):
     assert cli.main(["precompute", "--profile", "smoke", "--only", *STUDIES, "--out", str(out),
                      "--executor", "ray", "--workers", "2"]) == 0
     assert_same_results(inprocess, out)  # keys.json among them: the same cache keys
-    manifest = json.loads((out / "manifest.json").read_text())
+    manifest, expected = (json.loads((d / "manifest.json").read_text()) for d in (out, inprocess))
     assert set(manifest["studies"]) == set(STUDIES)
+    for key in ("profile", "registered_studies", "profiles"):  # what the book reads of the build
+        assert manifest[key] == expected[key]
 
 
 def die_after_first_job(name, profile, root, store_profile, threads):

@@ -117,3 +117,11 @@ def get(name: str) -> Profile:
 def with_options(profile: Profile, **study_options: dict) -> Profile:
     merged = {**profile.options, **study_options}
     return replace(profile, options=merged)
+
+
+def table() -> list[dict]:
+    """Every profile as the book lists it; the precompute writes this into the manifest, since the book's
+    extension reads only the generated folder."""
+    return [{"name": p.name, "imagenet_models": list(p.imagenet_models), "fmnist_models": list(p.fmnist_models),
+             "fmnist_budget": p.fmnist_budget, "photos": None if p.photos is None else list(p.photos),
+             "seed": p.seed} for p in PROFILES.values()]

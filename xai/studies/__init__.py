@@ -11,6 +11,7 @@ import time
 
 import torch
 
+from .. import profiles
 from ..errors import UnknownNameError
 from ..profiles import Profile
 from ..render.store import Store
@@ -48,6 +49,12 @@ def selected(names: list[str] | None) -> list[str]:
     return [s for s in STUDIES if s in names]
 
 
+def record_build(store: Store) -> None:
+    # The book reads the registry from here (a study missing from it shows as "not computed"), not from
+    # this package: its extension imports neither torch nor xai.
+    store.record_build({"registered_studies": list(STUDIES), "profiles": profiles.table()})
+
+
 def enabled(names: list[str] | None, profile: Profile, *, log=print) -> list[str]:
     """:func:`selected`, less the studies the profile's config turns off (each said in the log)."""
     out = []
@@ -73,4 +80,6 @@ def run_study(name: str, profile: Profile, store: Store, *, log=print) -> dict:
 
 def run(names: list[str] | None, profile: Profile, store: Store, *, log=print) -> dict[str, dict]:
     """Run the named studies (all when None) in registry order; returns their summaries."""
-    return {n: run_study(n, profile, store, log=log) for n in enabled(names, profile, log=log)}
+    order = enabled(names, profile, log=log)
+    record_build(store)
+    return {n: run_study(n, profile, store, log=log) for n in order}
