@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	@echo "make: creating $(VENV) and installing the pinned dependencies (log: $(VENV)/pip.log)"
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	@$(PY) -m pip install --disable-pip-version-check -e '.[test,bench]' > $(VENV)/pip.log 2>&1 \
+	@$(PY) -m pip install --disable-pip-version-check -e '.[test,bench,ray]' > $(VENV)/pip.log 2>&1 \
 		|| { tail -n 30 $(VENV)/pip.log; echo "make: pip install failed (full log: $(VENV)/pip.log)"; exit 1; }
 	@# quantus and, on a Python older than zennit asks for, zennit, without their requirements (which
 	@# the set above already pins): see the notes in pyproject.toml

@@ -3,6 +3,7 @@
 Benchmarks are not timed tests: nothing here asserts a speed.
 """
 import json
+from dataclasses import replace
 import math
 import os
 import subprocess
@@ -45,7 +46,9 @@ def smoke(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     md = out / "BENCH.md"
     env = {**os.environ, "XAI_GENERATED": str(out / "generated"), "PYTHONWARNINGS": "ignore"}
-    cmd = [sys.executable, str(REPO / "scripts" / "bench"), "--profile", "smoke", "--markdown", str(md)]
+    # The ray section (two cold precomputes) has a test of its own below, to keep this one's time.
+    cmd = [sys.executable, str(REPO / "scripts" / "bench"), "--profile", "smoke", "--markdown", str(md),
+           "--only", *(s for s in bench.DEFAULT_SECTIONS if s != "ray")]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     gen = out / "generated"
@@ -412,6 +415,25 @@ def test_an_e2e_run_keeps_the_other_profiles_last_measurement(tmp_path, monkeypa
         torch.set_num_threads(threads)
     assert out["e2e"] == {"full": full, "quick": quick}
     assert "| full | 33.3 min | 50 s |" in (tmp_path / "B.md").read_text()
+
+
+def test_ray_section_times_both_executors(tmp_path, monkeypatch):
+    pytest.importorskip("ray", reason="ray is not installed: pip install -e '.[ray]'")
+    # One study (a cold overview, about 10 s a side) keeps the test short; the bench's own is larger.
+    monkeypatch.setitem(bench.CONFIGS, "smoke", replace(bench.CONFIGS["smoke"], precompute_studies=("overview",)))
+    monkeypatch.setenv("XAI_GENERATED", str(tmp_path / "generated"))
+    threads = torch.get_num_threads()
+    try:
+        out = bench.run("smoke", ["ray"], markdown_path=tmp_path / "B.md", log=lambda _: None)
+    finally:
+        torch.set_num_threads(threads)
+    r = out["ray"]
+    assert r["profile"] == "smoke" and r["studies"] == ["overview"] and r["workers"] == 2
+    assert _finite_positive(r["inprocess_s"]) and _finite_positive(r["ray_s"])
+    # Both times are rounded to 0.1 s before the ratio is formed from the unrounded ones.
+    assert abs(r["speedup"] - r["inprocess_s"] / r["ray_s"]) <= 0.01 + 0.1 / r["ray_s"]
+    text = (tmp_path / "B.md").read_text()
+    assert "## Precompute on Ray" in text and f"{r['speedup']:.2f}x" in text
 
 
 def test_report_copes_with_partial_results(smoke):

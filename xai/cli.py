@@ -137,12 +137,31 @@ def _cmd_visualize(args) -> None:
 
 
 def _cmd_precompute(args) -> None:
-    from . import profiles, studies
+    from . import profiles, run, studies
     from .render.store import Store
 
     profile = profiles.get(args.config or args.profile)
+    studies.selected(args.only)  # an unknown study name fails here, before a cluster is joined
+    executor = run.get(args.executor, address=args.address, workers=args.workers,
+                       cpus_per_task=args.cpus_per_task, gpus_per_task=args.gpus_per_task)
     store = Store(args.out, profile=profile.name) if args.out else Store(profile=profile.name)
-    studies.run(args.only, profile, store)
+    executor.run(args.only, profile, store)
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return int(text)
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number of at least 0, got {text!r}")
+    return value
 
 
 def _cmd_config(args) -> None:
@@ -208,6 +227,17 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "instead of a shipped profile")
     s.add_argument("--only", nargs="*", help="only these studies")
     s.add_argument("--out", help="artifact folder (default book/_generated)")
+    s.add_argument("--executor", default="inprocess", choices=("inprocess", "ray"),
+                   help="inprocess (default: one study after another here) or ray (studies as Ray tasks, "
+                        "independent ones at once)")
+    s.add_argument("--address", help="ray: a running cluster's address (ray start --head prints it; "
+                                     "default: start a local one). Every node must see --out and the cache "
+                                     "at the same path")
+    s.add_argument("--workers", type=_positive_int, metavar="N",
+                   help="ray: studies at once (default: the cluster's CPUs over --cpus-per-task)")
+    s.add_argument("--cpus-per-task", type=_positive_float, metavar="C", help="ray: CPUs per study (default 1)")
+    s.add_argument("--gpus-per-task", type=_positive_float, metavar="G",
+                   help="ray: GPUs per study (default 0; give 1 where workers have CUDA, which studies then use)")
     s.set_defaults(func=_cmd_precompute)
 
     s = sub.add_parser("config", help="check a report config, or show one with every default filled in")

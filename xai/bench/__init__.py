@@ -11,6 +11,8 @@ Sections (``scripts/bench --profile P [--only SECTION ...] [--e2e]``):
 - ``metrics`` (:mod:`.metrics`): every metric of :data:`xai.metrics.METRICS` that Quantus also has, ours
   vs Quantus's on a Fashion-MNIST CNN, seconds per call, the ratio and agreement (or the definitional
   difference);
+- ``ray`` (:mod:`.precompute`): ``xai precompute`` of the smoke profile on a local Ray cluster with two
+  workers against in process, each from a cold store, as a ratio;
 - ``e2e`` (:mod:`.e2e`, opt-in, long): ``make book`` cold and warm for the quick and full profiles;
 - always: the machine (CPU, cores, GPU), its measured float32 matmul GFLOP/s and the model's FLOPs per
   forward(+backward), against which every timed side's FLOPs per second are a fraction of peak.
@@ -54,8 +56,8 @@ from pathlib import Path
 from ..errors import UnknownNameError, XaiError
 from ..paths import REPO
 
-SECTIONS = ("attribution", "featvis", "metrics", "e2e")
-DEFAULT_SECTIONS = ("attribution", "featvis", "metrics")
+SECTIONS = ("attribution", "featvis", "metrics", "ray", "e2e")
+DEFAULT_SECTIONS = ("attribution", "featvis", "metrics", "ray")
 RESULTS = "bench/results.json"
 FIGURE = "bench/speed.png"
 STORE_MARKDOWN = "bench/BENCHMARKS.md"
@@ -96,6 +98,10 @@ class BenchConfig:
     metrics_batch: int = 16
     metrics_samples: int = 16  # perturbations (or subsets) per image and metric
     e2e_profiles: tuple[str, ...] = ("quick", "full")
+    # The ray section: this profile's precompute (these studies; None: all of them) with this many workers.
+    precompute_profile: str = "smoke"
+    precompute_studies: tuple[str, ...] | None = None
+    precompute_workers: int = 2
     seed: int = 0
     # CPU threads; None keeps torch's default (all cores). The smoke run uses one: on a busy machine
     # two spinning OpenMP threads per process can be ten times slower than one.
@@ -110,7 +116,9 @@ CONFIGS: dict[str, BenchConfig] = {
                          occlusion_window=32, occlusion_stride=32, internal_batch_size=8, repeats=3,
                          featvis_layers=("blocks.1", "blocks.3"), featvis_channels=2, featvis_size=32,
                          featvis_model_size=64, featvis_steps=4, matmul_size=512, metrics_budget="smoke",
-                         metrics_batch=4, metrics_samples=4, threads=1),
+                         metrics_batch=4, metrics_samples=4, threads=1,
+                         # two studies that run in parallel in about a minute, cold, on 2 cores
+                         precompute_studies=("overview", "gradcam")),
 }
 
 
@@ -151,7 +159,7 @@ def _previous(store, profile: str, machine: dict) -> dict:
     if old.get("e2e"):
         keep["e2e"] = old["e2e"]
     if old.get("profile") == profile:
-        for section in ("attribution", "featvis", "metrics"):
+        for section in ("attribution", "featvis", "metrics", "ray"):
             if old.get(section):
                 keep[section] = old[section]
     return keep
@@ -167,6 +175,7 @@ def run(profile: str = "full", sections: Sequence[str] = DEFAULT_SECTIONS, *,
     from ..render.store import Store
     from . import attribution, e2e, featvis, report
     from . import metrics as metrics_bench
+    from . import precompute as precompute_bench
     from .measure import machine, matmul_peak
 
     cfg = config(profile)
@@ -205,6 +214,8 @@ def run(profile: str = "full", sections: Sequence[str] = DEFAULT_SECTIONS, *,
     if "metrics" in sections:
         small = models.load(cfg.metrics_model, budget=cfg.metrics_budget, device=device, progress=False)
         results["metrics"] = {"measured_at": stamp(), **metrics_bench.run(small, cfg, log)}
+    if "ray" in sections:
+        results["ray"] = {"measured_at": stamp(), **precompute_bench.run(cfg, log)}
     results["measured_at"] = stamp()
     results["targets"] = report.targets(results)
     store.write_json(RESULTS, results)

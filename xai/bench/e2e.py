@@ -28,13 +28,14 @@ STARTS_WITHOUT = ("generated artifacts", "built site", "trained checkpoints", "a
 
 
 @contextmanager
-def cold_environment() -> Iterator[dict[str, str]]:
-    """Environment variables that point a build at an empty scratch cache, artifact folder and site."""
+def cold_environment(keep: Sequence[str] = DOWNLOADED) -> Iterator[dict[str, str]]:
+    """Environment variables that point a build at an empty scratch cache, artifact folder and site; the
+    cache's ``keep`` folders are linked in."""
     scratch = Path(tempfile.mkdtemp(prefix="xai-e2e-"))
     try:
         cache = scratch / "cache"
         cache.mkdir()
-        for name in DOWNLOADED:
+        for name in keep:
             if (cache_dir() / name).exists():
                 (cache / name).symlink_to(cache_dir() / name, target_is_directory=True)
         yield {"XAI_CACHE": str(cache), "XAI_GENERATED": str(scratch / "generated"),

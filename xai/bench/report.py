@@ -216,6 +216,8 @@ def markdown(results: dict) -> str:
 
     lines += _metrics_markdown(results.get("metrics"))
 
+    lines += _ray_markdown(results.get("ray"))
+
     e2e = results.get("e2e")
     lines += ["", "## End to end", ""]
     if e2e:
@@ -228,6 +230,17 @@ def markdown(results: dict) -> str:
         lines.append("Not measured in this run: `scripts/bench --only e2e` builds the book cold and warm for the "
                      "quick and full profiles (as long as those builds take; `--e2e-profiles quick` for one).")
     return "\n".join(lines) + "\n"
+
+
+def _ray_markdown(r: dict | None) -> list[str]:
+    lines = ["", "## Precompute on Ray", ""]
+    if not r:
+        return lines + ["Not measured in this run: `scripts/bench --only ray`."]
+    if "skipped" in r:
+        return lines + [f"Not measured: {r['skipped']}."]
+    return lines + [f"`xai precompute --profile {r['profile']}` ({', '.join(r['studies'])}), each side from a cold "
+                    f"store: in process {_seconds(r['inprocess_s'])}, `--executor ray --workers {r['workers']}` "
+                    f"{_seconds(r['ray_s'])} (its local cluster's start included): {r['speedup']:.2f}x."]
 
 
 def _score_cam_passes(p: dict, layer) -> list[str]:

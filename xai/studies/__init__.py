@@ -1,7 +1,8 @@
 """Studies: one module per chapter. Each is ``run(profile, store) -> summary`` and writes through the store.
 
-A study is a plain function with explicit inputs and outputs, so an engine such as Ray or Dask could
-run them across machines later; the order below only matters for studies that read another's output.
+A study is a plain function with explicit inputs and outputs, so an executor (:mod:`xai.run`)
+may run independent studies in parallel, in other processes or on other machines; :data:`DEPENDS`
+says which study must finish before another starts.
 """
 from __future__ import annotations
 
@@ -28,27 +29,57 @@ STUDIES: dict[str, str] = {
     "speed": "xai.studies.speed",
 }
 
+# Study -> the studies whose outputs it reuses. Not for correctness (every study computes what it lacks,
+# and the store's writes are atomic and locked), but so that a parallel run does not do the same work
+# twice: leaderboard ranks methods on cleverhans' checkpoints (it would train them again), faithfulness
+# reads saliency's cached maps, counterfactual the Fashion-MNIST probabilities misclassification caches.
+DEPENDS: dict[str, tuple[str, ...]] = {
+    "faithfulness": ("saliency",),
+    "counterfactual": ("misclassification",),
+    "leaderboard": ("cleverhans",),
+}
 
-def run(names: list[str] | None, profile: Profile, store: Store, *, log=print) -> dict[str, dict]:
-    """Run the named studies (all when None) in registry order; returns their summaries."""
+
+def selected(names: list[str] | None) -> list[str]:
+    """The named studies (all when None or empty) in registry order; an unknown name is an error."""
     names = list(STUDIES) if not names else names
     for n in names:
         if n not in STUDIES:
             raise UnknownNameError("study", n, STUDIES)
+    return [s for s in STUDIES if s in names]
+
+
+def record_build(store: Store) -> None:
     # The book reads the registry from here (a study missing from it shows as "not computed"), not from
     # this package: its extension imports neither torch nor xai.
     store.record_build({"registered_studies": list(STUDIES), "profiles": profiles.table()})
-    results = {}
-    for n in [s for s in STUDIES if s in names]:
+
+
+def enabled(names: list[str] | None, profile: Profile, *, log=print) -> list[str]:
+    """:func:`selected`, less the studies the profile's config turns off (each said in the log)."""
+    out = []
+    for n in selected(names):
         if n in profile.disabled:
             log(f"[{n}] off in the {profile.name} config")
-            continue
-        torch.manual_seed(profile.seed)
-        start = time.perf_counter()
-        log(f"[{n}] running ({profile.name} profile)")
-        module = importlib.import_module(STUDIES[n])
-        with store.study(n, profile.seed) as summary:
-            summary.update(module.run(profile.for_study(n), store) or {})
-        log(f"[{n}] done in {time.perf_counter() - start:.1f} s")
-        results[n] = summary
-    return results
+        else:
+            out.append(n)
+    return out
+
+
+def run_study(name: str, profile: Profile, store: Store, *, log=print) -> dict:
+    """One study, seeded and timed in the manifest; returns its summary."""
+    torch.manual_seed(profile.seed)
+    start = time.perf_counter()
+    log(f"[{name}] running ({profile.name} profile)")
+    module = importlib.import_module(STUDIES[name])
+    with store.study(name, profile.seed) as summary:
+        summary.update(module.run(profile.for_study(name), store) or {})
+    log(f"[{name}] done in {time.perf_counter() - start:.1f} s")
+    return summary
+
+
+def run(names: list[str] | None, profile: Profile, store: Store, *, log=print) -> dict[str, dict]:
+    """Run the named studies (all when None) in registry order; returns their summaries."""
+    order = enabled(names, profile, log=log)
+    record_build(store)
+    return {n: run_study(n, profile, store, log=log) for n in order}
