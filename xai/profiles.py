@@ -52,6 +52,9 @@ PROFILES: dict[str, Profile] = {
                         "class_samples": 2, "ladder_steps": 96, "progress_steps": [0, 16, 48, 96, 192],
                         "photo_count": 2, "photo_steps": 48, "fmnist_steps": 96, "fmnist_channels": 8,
                         "fmnist_class_samples": 2, "exemplar_images": 2000},
+            "concepts": {"photos": 2, "cells": 5, "grid_steps": 16, "dictionary_steps": 16, "group_steps": 24,
+                         "concept_views": 8, "concept_steps": 24, "tcav_runs": 10, "random_sets": 6,
+                         "dissection_images": 300, "unit_steps": 32},
         },
     ),
     "smoke": Profile(
@@ -86,6 +89,12 @@ PROFILES: dict[str, Profile] = {
                         "class_samples": 2, "max_classes": 2, "ladder_classes": 2, "ladder_steps": 4,
                         "progress_steps": [0, 2, 4], "photo_count": 1, "photo_steps": 4, "fmnist_steps": 3,
                         "fmnist_channels": 4, "fmnist_class_samples": 1, "exemplar_images": 256, "exemplars": 4},
+            "concepts": {"size": 32, "photos": 1, "cells": 3, "grid_steps": 2, "dictionary_top": 2,
+                         "dictionary_steps": 2, "groups": 4, "group_steps": 2, "concept_views": 4, "concept_k": 3,
+                         "concept_shown": 2, "concept_steps": 2, "tcav_runs": 5, "tcav_concept_images": 20,
+                         "tcav_class_images": 40, "tcav_random_images": 200, "random_sets": 3,
+                         "localisation_images": 40, "localisation_k": 4, "dissection_images": 200,
+                         "dissected_units": 2, "unit_steps": 4},
         },
     ),
 }

@@ -23,6 +23,7 @@ STUDIES: dict[str, str] = {
     "counterfactual": "xai.studies.counterfactual",
     "cleverhans": "xai.studies.cleverhans",
     "featvis": "xai.studies.featvis",
+    "concepts": "xai.studies.concepts",
     "speed": "xai.studies.speed",
 }
 

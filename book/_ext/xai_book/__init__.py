@@ -37,6 +37,8 @@ Authoring reference (MyST)::
                                  :note: (templates: {key} or {key:.2f} of a record), :select: keys (pickers),
                                  :slider: keys, :columns: / :rows: keys, :where:, :let:, :axis-labels:
     ```{xai-channels}            channel grid; hover/focus enlarges with :exemplars: (list of paths)
+    ```{xai-blocks}              activation grid: hover a position for its semantic dictionary entry
+                                 (:data: grid records, :select:, :photo:, :alt:, :entry-alt:, :note:)
     ```{xai-table}               :data: records, :columns: key=Header|fmt, expr=Header|fmt
     ```{generated} overview/models.md            a Markdown snippet a study wrote
     ```{study} saliency          provenance note (or "not computed" when the study is not registered)
@@ -54,7 +56,7 @@ from pathlib import Path
 
 from sphinx.errors import SphinxError
 
-from . import bound, distill, figures
+from . import blocks, bound, distill, figures
 from .data import Generated, generated_root
 
 STATIC = Path(__file__).resolve().parent.parent.parent / "_static"
@@ -140,6 +142,7 @@ def setup(app):
     app.connect("env-get-outdated", _outdated)
     bound.setup(app)
     figures.setup(app)
+    blocks.setup(app)
     distill.setup(app)
     app.connect("build-finished", _prune)
     app.connect("build-finished", _finished, priority=900)
