@@ -216,9 +216,9 @@ class ConceptsConfig(StudyConfig):
     photos: PositiveInt = 4
     layers: list[int] = Field([2, 3], description="positions in the model's layers of interest")
     cells: PositiveInt = Field(7, description="grid positions per side at most (average-pooled)")
-    grid_steps: PositiveInt = 40
+    grid_steps: PositiveInt = 64
     dictionary_top: PositiveInt = 3
-    dictionary_steps: PositiveInt = 40
+    dictionary_steps: PositiveInt = 64
     groups: int = Field(6, ge=1, le=64)
     group_steps: PositiveInt = 64
     concept_photo: str | None = Field(None, description="manifest id; null: the first grid photo")

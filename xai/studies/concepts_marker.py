@@ -84,7 +84,7 @@ def run(profile: Profile, store: Store, jobs) -> dict:
                     class_index=plant.class_index, area_share=round(plant.marker.area_share, 6), layers=list(P.LAYERS))
     spec = {"checkpoints": {k: e.info["key"] for k, e in entries.items()}, "settings": settings}
     result = jobs.run("marker", spec, lambda out: _compute(entries, plant, profile, out))
-    return {"settings": settings, **{k: v for k, v in result.items() if k not in ("seconds",)}}
+    return {"settings": settings, **{k: v for k, v in result.items() if k not in ("seconds", "cpu_seconds")}}
 
 
 def _compute(entries: dict, plant, profile: Profile, out) -> dict:
