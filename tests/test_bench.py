@@ -215,6 +215,38 @@ def test_featvis_reports_speed_and_final_activations(smoke):
         assert all(math.isfinite(v) for v in acts["ours"] + acts["lucent"])
 
 
+def test_featvis_times_both_sides_to_lucents_final_activation(smoke):
+    fv = smoke["results"]["featvis"]
+    cfg = bench.config("smoke")
+    tq = fv["time_to_quality"]
+    assert fv["kept_steps"][-1] == cfg.featvis_steps
+    for layer in cfg.featvis_layers:
+        acts = fv["final_activation"][layer]
+        theirs, ours = acts["lucent_time_to_quality"], acts["ours_time_to_quality"]
+        # Rule 1: the last kept image is the final one, scored by the same function in the same batch.
+        assert [c[-1] for c in theirs["curve"]["activation"]] == acts["lucent"]
+        assert [c[-1] for c in ours["curve"]["activation"]] == acts["ours"]
+        # So lucent reaches its own bar at the latest on its last step, and every time is a real one.
+        assert all(s is not None and s <= cfg.featvis_steps for s in theirs["steps"])
+        for q in (theirs, ours):
+            for step, sec in zip(q["steps"], q["seconds"]):
+                assert (step is None) == (sec is None)
+                assert step is None or (step in fv["kept_steps"] and _finite_positive(sec))
+    assert tq["lucent"]["reached"] == tq["lucent"]["units"] == fv["units"]
+    if tq["ours"]["median_s"] is not None:
+        assert math.isclose(tq["speedup"], tq["lucent"]["median_s"] / tq["ours"]["median_s"])
+
+
+def test_score_cam_counts_its_skipped_passes_and_measures_its_approximations(smoke):
+    row = next(r for r in smoke["results"]["attribution"]["rows"] if r["method"] == "score_cam")
+    p = row["passes"]
+    assert p["passes"] == p["channels"] * p["images"] == p["constant"] + p["shared"] + p["made"]
+    assert p["every_pass"]["agreement"]["rel_max_abs_diff"] <= tol.NETWORK  # rule 3: shared passes change nothing
+    assert {tuple(a["options"]) for a in p["approximations"]} == {("max_channels",), ("mask_size",)}
+    for a in p["approximations"]:
+        assert _finite_positive(a["seconds"]) and -1 <= a["spearman_min"] <= a["spearman_mean"] <= 1
+
+
 def test_physical_reference_and_targets(smoke):
     r = smoke["results"]
     assert _finite_positive(r["peak"]["gflops_per_s"])

@@ -11,7 +11,11 @@ from torch import nn
 
 from xai.errors import UnknownNameError, XaiError
 from xai.featvis import Penalties, activations, evaluate, forward, objectives as O, param as P, render, transforms as T
-from xai.layers import capture
+from xai.layers import NCHW, Layout, capture
+
+
+def nchw(t: torch.Tensor) -> Layout:
+    return Layout(NCHW, tuple(t.shape[1:]), tuple(t.shape[2:]))
 
 
 def tiny_cnn(seed: int = 0) -> nn.Module:
@@ -42,8 +46,8 @@ def cnn() -> nn.Module:
 
 def fake_acts(batch: int = 4) -> O.Activations:
     g = torch.Generator().manual_seed(1)
-    return O.Activations({"a": torch.randn(batch, 6, 5, 5, generator=g), "b": torch.randn(batch, 3, 4, 4, generator=g)},
-                         torch.randn(batch, 10, generator=g))
+    acts = {"a": torch.randn(batch, 6, 5, 5, generator=g), "b": torch.randn(batch, 3, 4, 4, generator=g)}
+    return O.Activations(acts, torch.randn(batch, 10, generator=g), {k: nchw(v) for k, v in acts.items()})
 
 
 # -- objectives ------------------------------------------------------------------------------------
@@ -83,7 +87,7 @@ def test_objectives_read_the_right_units():
 def test_diversity_compares_only_within_groups():
     f = torch.randn(4, 3, 5, 5)
     f[1] = f[0] * 2  # same Gram direction as image 0
-    acts = O.Activations({"a": f}, None)
+    acts = O.Activations({"a": f}, None, {"a": nchw(f)})
     v = O.diversity("a", groups=[0, 0, 1, 2])(acts)
     # Rule 2: a cosine of two 9-entry Gram matrices, each a sum of 25 products of values of order 1.
     assert torch.allclose(v[:2], torch.tensor([-1.0, -1.0]), atol=tol.ulps(9 * 25), rtol=0)

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import pytest
@@ -70,3 +71,63 @@ def test_architectures_forward(name):
     assert out.shape == (2, 10)
     names = dict(net.named_modules())
     assert all(layer in names for layer in fmnist.ARCHS[name].layers)
+
+
+def test_resnet_is_resnet18_at_half_width_with_a_28px_plan():
+    from torchvision.models.resnet import BasicBlock
+
+    net = fmnist.ARCHS["fmnist_resnet18"].build().eval()
+    blocks = [m for m in net.modules() if isinstance(m, BasicBlock)]
+    assert len(blocks) == 8  # 16 convolutions in blocks + stem + fc: the 18 of ResNet-18
+    shapes = {}
+    hooks = [dict(net.named_modules())[n].register_forward_hook(lambda m, i, o, n=n: shapes.__setitem__(n, o.shape))
+             for n in fmnist.ARCHS["fmnist_resnet18"].layers]
+    net(torch.rand(2, 1, 28, 28))
+    for h in hooks:
+        h.remove()
+    assert [tuple(shapes[n][1:]) for n in fmnist.ARCHS["fmnist_resnet18"].layers] == [
+        (32, 14, 14), (32, 14, 14), (64, 7, 7), (128, 4, 4), (256, 2, 2)]
+
+
+def test_nhwc_training_hands_back_an_nchw_model():
+    cfg = fmnist.TrainConfig(epochs=1, train_size=128, test_size=100, batch_size=64, channels_last=True)
+    net = fmnist.plain_cnn()
+    fmnist.train(net, cfg, progress=False)
+    # Hooks, CAMs and the safetensors copy read weights and activations as plain NCHW tensors.
+    assert all(p.is_contiguous() for p in net.parameters())
+    seen = []
+    net.relu2.register_forward_hook(lambda m, i, o: seen.append(o))
+    net(torch.rand(2, 1, 28, 28))
+    assert seen[0].is_contiguous() and not seen[0].is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("name", list(fmnist.ARCHS))
+def test_full_budget_checkpoint_meets_its_accuracy_floor(name):
+    from xai.paths import checkpoint_dir
+
+    key = fmnist.checkpoint_key(name, fmnist.train_config(name, "full"))
+    path = checkpoint_dir() / f"{key}.json"
+    if not path.exists():
+        pytest.skip(f"no full-budget checkpoint of the current {name} in the cache (a full build makes one)")
+    record = json.loads(path.read_text())
+    assert record["test_images"] == 10000
+    assert record["test_accuracy"] >= fmnist.ARCHS[name].min_accuracy, record
+
+
+def test_a_changed_architecture_gets_a_new_checkpoint_key(monkeypatch):
+    cfg = fmnist.train_config("fmnist_cnn", "full")
+    before = fmnist.checkpoint_key("fmnist_cnn", cfg)
+    state = torch.random.get_rng_state()
+    assert fmnist.checkpoint_key("fmnist_cnn", cfg) == before  # stable: the same net hashes the same
+    assert torch.equal(torch.random.get_rng_state(), state)  # building it for the hash drew no numbers
+
+    def gelu() -> torch.nn.Module:  # the same parameters by name and shape: old weights would load strictly
+        net = fmnist.plain_cnn()
+        net.relu4 = torch.nn.GELU()
+        return net
+
+    arch = fmnist.ARCHS["fmnist_cnn"]
+    monkeypatch.setitem(fmnist.ARCHS, "fmnist_cnn", dataclasses.replace(arch, build=gelu))
+    assert fmnist.checkpoint_key("fmnist_cnn", cfg) != before
+    monkeypatch.setitem(fmnist.ARCHS, "fmnist_cnn", dataclasses.replace(arch, version=arch.version + 1))
+    assert fmnist.checkpoint_key("fmnist_cnn", cfg) != before

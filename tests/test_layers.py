@@ -3,7 +3,7 @@ import tolerance as tol
 import torch
 
 from xai import layers
-from xai.errors import UnknownNameError, XaiError
+from xai.errors import LayoutError, UnknownNameError
 from xai.models import fmnist
 
 
@@ -49,13 +49,15 @@ def test_vit_tokens_become_spatial_maps():
     acts, _ = layers.capture(vit, torch.rand(2, 1, 28, 28), ["blocks.1"], spatial=True)
     assert acts["blocks.1"].shape == (2, 96, 7, 7)
     raw, _ = layers.capture(vit, torch.rand(2, 1, 28, 28), ["blocks.1"])
-    assert raw["blocks.1"].shape == (2, 50, 96) and layers.num_prefix_tokens(vit) == 1
+    lay = layers.layout_of(vit, "blocks.1", (1, 28, 28))
+    assert raw["blocks.1"].shape == (2, 50, 96) and (lay.kind, lay.prefix, lay.grid) == ("tokens", 1, (7, 7))
     # patch token (row 1, col 2) lands at grid position [1, 2]
     t = torch.arange(2 * 50 * 3, dtype=torch.float).view(2, 50, 3)
-    grid = layers.to_spatial(t, prefix_tokens=1)
+    grid = layers.to_spatial(t, lay)
     assert torch.equal(grid[:, :, 1, 2], t[:, 1 + 1 * 7 + 2, :])
-    with pytest.raises(XaiError, match="no spatial"):
-        layers.to_spatial(torch.rand(2, 10))
+    head = layers.layout_of(vit, "head", (1, 28, 28))
+    with pytest.raises(LayoutError, match="'head'.*no spatial"):
+        layers.to_spatial(torch.rand(2, 10), head, "head")
 
 
 def test_layer_shapes(lite0):

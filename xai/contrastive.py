@@ -18,7 +18,8 @@ from torch import nn
 
 from .attribution import get as get_method
 from .attribution._common import unwrap
-from .errors import XaiError
+from .errors import NotApplicableError, XaiError
+from .layouts import share_trace, trace
 
 
 class Margin(nn.Module):
@@ -78,15 +79,18 @@ def contrastive_map(model, inputs: torch.Tensor, a: int | str | Sequence | torch
     if m.needs_layer:
         from .attribution import default_layer
 
+        trace(module, inputs.shape[1:])
+
         layer = options.pop("layer", None) or default_layer(model, inputs[:1])
         options["layer"] = f"model.{layer}"
     out: torch.Tensor | None = None
     for pair in dict.fromkeys(zip(ca, cb)):  # one pass per distinct (a, b), in first-seen order
         idx = [i for i, p in enumerate(zip(ca, cb)) if p == pair]
         margin = Margin(module, *pair)
+        share_trace(module, margin, "model.")  # layouts of model.<layer> are those of <layer>: no new probe
         try:
             attr = m(margin, inputs[idx], 0, **options)
-        except XaiError:
+        except NotApplicableError:
             # A CAM refuses a layer whose gradient is zero everywhere. If the margin's input gradient is
             # zero too, the margin is locally constant and its map is zero by definition; otherwise the
             # layer really cannot explain this model (e.g. a ViT's last block) and the error stands.

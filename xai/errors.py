@@ -54,3 +54,11 @@ class NotApplicableError(XaiError):
         """The refusal as JSON-able fields, for studies that record it."""
         return {"method": self.method, "model": self.model, "reason": self.reason,
                 "activation": self.activation, "layer": self.layer}
+
+
+class LayoutError(XaiError):
+    """A layer output whose axes (channels, positions) cannot be known, so it cannot be read as a map."""
+
+    def __init__(self, layer: str, shape: tuple[int, ...], reason: str):
+        self.layer, self.shape, self.reason = layer, tuple(shape), reason
+        super().__init__(f"layer {layer!r} with output shape {list(self.shape)} cannot be read as a map: {reason}")

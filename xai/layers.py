@@ -1,12 +1,12 @@
-"""Dotted layer names, activation capture in one forward pass, and truncated forwards.
+"""Dotted layer names, activation capture in one forward pass, truncated forwards, and fast copies.
 
 Layer names are exactly those of ``model.named_modules()``, so every name maps back to the model
 (``model.get_submodule(name)``). Truncation stops the forward pass as soon as every requested layer has
-produced its output: feature visualization of an early layer never pays for the deep ones.
+produced its output: feature visualization of an early layer never pays for the deep ones. Each layer's
+layout (NCHW, NHWC, tokens) is traced by :mod:`xai.layouts`; :func:`to_spatial` reads an output in it.
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
@@ -14,6 +14,10 @@ import torch
 from torch import nn
 
 from .errors import UnknownNameError, XaiError
+from .layouts import FLAT, NCHW, NHWC, TOKENS, UNKNOWN, Layout, layout_of, share_trace, to_spatial, trace
+
+__all__ = ["FLAT", "NCHW", "NHWC", "TOKENS", "UNKNOWN", "Layout", "layout_of", "to_spatial", "trace", "capture",
+           "layer_names", "layer_shapes", "layer_table", "resolve", "fast_layout", "fast_model", "fold_batchnorm"]
 
 
 class _Truncated(Exception):
@@ -33,29 +37,6 @@ def resolve(model: nn.Module, name: str) -> nn.Module:
                            hint="`xai layers MODEL` lists them")
 
 
-def num_prefix_tokens(model: nn.Module) -> int:
-    """Class/register tokens that a ViT puts before its patch tokens (0 for a CNN)."""
-    return int(getattr(model, "num_prefix_tokens", 0) or 0)
-
-
-def to_spatial(t: torch.Tensor, prefix_tokens: int = 0) -> torch.Tensor:
-    """A layer output as a ``[B, C, H, W]`` map.
-
-    ViT blocks give ``[B, N, C]`` tokens: the prefix tokens are dropped and the patch tokens laid
-    back on their square grid. A layer without spatial extent (``[B, C]``) has no map to give.
-    """
-    if t.dim() == 4:
-        return t
-    if t.dim() == 3:
-        tokens = t[:, prefix_tokens:, :]
-        n = tokens.shape[1]
-        side = math.isqrt(n)
-        if side * side != n:
-            raise XaiError(f"cannot lay {n} tokens on a square grid (prefix tokens: {prefix_tokens})")
-        return tokens.transpose(1, 2).reshape(t.shape[0], t.shape[2], side, side)
-    raise XaiError(f"a layer output of shape {tuple(t.shape)} has no spatial dimensions")
-
-
 def capture(
     model: nn.Module,
     x: torch.Tensor,
@@ -68,21 +49,22 @@ def capture(
 
     With ``truncate`` the pass stops after the last requested layer has run and ``output`` is None.
     Activations stay in the autograd graph, so objectives on them can be differentiated w.r.t. ``x``.
-    With ``spatial`` every activation is returned as ``[B, C, H, W]`` (see :func:`to_spatial`).
+    With ``spatial`` every activation is returned as ``[B, C, H, W]``, read in its traced layout (see
+    :func:`to_spatial`); a layer whose layout cannot be known is refused.
     """
     if not names:
         raise XaiError("capture needs at least one layer name")
     wanted = list(dict.fromkeys(names))
     modules = {n: resolve(model, n) for n in wanted}
     acts: dict[str, torch.Tensor] = {}
-    prefix = num_prefix_tokens(model)
+    layouts = trace(model, x.shape[1:]).layouts if spatial else {}
 
     def make_hook(name: str):
         def hook(_module, _inputs, output):
             if name in acts:  # a module run twice: keep its first output
                 return
             out = output[0] if isinstance(output, (tuple, list)) else output
-            acts[name] = to_spatial(out, prefix) if spatial else out
+            acts[name] = to_spatial(out, layouts.get(name, Layout(UNKNOWN, ())), name) if spatial else out
             if truncate and len(acts) == len(wanted):
                 raise _Truncated
         return hook
@@ -102,28 +84,16 @@ def capture(
     return {n: acts[n] for n in wanted}, output
 
 
-@torch.no_grad()
+def layer_table(model: nn.Module, input_shape: Sequence[int]) -> list[tuple[str, tuple[int, ...], Layout]]:
+    """Each module that returns a tensor, in execution order: ``(name, output shape, layout)`` for one
+    input of ``input_shape`` (C, H, W)."""
+    t = trace(model, input_shape)
+    return [(n, t.layouts[n].shape, t.layouts[n]) for n in t.order]
+
+
 def layer_shapes(model: nn.Module, input_shape: Sequence[int]) -> list[tuple[str, tuple[int, ...]]]:
     """Each named module's output shape for one input of ``input_shape`` (C, H, W), in execution order."""
-    shapes: dict[str, tuple[int, ...]] = {}
-    handles = []
-    for name, module in model.named_modules():
-        if not name:
-            continue
-
-        def hook(_m, _i, out, name=name):
-            out = out[0] if isinstance(out, (tuple, list)) else out
-            if name not in shapes and isinstance(out, torch.Tensor):
-                shapes[name] = tuple(out.shape[1:])
-        handles.append(module.register_forward_hook(hook))
-    try:
-        p = next(model.parameters(), None)
-        device = p.device if p is not None else torch.device("cpu")
-        model(torch.zeros(1, *input_shape, device=device))
-    finally:
-        for h in handles:
-            h.remove()
-    return list(shapes.items())
+    return [(n, shape) for n, shape, _ in layer_table(model, input_shape)]
 
 
 def _wants_nhwc(module: nn.Module) -> bool:
@@ -260,6 +230,7 @@ def fold_batchnorm(model: nn.Module, probe: torch.Tensor, keep: Sequence[str] = 
     if not pairs:
         return None
     folded = copy.deepcopy(model)
+    share_trace(model, folded)  # the same function under the same names: the same layouts
     with torch.no_grad():
         for conv_name, norm_name in pairs:
             conv, norm = folded.get_submodule(conv_name), folded.get_submodule(norm_name)

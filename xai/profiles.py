@@ -17,6 +17,18 @@ GALLERY_METHODS = ("gradient", "gradient_x_input", "smoothgrad", "smoothgrad_sq"
                    "guided_grad_cam", "counterfactual_grad_cam")
 
 
+# The smoke leaderboard: one or two methods of each family, and every metric at its smallest meaningful size.
+SMOKE_LEADERBOARD_METHODS = {
+    "gradient": {}, "gradient_x_input": {}, "integrated_gradients": {"steps": 4}, "guided_backprop": {},
+    "grad_cam": {}, "eigen_cam": {}, "lrp_epsilon_plus_flat": {}, "deeplift": {},
+    "occlusion": {"window": 7, "stride": 7}, "rise": {"masks": 64}}
+SMOKE_LEADERBOARD_METRICS = {
+    "deletion": {"steps": 4}, "insertion": {"steps": 4, "substrate": "blur"}, "road_morf": {"percentages": [0.2, 0.5]},
+    "road_lerf": {"percentages": [0.2, 0.5]}, "faithfulness_correlation": {"samples": 8},
+    "sensitivity_n": {"samples": 8, "fractions": [0.05, 0.25]}, "infidelity": {"samples": 4},
+    "max_sensitivity": {"samples": 2}, "avg_sensitivity": {"samples": 2}, "local_lipschitz": {"samples": 2}}
+
+
 @dataclass(frozen=True)
 class Profile:
     name: str
@@ -48,6 +60,7 @@ PROFILES: dict[str, Profile] = {
             "misclassification": {"mean_images": 32},
             "counterfactual": {"fmnist_cases": 6},
             "cleverhans": {"attribution_images": 64, "spray_images": 200, "calibration": "smoke"},
+            "leaderboard": {"images": 16, "explain_images": 4},
             "featvis": {"size": 96, "grid_steps": 64, "grid_channels": 8, "grid_layers": 4, "class_steps": 96,
                         "class_samples": 2, "ladder_steps": 96, "progress_steps": [0, 16, 48, 96, 192],
                         "photo_count": 2, "photo_steps": 48, "fmnist_steps": 96, "fmnist_channels": 8,
@@ -85,6 +98,8 @@ PROFILES: dict[str, Profile] = {
             "cleverhans": {"budget": "smoke", "sets": ["clean", "square"], "fraction": 1.0, "test_images": 2000,
                            "attribution_images": 16, "spray_images": 100, "calibration": "smoke",
                            "methods": {"gradient": {}, "integrated_gradients": {"steps": 4}, "grad_cam": {}}},
+            "leaderboard": {"images": 12, "explain_images": 4, "resamples": 200,
+                            "methods": SMOKE_LEADERBOARD_METHODS, "metric_options": SMOKE_LEADERBOARD_METRICS},
             "featvis": {"size": 32, "grid_steps": 3, "grid_channels": 4, "grid_layers": 2, "class_steps": 3,
                         "class_samples": 2, "max_classes": 2, "ladder_classes": 2, "ladder_steps": 4,
                         "progress_steps": [0, 2, 4], "photo_count": 1, "photo_steps": 4, "fmnist_steps": 3,

@@ -7,9 +7,10 @@ methods return ``[B, C, H, W]``, the CAM family ``[B, 1, H, W]``. Visual choices
 clipping, colormap, smoothing) belong to :mod:`xai.render.maps`, never here.
 
 ``METHODS`` maps names to :class:`Method` records so that studies, benchmarks and the book iterate by
-name: ``attribute("grad_cam", entry, x, 281, layer="blocks.5")``. ``Method.per_channel`` says which shape a
+name: ``attribute("grad_cam", entry, x, 281, layer="blocks.4")``. ``Method.per_channel`` says which shape a
 method returns: one value per input channel ``[B, C, H, W]``, or one map ``[B, 1, H, W]`` (the CAMs,
-FullGrad, RISE and the superpixel methods).
+FullGrad, RISE and the superpixel methods). A method that does not apply to a model (or to the layer it was
+given) raises :class:`xai.errors.NotApplicableError`, whose fields say why.
 """
 from __future__ import annotations
 

@@ -32,6 +32,12 @@ def unwrap(model) -> tuple[nn.Module, tuple[int, ...] | None, int | None]:
     raise XaiError(f"expected a torch module or a model entry, got {type(model).__name__}")
 
 
+def model_label(model) -> str:
+    """How a refusal names the model: the entry's name, or the module's class."""
+    name = getattr(model, "name", None)
+    return name if isinstance(name, str) else type(unwrap(model)[0]).__name__
+
+
 def device_of(module: nn.Module) -> torch.device:
     p = next(module.parameters(), None)
     return p.device if p is not None else torch.device("cpu")

@@ -6,9 +6,11 @@ logit, weight, rectify, upsample) and each variant overrides only :meth:`CAM.wei
 as ``[B, 1, H, W]`` at input resolution (bilinear upsampling), unnormalised: scaling for display is the
 renderer's business.
 
-A ViT layer's tokens are laid on their patch grid (:func:`xai.layers.to_spatial`). A layer whose
-spatial positions cannot move the prediction (a ViT's last block, read only through its class token)
-or that has no spatial extent at all makes the method not applicable, with an error that says so.
+Each layer is read in its traced layout (:mod:`xai.layouts`): a ViT block's tokens go back on their patch
+grid, a Swin stage's channels-last map is permuted, so a CAM has the layer's own grid. A layer whose
+spatial positions cannot move the prediction (a ViT's last block, read only through its class token),
+that has no spatial extent, or whose layout cannot be known makes the method not applicable
+(:class:`~xai.errors.NotApplicableError`, with the layer).
 """
 from __future__ import annotations
 
@@ -18,9 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import XaiError
-from ..layers import capture, fast_layout, fast_model, num_prefix_tokens, resolve, to_spatial
-from ._common import Target, check_positive, finish, prepare, unwrap
+from ..errors import NotApplicableError
+from ..layers import FLAT, Layout, capture, fast_layout, fast_model, layout_of, resolve, to_spatial, trace
+from ._common import Target, check_positive, finish, model_label, prepare, unwrap
 
 
 class CAM:
@@ -32,8 +34,9 @@ class CAM:
     def __call__(self, model, inputs: torch.Tensor, target: Target, *, layer: str | None = None,
                  **options) -> torch.Tensor:
         module, x, t = prepare(model, inputs, target)
-        layer = layer if layer is not None else default_layer(model, x[:1])
-        acts, grads = layer_activations(module, x, t, layer, gradients=self.uses_gradients, method=self.name)
+        layer = layer if layer is not None else default_layer(model, x[:1], method=self.name)
+        acts, grads = layer_activations(module, x, t, layer, gradients=self.uses_gradients, method=self.name,
+                                        model_name=model_label(model))
         cam = self.combine(acts, grads, tuple(x.shape[-2:]), module=module, inputs=x, targets=t, **options)
         return finish(cam, inputs)
 
@@ -94,42 +97,120 @@ class ScoreCAM(CAM):
     input, and its weight is the target's softmax probability on the masked image (as in the authors'
     code; pytorch-grad-cam instead takes a softmax of logits across channels).
 
-    ``max_channels`` keeps the channels whose upsampled maps vary most (the "Faster Score-CAM" rule);
-    None uses every channel. ``internal_batch_size`` bounds the masked images per forward pass.
+    Passes that need not be made, skipped always because the map stays the same:
+
+    - a channel whose upsampled map is constant masks nothing and gets weight 0 (the authors' rule);
+    - channels whose normalised masks agree to within :attr:`SAME_MASK` share one masked pass: a positive
+      multiple of another channel (``a_k = s a_j + t``, ``s > 0``) has the same mask up to rounding, and
+      in a sparse layer many channels are active at one same position only. Sharing moves each weight by
+      what the passes' rounding moves it (rule 3 of tests/tolerance.py); ``share_masks=False`` makes
+      every pass.
+
+    Approximations, each a named option (their agreement with the exact map is measured by the bench):
+
+    - ``max_channels``: only the channels whose upsampled maps vary most (the "Faster Score-CAM" rule);
+    - ``mask_size``: masks and masked images with ``mask_size`` px on their longer side instead of the
+      input's size, so each pass costs about ``(mask_size / H)**2`` of a full one (for models that take
+      any input size).
+
+    ``internal_batch_size`` bounds the masked images per forward pass.
     """
 
     name = "score_cam"
     uses_gradients = False
+    # Masks lie in [0, 1]; two masks of one channel computed in two roundings differ by a few float32
+    # spacings (bilinear weights, subtraction, division): 16 spacings is a share no pass can tell apart
+    # from its own rounding, and far below any mask that differs in substance.
+    SAME_MASK = 16 * float(torch.finfo(torch.float32).eps)
 
     def weights(self, acts, grads, *, module: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
-                max_channels: int | None = None, internal_batch_size: int = 32, **context):
+                max_channels: int | None = None, mask_size: int | None = None, share_masks: bool = True,
+                internal_batch_size: int = 32, **context):
         check_positive("internal_batch_size", internal_batch_size)
-        b, c = acts.shape[:2]
-        up = F.interpolate(acts, size=inputs.shape[-2:], mode="bilinear", align_corners=False)
-        flat = up.flatten(2)
-        lo, hi = flat.amin(2), flat.amax(2)
-        masks = (up - lo[..., None, None]) / (hi - lo).clamp_min(1e-8)[..., None, None]
-        w = torch.zeros(b, c, device=acts.device)
         if max_channels is not None:
             check_positive("max_channels", max_channels)
-        with fast_model(module, inputs) as fast:
+        x = inputs
+        if mask_size is not None:
+            check_positive("mask_size", mask_size)
+            ih, iw = inputs.shape[-2:]
+            small = tuple(max(1, round(d * mask_size / max(ih, iw))) for d in (ih, iw))
+            if small != (ih, iw):
+                x = F.interpolate(inputs, size=small, mode="bilinear", antialias=True, align_corners=False)
+        b, c = acts.shape[:2]
+        w = torch.zeros(b, c, device=acts.device)
+        with fast_model(module, x) as fast:
             for i in range(b):
-                keep = torch.arange(c, device=acts.device)
-                if max_channels is not None:
-                    keep = flat[i].var(1).topk(min(max_channels, c)).indices
-                keep = keep[(hi[i, keep] - lo[i, keep]) > 0]  # a constant map masks nothing
-                for j in range(0, len(keep), internal_batch_size):
-                    ks = keep[j:j + internal_batch_size]
-                    masked = inputs[i:i + 1] * masks[i, ks, None]
-                    w[i, ks] = fast(masked).softmax(-1)[:, targets[i]]
+                keep, source, masks = self.plan(acts[i], tuple(inputs.shape[-2:]), tuple(x.shape[-2:]),
+                                                max_channels, share_masks)
+                if not len(keep):
+                    continue
+                scores = torch.cat([fast(x[i:i + 1] * masks[j:j + internal_batch_size, None]).softmax(-1)[:, targets[i]]
+                                    for j in range(0, len(masks), internal_batch_size)])
+                w[i, keep] = scores[source]
         return w
 
+    @classmethod
+    @torch.no_grad()
+    def plan(cls, acts: torch.Tensor, size: tuple[int, int], mask_size: tuple[int, int] | None = None,
+             max_channels: int | None = None, share_masks: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One image's passes from its activations ``[C, h, w]``: ``(channels [K], source [K], masks [U, H', W'])``,
+        the channels that get a weight, and for each the index of the mask whose pass gives it. The
+        channels are ranked (``max_channels``) and tested for constancy on maps upsampled to ``size``,
+        the input's; the masks are made at ``mask_size`` (default ``size``)."""
+        mask_size = mask_size or size
+        up = F.interpolate(acts[None], size=size, mode="bilinear", align_corners=False)[0].flatten(1)
+        lo, hi = up.amin(1), up.amax(1)
+        keep = torch.arange(acts.shape[0], device=acts.device)
+        if max_channels is not None:
+            keep = up.var(1).topk(min(max_channels, len(keep))).indices
+        keep = keep[(hi[keep] - lo[keep]) > 0]  # a constant map masks nothing
+        if mask_size != size:
+            up = F.interpolate(acts[None], size=mask_size, mode="bilinear", align_corners=False)[0].flatten(1)
+            lo, hi = up.amin(1), up.amax(1)
+        masks = (up[keep] - lo[keep, None]) / (hi[keep] - lo[keep]).clamp_min(1e-8)[:, None]
+        if share_masks:
+            source, first = cls._same_masks(masks)
+            masks = masks[first]
+        else:
+            source = torch.arange(len(keep), device=acts.device)
+        return keep, source, masks.view(-1, *mask_size)
 
-def _spatial(raw: torch.Tensor, prefix: int, method: str, layer: str) -> torch.Tensor:
-    try:
-        return to_spatial(raw, prefix)
-    except XaiError as e:
-        raise XaiError(f"{method} is not applicable at layer {layer!r}: {e}") from e
+    @classmethod
+    def _same_masks(cls, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Groups of masks within :attr:`SAME_MASK` of their group's first: ``(group of each [K], first
+        member of each group [U])``. Candidates are found by their sums (masks that close have sums within
+        ``n * SAME_MASK`` plus the sums' rounding), then compared pixel by pixel."""
+        k, n = masks.shape
+        sums = masks.double().sum(1)
+        slack = n * cls.SAME_MASK + 1e-9 * n
+        order = sums.argsort().tolist()
+        group = [-1] * k
+        firsts: list[int] = []
+        open_: list[int] = []  # groups whose first's sum is still within reach, in sorted order
+        for j in order:
+            open_ = [g for g in open_ if sums[j] - sums[firsts[g]] <= slack]
+            for g in open_:
+                if float((masks[j] - masks[firsts[g]]).abs().max()) <= cls.SAME_MASK:
+                    group[j] = g
+                    break
+            else:
+                group[j] = len(firsts)
+                open_.append(len(firsts))
+                firsts.append(j)
+        dev = masks.device
+        return torch.tensor(group, device=dev, dtype=torch.long), torch.tensor(firsts, device=dev, dtype=torch.long)
+
+
+def spatial_layout(module: nn.Module, layer: str, input_shape, method: str, model_name: str) -> Layout:
+    """The layer's layout, when it has positions to draw; else the method does not apply there."""
+    lay = layout_of(module, layer, input_shape)
+    if lay.kind == FLAT:
+        raise NotApplicableError(method, model_name, f"its output {list(lay.shape)} has no spatial positions",
+                                 layer=layer)
+    if not lay.spatial:
+        raise NotApplicableError(method, model_name, f"its output {list(lay.shape)} cannot be read as a map: "
+                                                     f"{lay.reason}", layer=layer)
+    return lay
 
 
 class _GraphFromLayer:
@@ -153,14 +234,17 @@ class _GraphFromLayer:
 
 
 def layer_activations(module: nn.Module, x: torch.Tensor, t: torch.Tensor, layer: str, *,
-                      gradients: bool = True, method: str = "CAM") -> tuple[torch.Tensor, torch.Tensor | None]:
-    """A layer's activations ``[B, C, h, w]`` and the gradients of the target logits with respect to them."""
+                      gradients: bool = True, method: str = "CAM",
+                      model_name: str | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A layer's activations ``[B, C, h, w]`` (read in the layer's layout) and the gradients of the target
+    logits with respect to them."""
     target = resolve(module, layer)
-    prefix = num_prefix_tokens(module)
+    model_name = model_name or type(module).__name__
+    lay = spatial_layout(module, layer, x.shape[1:], method, model_name)
     if not gradients:
         with torch.no_grad():
             acts, _ = capture(module, x, [layer], truncate=True)
-        return _spatial(acts[layer], prefix, method, layer).detach(), None
+        return to_spatial(acts[layer], lay, layer).detach(), None
     with torch.enable_grad():
         # Only the network after the layer needs a graph (as in captum's LayerGradCam): with frozen
         # parameters nothing before it records one, and the layer's output becomes a leaf.
@@ -175,33 +259,37 @@ def layer_activations(module: nn.Module, x: torch.Tensor, t: torch.Tensor, layer
         if not raw.requires_grad:  # a layer whose output is not one tensor: graph from the input
             acts, out = capture(module, x.clone().requires_grad_(True), [layer], truncate=False)
             raw = acts[layer]
-        spatial = _spatial(raw, prefix, method, layer)
+        spatial = to_spatial(raw, lay, layer)
         if not raw.requires_grad:
-            raise XaiError(f"{method} is not applicable at layer {layer!r}: its output does not depend on the input")
+            raise NotApplicableError(method, model_name, "its output does not depend on the input", layer=layer)
         score = out.gather(1, t[:, None]).sum()
         (g,) = torch.autograd.grad(score, raw, allow_unused=True)
-    if g is None or not bool(to_spatial(g, prefix).ne(0).any()):
-        raise XaiError(f"{method} is not applicable at layer {layer!r}: the prediction does not depend on its "
-                       f"spatial positions (e.g. a ViT's last block, which reaches the head only through its "
-                       f"class token); choose an earlier layer")
-    return spatial.detach(), to_spatial(g, prefix).detach()
+    if g is None or not bool(to_spatial(g, lay, layer).ne(0).any()):
+        raise NotApplicableError(method, model_name,
+                                 "the prediction does not depend on its spatial positions (e.g. a ViT's last "
+                                 "block, which reaches the head only through its class token); choose an "
+                                 "earlier layer", layer=layer)
+    return spatial.detach(), to_spatial(g, lay, layer).detach()
 
 
-def default_layer(model, x: torch.Tensor, candidates: Sequence[str] | None = None) -> str:
+def default_layer(model, x: torch.Tensor, candidates: Sequence[str] | None = None, *,
+                  method: str = "grad_cam") -> str:
     """The deepest layer (of ``candidates``; default: the entry's layers of interest, else every module)
-    whose spatial positions move the top prediction: the usual Grad-CAM choice, found by measuring."""
+    whose spatial positions move the top prediction: the usual Grad-CAM choice, found by measuring.
+    Layers without positions, or whose layout cannot be known, are passed over."""
     module, _, _ = unwrap(model)
     if candidates is None:
         candidates = getattr(model, "layers", None) or [n for n, _ in module.named_modules() if n]
-    prefix = num_prefix_tokens(module)
     x = x.detach().to(next(module.parameters()).device)
+    layouts = trace(module, x.shape[1:]).layouts
     order: list[str] = []
     outs: dict[str, torch.Tensor] = {}
     handles = []
     for name in candidates:
         def hook(_m, _i, out, name=name):
             out = out[0] if isinstance(out, (tuple, list)) else out
-            if name not in outs and isinstance(out, torch.Tensor) and out.dim() in (3, 4) and out.requires_grad:
+            if name not in outs and isinstance(out, torch.Tensor) and out.requires_grad and \
+                    name in layouts and layouts[name].spatial:
                 outs[name] = out
                 order.append(name)
         handles.append(resolve(module, name).register_forward_hook(hook))
@@ -218,10 +306,7 @@ def default_layer(model, x: torch.Tensor, candidates: Sequence[str] | None = Non
     for name, g in reversed(list(zip(order, grads))):
         if g is None:
             continue
-        try:
-            g = to_spatial(g, prefix)
-        except XaiError:
-            continue
+        g = to_spatial(g, layouts[name], name)
         if g.ne(0).any():
             moving.append((name, g.shape[-2] * g.shape[-1]))
     # A 1x1 layer (e.g. timm MobileNetV3's conv_head, after its global pool) moves the prediction but
@@ -231,8 +316,8 @@ def default_layer(model, x: torch.Tensor, candidates: Sequence[str] | None = Non
             return name
     if moving:
         return moving[0][0]
-    raise XaiError("no layer of this model has spatial positions that move its prediction; "
-                   "CAM methods are not applicable")
+    raise NotApplicableError(method, model_label(model), "no layer of this model has spatial positions that move "
+                                                         "its prediction")
 
 
 grad_cam = GradCAM()
@@ -246,4 +331,10 @@ def guided_grad_cam(model, inputs: torch.Tensor, target: Target, *, layer: str |
     """Guided Grad-CAM: guided backprop times the upsampled Grad-CAM map (Selvaraju et al. 2017)."""
     from .guided import guided_backprop
 
-    return guided_backprop(model, inputs, target) * grad_cam(model, inputs, target, layer=layer)
+    try:
+        guided = guided_backprop(model, inputs, target)
+        cam = grad_cam(model, inputs, target, layer=layer)
+    except NotApplicableError as e:  # refused by one of its two parts: say so under this method's name
+        raise NotApplicableError("guided_grad_cam", e.model, f"its {e.method} part does not apply: {e.reason}",
+                                 activation=e.activation, layer=e.layer) from e
+    return guided * cam

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import NotApplicableError, XaiError
-from ..layers import resolve
+from ..layers import NCHW, NHWC, TOKENS, layout_of, resolve
 from ._audit import model_label
 from ._common import Target, check_positive, finish, prepare
 from .cam import CAM, default_layer
@@ -117,14 +117,19 @@ def _ablated_scores(module: nn.Module, layer: str, x: torch.Tensor, channels: to
     """The target's logit with each of ``channels`` of ``layer`` zeroed, one copy per channel."""
     k = len(channels)
     rows = torch.arange(k, device=x.device)
+    lay = layout_of(module, layer, x.shape[1:])  # the CAM read the layer's map in this layout
 
     def ablate(_m, _args, out):
-        if not isinstance(out, torch.Tensor) or out.dim() != 4:
+        if not isinstance(out, torch.Tensor) or lay.kind not in (NCHW, NHWC, TOKENS) or out.dim() != len(lay.shape) + 1:
             shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            raise NotApplicableError("ablation_cam", type(module).__name__,
-                                     f"its output {shape} is not a [B, C, h, w] map", layer=layer)
+            raise NotApplicableError("ablation_cam", model_label(module),
+                                     f"its output {shape} is not a map in a known layout", layer=layer)
         copies = out.expand(k, *out.shape[1:]).clone() if out.shape[0] == 1 else out.clone()
-        copies[rows, channels] = 0
+        # A view of the copies with the channels on axis 1 (and, for tokens, only the patch tokens: the
+        # positions the CAM draws), so that zeroing it zeroes the channel in the layer's own layout.
+        view = copies if lay.kind == NCHW else copies.movedim(-1, 1) if lay.kind == NHWC else \
+            copies[:, lay.prefix:].movedim(-1, 1)
+        view[rows, channels] = 0
         return copies
 
     handle = resolve(module, layer).register_forward_hook(ablate)
@@ -237,7 +242,9 @@ def full_gradient(model, inputs: torch.Tensor, target: Target, *,
             constant = torch.where((z <= m.min_val) | (z >= m.max_val), z, torch.zeros_like(z))
             terms[n] = (g * constant).detach()
         elif isinstance(m, nn.Linear):  # its bias runs along the last axis, whatever comes before
-            terms[n] = (g * b).detach()
+            # Kept flat: like the authors' code, the map shows convolutional and norm terms only, and a
+            # dense layer applied to channels-last positions would be misread as an NCHW map.
+            terms[n] = (g * b).detach().flatten(1)
         else:
             terms[n] = (g * b.view((1, -1) + (1,) * (g.dim() - 2))).detach()
     input_term = (grads[0] * start[0]).detach()
@@ -247,7 +254,10 @@ def full_gradient(model, inputs: torch.Tensor, target: Target, *,
 
 
 def _check_complete(model, input_term: torch.Tensor, terms: dict[str, torch.Tensor], logit: torch.Tensor) -> None:
-    parts = [input_term.flatten(1).sum(1), *(v.flatten(1).sum(1) for v in terms.values())]
+    b = input_term.shape[0]
+    # A layer that folds windows into the batch axis (MaxViT, Swin) has more rows than images; they are
+    # the images' windows in order (a reshape of the batch), so each image's share is its block of rows.
+    parts = [input_term.flatten(1).sum(1), *(v.reshape(b, -1).sum(1) for v in terms.values())]
     scale = sum(p.abs() for p in parts)
     gap = (sum(parts) - logit).abs()
     missed = gap / scale.clamp_min(1e-12)
@@ -283,9 +293,13 @@ def fullgrad(model, inputs: torch.Tensor, target: Target, *, scaling: str = "ima
     dims = (2, 3) if per_channel else (1, 2, 3)
     eps = 1e-7 if per_channel else 1e-6  # each library's own
     cam = _minmax(input_term.abs(), dims, eps).sum(1, keepdim=True)
-    for term in bias_terms.values():
+    for name, term in bias_terms.items():
         if term.dim() != 4:  # a dense layer's bias-gradient has no positions to show
             continue
+        if term.shape[0] != inputs.shape[0]:
+            raise NotApplicableError("fullgrad", model_label(model), f"its layer {name!r} folds positions into the "
+                                     f"batch axis ({term.shape[0]} rows for {inputs.shape[0]} images), so its "
+                                     f"bias-gradient cannot be laid back on the image")
         scaled = _minmax(term.abs(), dims, eps)
         up = F.interpolate(scaled, size=size, mode="bilinear", align_corners=not per_channel)
         cam = cam + up.sum(1, keepdim=True)

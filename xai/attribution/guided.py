@@ -15,11 +15,11 @@ a word. Here every activation the forward pass *actually calls* is intercepted a
 ``BatchNormAct2d``) or a functional call (``F.relu``, ``torch.relu``, ``x.relu()``, ``F.hardtanh(x, 0, 6)``).
 
 Both rules are defined for rectifiers only. Smooth or non-monotone activations (GELU, SiLU, Hardswish,
-ELU, Mish, ...) have no "positive part" to keep, so the methods raise :class:`XaiError` for a model
-that uses one rather than quietly degrade to something else. Sigmoid-type gates (squeeze-excitation,
-attention softmax) are multiplicative weights rather than rectifiers and keep their plain gradient,
-as in the original definition on networks without them. ``x.clamp(min=0)`` written by hand is not
-recognised as a ReLU.
+ELU, Mish, ...) have no "positive part" to keep, so the methods refuse a model that uses one
+(:class:`~xai.errors.NotApplicableError` with the activation's name) rather than quietly degrade to
+something else. Sigmoid-type gates (squeeze-excitation, attention softmax) are multiplicative weights
+rather than rectifiers and keep their plain gradient, as in the original definition on networks
+without them. ``x.clamp(min=0)`` written by hand is not recognised as a ReLU.
 """
 from __future__ import annotations
 
@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-from ..errors import XaiError
-from ._common import Target, finish, prepare
+from ..errors import NotApplicableError, XaiError
+from ._common import Target, finish, model_label, prepare
 
 _RELU = {F.relu, torch.relu, torch.Tensor.relu}
 _RELU_INPLACE = {torch.relu_, torch.Tensor.relu_, F.relu_}
@@ -68,9 +68,9 @@ class _Rectifier(torch.autograd.Function):
 class _ModifiedRectifiers(TorchFunctionMode):
     """Reroutes every rectifier call of a forward pass through :class:`_Rectifier`."""
 
-    def __init__(self, rule: str, method: str):
+    def __init__(self, rule: str, method: str, model: str):
         super().__init__()
-        self.rule, self.method = rule, method
+        self.rule, self.method, self.model = rule, method, model
         self.seen: dict[str, int] = {}
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
@@ -94,10 +94,11 @@ class _ModifiedRectifiers(TorchFunctionMode):
         # The in-place flag is dropped on purpose: the replacement needs the pre-activation kept.
         return _Rectifier.apply(args[0], bounds[0], bounds[1], self.rule)
 
-    def _undefined(self, activation: str) -> XaiError:
-        return XaiError(f"{self.method} is not applicable to this model: it uses {activation} activations, "
-                        f"and the method is defined for rectifiers (ReLU, ReLU6) only; it would otherwise "
-                        f"be the plain gradient, which is not what it claims to be")
+    def _undefined(self, activation: str) -> NotApplicableError:
+        return NotApplicableError(self.method, self.model,
+                                  f"it uses {activation} activations, and the method is defined for rectifiers "
+                                  f"(ReLU, ReLU6) only; it would otherwise be the plain gradient, which is not "
+                                  f"what it claims to be", activation=activation)
 
 
 def modified_gradient(model, inputs: torch.Tensor, target: Target, rule: str) -> tuple[torch.Tensor, dict]:
@@ -105,17 +106,17 @@ def modified_gradient(model, inputs: torch.Tensor, target: Target, rule: str) ->
 
     Returns the attributions and how many rectifier calls of each kind were modified.
     """
-    method = {"guided": "guided backprop", "deconv": "deconvolution"}.get(rule)
+    method = {"guided": "guided_backprop", "deconv": "deconvolution"}.get(rule)
     if method is None:
         raise XaiError(f"unknown rule {rule!r}; choose guided or deconv")
     module, x, t = prepare(model, inputs, target)
     x = x.clone().requires_grad_(True)
-    mode = _ModifiedRectifiers(rule, method)
+    mode = _ModifiedRectifiers(rule, method, model_label(model))
     with torch.enable_grad(), mode:
         out = module(x)
     if not mode.seen:
-        raise XaiError(f"{method} is not applicable to this model: it has no ReLU or ReLU6 activation, so the "
-                       f"method would be the plain gradient")
+        raise NotApplicableError(method, model_label(model), "it has no ReLU or ReLU6 activation, so the method "
+                                                             "would be the plain gradient")
     score = out.gather(1, t[:, None]).sum()
     (g,) = torch.autograd.grad(score, x)
     return finish(g, inputs), dict(mode.seen)

@@ -211,7 +211,14 @@ def propagate(model, inputs: torch.Tensor, target: Target, *, composite: str = "
         return (z, *args[1:])
 
     absorbed: dict[int, torch.Tensor] = {}
-    comp.register(net)
+    try:
+        comp.register(net)
+    except RuntimeError as e:
+        # zennit merges each batch norm into the linear layer registered before it; where that layer is
+        # not the one feeding the norm (DenseNet's norms follow a concatenation), the shapes clash.
+        comp.remove()
+        raise NotApplicableError(method, label, f"its batch norms cannot be merged into the layers registered "
+                                 f"before them ({e}), and LRP has no rule for a batch norm on its own") from None
     handle = net.register_forward_pre_hook(start)
     try:
         if check:

@@ -4,9 +4,10 @@ Sections (``scripts/bench --profile P [--only SECTION ...] [--e2e]``):
 
 - ``attribution`` (:mod:`.attribution`): gradient, Integrated Gradients, SmoothGrad, Grad-CAM, Grad-CAM++,
   Score-CAM and Occlusion, ours vs captum's and pytorch-grad-cam's, images per second, speed-up and
-  agreement (max abs difference, Spearman rank correlation) for every pair;
+  agreement (max abs difference, Spearman rank correlation) for every pair; for Score-CAM also the
+  passes skipped exactly and its approximations' time and agreement (:mod:`.scorecam`);
 - ``featvis`` (:mod:`.featvis`): our batched renderer vs torch-lucent's ``render_vis``, units per second,
-  speed-up and the final activations of both;
+  speed-up, the final activations of both, and each side's time to lucent's final activation;
 - ``metrics`` (:mod:`.metrics`): every metric of :data:`xai.metrics.METRICS` that Quantus also has, ours
   vs Quantus's on a Fashion-MNIST CNN, seconds per call, the ratio and agreement (or the definitional
   difference);
@@ -23,9 +24,13 @@ Outputs (paths relative to the artifact store, ``book/_generated/``):
 - ``bench/results.json``: ``{"profile", "measured_at", "config", "machine", "peak", "model_flops",
   "attribution": {"rows": [{"method", "label", "options", "ours": TIMING, "anchors": [{"library",
   "call", "timing": TIMING, "speedup", "agreement": {"max_abs_diff", "rel_max_abs_diff",
-  "spearman_mean", "spearman_min", "normalised", ...}}], "self_agreement"?}], ...},
+  "spearman_mean", "spearman_min", "normalised", ...}}], "self_agreement"?, "passes"? (Score-CAM:
+  {"passes", "constant", "shared", "made", "skipped_fraction", "every_pass", "approximations": [{"options",
+  "seconds", "speedup", "spearman_mean", "spearman_min"}]})}], ...},
   "featvis": {"ours": TIMING, "lucent": TIMING, "speedup", "ours_mean_activation",
-  "lucent_mean_activation", "final_activation": {layer: ...}, ...}, "metrics": {"model", "batch", "rows":
+  "lucent_mean_activation", "final_activation": {layer: {..., "<side>_time_to_quality": {"steps",
+  "seconds", "curve"}}}, "schedule", "kept_steps", "time_to_quality": {"ours"|"lucent": {"median_s",
+  "median_steps", "reached", "units"}, "speedup"}, ...}, "metrics": {"model", "batch", "rows":
   [{"metric", "label", "family", "options", "ours": TIMING, "anchors": [{"library": "quantus", "call",
   "timing": TIMING, "speedup", "agreement": {"kind", ...}, "note"}]}], ...}, "e2e"?: {profile: {"cold_s",
   "warm_s"}}, "targets": [{"what", "target", "value", "unit", "met"}]}`` where TIMING is

@@ -151,6 +151,12 @@ def comparisons(module: nn.Module, x: torch.Tensor, t: torch.Tensor, cfg) -> lis
             "flops_saved_counted": 1 - row["ours"]["flops"] / anchor if anchor else None,
             "against_full": agreement(*forced)}}
 
+    def score_cam_passes(row: dict, ours: torch.Tensor) -> dict:
+        """The passes Score-CAM skipped exactly, and its approximations' time and agreement."""
+        from .scorecam import approximations
+
+        return {"passes": approximations(module, x, t, row["options"], ours, row["ours"]["median_s"])}
+
     return [
         Comparison("gradient", {}, [Anchor(
             "captum", "Saliency(model).attribute(x, target, abs=False)",
@@ -179,7 +185,7 @@ def comparisons(module: nn.Module, x: torch.Tensor, t: torch.Tensor, cfg) -> lis
             pgc("GradCAMPlusPlus", True), normalise=True, check=check("grad_cam_pp", "GradCAMPlusPlus"))]),
         Comparison("score_cam", {"layer": layer, "internal_batch_size": ibs}, [Anchor(
             "pytorch-grad-cam", f"ScoreCAM(model, target_layers=[{layer}])(x, targets) (its batch size: 16)",
-            pgc("ScoreCAM", False), normalise=True)]),
+            pgc("ScoreCAM", False), normalise=True)], extra=score_cam_passes),
         Comparison("occlusion", {"window": window, "stride": stride, "fill": "black",
                                  "internal_batch_size": cfg.occlusion_batch},
                    [Anchor("captum", f"Occlusion(model).attribute(x, sliding_window_shapes=(3, {window}, {window}), "

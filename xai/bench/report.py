@@ -30,6 +30,10 @@ def targets(results: dict) -> list[dict]:
     value = fv["speedup"] if fv else None
     out.append(_target("feature visualization vs lucent", f">= {FEATVIS_TARGET:g}x", value,
                        None if value is None else value >= FEATVIS_TARGET, "x"))
+    if fv and fv.get("time_to_quality"):
+        value = fv["time_to_quality"]["speedup"]
+        out.append(_target("feature visualization: time to lucent's final activation", f">= {FEATVIS_TARGET:g}x",
+                           value, None if value is None else value >= FEATVIS_TARGET, "x"))
     if fv:
         ratio = fv["ours_mean_activation"] / fv["lucent_mean_activation"] if fv["lucent_mean_activation"] else None
         out.append(_target("feature visualization: final activation vs lucent", ">= 1.0x (mean)", ratio,
@@ -138,6 +142,9 @@ def markdown(results: dict) -> str:
                               f"{_rho(r.get('self_map_agreement'))} on 2-D maps: the most any other "
                               f"implementation can be expected to reach."]
         for r in att["rows"]:
+            if r.get("passes"):
+                lines += _score_cam_passes(r["passes"], att.get("cam_layer"))
+        for r in att["rows"]:
             inc = r.get("incremental")
             if not inc:
                 continue
@@ -182,6 +189,22 @@ def markdown(results: dict) -> str:
                   f"| lucent `render_vis` | {_fmt(fv['lucent']['per_second'])} | {fv['lucent']['median_s']:.1f} | "
                   f"{fv['lucent_mean_activation']:.3f} | | {_pct(fv['lucent']['fraction_of_peak'])} |",
                   "", f"Speed-up: {fv['speedup']:.2f}x."]
+        tq = fv.get("time_to_quality")
+        if tq:
+            o, l_ = tq["ours"], tq["lucent"]
+            lines += ["", f"**Time to quality.** Each unit's bar is lucent's final activation after {fv['steps']} "
+                      f"steps. Both sides keep their image every {fv['kept_steps'][0]} step(s) and time when each "
+                      f"step ends; a unit's time is that of its first kept image scoring at or above the bar "
+                      f"(ours: its batch's time over the units in it, as for units/s). Our schedule: "
+                      f"`{fv.get('schedule', 'constant')}`.", "",
+                      "| renderer | median s per unit to the bar | median steps to the bar | units that reach it |",
+                      "| --- | --- | --- | --- |",
+                      f"| ours (batched) | {_fmt(o['median_s'])} | {_fmt(o['median_steps'], 'g')} | "
+                      f"{o['reached']} of {o['units']} |",
+                      f"| lucent `render_vis` | {_fmt(l_['median_s'])} | {_fmt(l_['median_steps'], 'g')} | "
+                      f"{l_['reached']} of {l_['units']} |",
+                      "", f"Speed-up in time to quality: {_fmt(tq['speedup'], '.2f')}x (fixed steps: "
+                          f"{fv['speedup']:.2f}x)."]
         floor = fv.get("floor")
         if floor:
             lines += ["", f"**The floor.** The network passes alone (each layer's truncated forward and backward of "
@@ -205,6 +228,23 @@ def markdown(results: dict) -> str:
         lines.append("Not measured in this run: `scripts/bench --only e2e` builds the book cold and warm for the "
                      "quick and full profiles (as long as those builds take; `--e2e-profiles quick` for one).")
     return "\n".join(lines) + "\n"
+
+
+def _score_cam_passes(p: dict, layer) -> list[str]:
+    ev = p["every_pass"]["agreement"]
+    lines = ["", f"**Score-CAM's passes** at `{layer}` ({p['channels']} channels x {p['images']} images = "
+                 f"{p['passes']} masked passes): {p['constant']} skipped as constant maps, {p['shared']} shared "
+                 f"with an identical mask (to {p['same_mask']:.1e}), {p['made']} made "
+                 f"({_pct(p['skipped_fraction'])} skipped exactly). Making every pass instead took "
+                 f"{p['every_pass']['seconds']:.1f} s and gives the same maps to "
+                 f"{_fmt(ev['rel_max_abs_diff'], '.2g')} of their maximum. The approximations, each once, against "
+                 f"the exact map:", "", "| option | seconds | speed-up | Spearman ρ mean (min) |",
+             "| --- | --- | --- | --- |"]
+    for a in p["approximations"]:
+        opt = ", ".join(f"{k}={v}" for k, v in a["options"].items())
+        lines.append(f"| `{opt}` | {a['seconds']:.1f} | {a['speedup']:.2f}x | {_fmt(a['spearman_mean'], '.3f')} "
+                     f"({_fmt(a['spearman_min'], '.3f')}) |")
+    return lines
 
 
 def _agreement_text(ag: dict, note: str) -> str:
@@ -279,6 +319,13 @@ def figure(results: dict):
         mins.append(FEATVIS_TARGET)
         ours_peak.append(fv["ours"]["fraction_of_peak"] or 0)
         their_peak.append(fv["lucent"]["fraction_of_peak"] or 0)
+        tq = (fv.get("time_to_quality") or {}).get("speedup")
+        if tq:
+            labels.append("Feature vis., time to\nlucent's quality")
+            speedups.append(tq)
+            mins.append(FEATVIS_TARGET)
+            ours_peak.append(0)  # a time to a bar has no FLOP rate of its own: the row above has it
+            their_peak.append(0)
     n = max(1, len(labels))
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 0.45 * n + 1.4), sharey=True,
                                  gridspec_kw={"width_ratios": [3, 2]})

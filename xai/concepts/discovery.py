@@ -27,7 +27,7 @@ from torch import nn
 
 from ..errors import XaiError
 from ..featvis import objectives as O
-from ..layers import num_prefix_tokens, to_spatial
+from ..layers import layout_of, to_spatial
 from .nmf import merge_signs, nmf, nmf_transform, split_signs
 from .taps import as_targets, layer_activations, layer_gradients
 
@@ -91,10 +91,10 @@ class Concepts:
         return O.direction(self.layer, self.directions[idx])
 
 
-def _spatial(model: nn.Module, t: torch.Tensor) -> torch.Tensor:
+def _spatial(model: nn.Module, t: torch.Tensor, layer: str, images: torch.Tensor) -> torch.Tensor:
     if t.dim() == 2:
         raise XaiError(f"a layer output of shape {tuple(t.shape)} has no positions to factorize")
-    return to_spatial(t, num_prefix_tokens(model))
+    return to_spatial(t, layout_of(model, layer, images.shape[1:]), layer)
 
 
 def discover(model: nn.Module, images: torch.Tensor, layer: str, target, *, k: int = 6, seed: int = 0,
@@ -102,7 +102,7 @@ def discover(model: nn.Module, images: torch.Tensor, layer: str, target, *, k: i
     """Factorize ``layer``'s activations over ``images`` into ``k`` concepts, each with its presence map
     on every image and its relevance for ``target`` (one class, or one per image)."""
     acts, grads, _ = layer_gradients(model, images, layer, target, batch=batch)
-    acts, grads = _spatial(model, acts), _spatial(model, grads)
+    acts, grads = _spatial(model, acts, layer, images), _spatial(model, grads, layer, images)
     v, signed = split_signs(activation_matrix(acts))
     fac = nmf(v, k, iters=iters, seed=seed)
     n, _, hh, ww = acts.shape
@@ -120,7 +120,7 @@ def discover(model: nn.Module, images: torch.Tensor, layer: str, target, *, k: i
 def locate(concepts: Concepts, model: nn.Module, images: torch.Tensor, *, batch: int = 32) -> torch.Tensor:
     """``[N, k, h, w]``: where each already found concept is present on new images (``W`` fitted with
     the concepts' factors held fixed)."""
-    acts = _spatial(model, layer_activations(model, images, concepts.layer, batch=batch))
+    acts = _spatial(model, layer_activations(model, images, concepts.layer, batch=batch), concepts.layer, images)
     a = activation_matrix(acts)
     v = torch.cat([a.clamp_min(0), (-a).clamp_min(0)], 1) if concepts.signed else a
     if not concepts.signed and bool((v < 0).any()):

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import XaiError
-from ..layers import num_prefix_tokens, to_spatial
+from ..layers import layout_of, to_spatial
 from .taps import layer_activations
 
 QUANTILE = 0.995
@@ -94,7 +94,7 @@ def dissect(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, layers
         acts = layer_activations(model, images, layer, batch=batch)
         if acts.dim() == 2:
             raise XaiError(f"layer {layer} has no spatial map to dissect")
-        acts = to_spatial(acts, num_prefix_tokens(model))
+        acts = to_spatial(acts, layout_of(model, layer, images.shape[1:]), layer)
         t = top_quantile(acts, quantile)
         out[layer] = Dissection(layer, iou(acts, labels, t, batch=batch), t, quantile, iou_threshold)
     return out

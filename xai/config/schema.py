@@ -181,6 +181,27 @@ class CleverHansConfig(StudyConfig):
                             "(xai.shortcuts.calibration.BUDGETS); null: not run")
 
 
+class LeaderboardConfig(StudyConfig):
+    """Every method ranked by localisation on the Clever Hans models' flipped images, every other metric
+    checked against that ranking (xai.studies.leaderboard). Models, budget and test images are the
+    cleverhans study's."""
+
+    sets: list[Literal["square", "watermark", "gradient", "multi"]] = ["square", "watermark", "gradient"]
+    images: PositiveInt = Field(24, description="images flipped by the marker, per marker")
+    explain_images: PositiveInt = Field(6, description="of those, for metrics that explain perturbed inputs or models")
+    methods: dict[str, dict] | None = Field(None, description="name -> options; null: every method, sized by the study")
+    metrics: list[str] | None = Field(None, description="null: every metric outside the localisation family")
+    metric_options: dict[str, dict] = {
+        "deletion": {"steps": 8}, "insertion": {"steps": 8, "substrate": "blur"},
+        "road_morf": {"percentages": [0.2, 0.5, 0.8]}, "road_lerf": {"percentages": [0.2, 0.5, 0.8]},
+        "faithfulness_correlation": {"samples": 16}, "sensitivity_n": {"samples": 8, "fractions": [0.05, 0.25, 0.5]}, "infidelity": {"samples": 8},
+        "max_sensitivity": {"samples": 4}, "avg_sensitivity": {"samples": 4}, "local_lipschitz": {"samples": 4}}
+    resamples: PositiveInt = Field(1000, description="bootstrap resamples of the images")
+    level: float = Field(0.95, gt=0, lt=1)
+    max_area: float = Field(0.25, gt=0, le=1, description="a marker region above this share of the image is "
+                            "global: localisation is not defined there")
+
+
 class FeatvisConfig(StudyConfig):
     size: PositiveInt = 128
     batch: PositiveInt = 64
@@ -255,6 +276,7 @@ class Studies(Strict):
     misclassification: MisclassificationConfig = MisclassificationConfig()
     counterfactual: CounterfactualConfig = CounterfactualConfig()
     cleverhans: CleverHansConfig = CleverHansConfig()
+    leaderboard: LeaderboardConfig = LeaderboardConfig()
     featvis: FeatvisConfig = FeatvisConfig()
     concepts: ConceptsConfig = ConceptsConfig()
     speed: SpeedConfig = SpeedConfig()

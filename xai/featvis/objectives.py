@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import XaiError
-from ..layers import resolve, to_spatial
+from ..layers import FLAT, Layout, resolve, to_spatial
 
 # The model's output (logits), as a pseudo-layer name no real module can have.
 OUTPUT = ":output"
@@ -43,19 +43,28 @@ Units = int | Sequence[int] | torch.Tensor
 
 
 class Activations:
-    """One forward pass's activations, read by objectives: ``layer(name)`` as ``[B, C, H, W]``, ``output()``."""
+    """One forward pass's activations, read by objectives: ``layer(name)`` as ``[B, C, H, W]``, ``output()``.
 
-    def __init__(self, acts: dict[str, torch.Tensor], output: torch.Tensor | None, prefix_tokens: int = 0):
-        self.acts, self._output, self.prefix_tokens = acts, output, prefix_tokens
+    ``layouts`` gives each captured layer's traced layout (:mod:`xai.layouts`), so ViT tokens and
+    channels-last maps are read as maps, and a layer whose layout cannot be known is refused."""
+
+    def __init__(self, acts: dict[str, torch.Tensor], output: torch.Tensor | None,
+                 layouts: dict[str, Layout] | None = None):
+        self.acts, self._output, self.layouts = acts, output, dict(layouts or {})
         first = output if output is not None else next(iter(acts.values()))
         self.batch = first.shape[0]
 
     def layer(self, name: str) -> torch.Tensor:
-        """The layer's output as a map; ViT tokens are laid back on their grid, ``[B, C]`` becomes 1x1."""
+        """The layer's output as a map, in its layout; an output without positions (``[B, C]``) is 1x1."""
         if name not in self.acts:
             raise XaiError(f"layer {name!r} was not captured; the objective did not declare it")
         a = self.acts[name]
-        return a[:, :, None, None] if a.dim() == 2 else to_spatial(a, self.prefix_tokens)
+        layout = self.layouts.get(name)
+        if a.dim() == 2 and (layout is None or layout.kind == FLAT):
+            return a[:, :, None, None]
+        if layout is None:
+            raise XaiError(f"layer {name!r} was captured without its layout")
+        return to_spatial(a, layout, name)
 
     def output(self) -> torch.Tensor:
         if self._output is None:

@@ -88,6 +88,12 @@ class ImageParam(nn.Module):
     def project(self) -> None:
         """Called after each optimizer step: bring the parameters back into their valid set, if any."""
 
+    def image_groups(self) -> list[list[nn.Parameter]]:
+        """The parameters in groups whose tensors all index this batch's images along dim 0 (one group
+        here; a :class:`Stack` has one per part). What belongs to one image is row ``i`` of every
+        tensor of a group: an optimizer that works per image (a normalised step) reads it from here."""
+        return [list(self.parameters())]
+
 
 class PixelParam(ImageParam):
     """Raw pixels, kept valid either by clipping (a projection after each step) or by a sigmoid."""
@@ -218,3 +224,6 @@ class Stack(ImageParam):
     def project(self) -> None:
         for p in self.parts:
             p.project()
+
+    def image_groups(self) -> list[list[nn.Parameter]]:
+        return [g for p in self.parts for g in p.image_groups()]

@@ -24,12 +24,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import XaiError
-from ..layers import capture, fast_model, num_prefix_tokens, resolve
+from ..layers import capture, fast_model, resolve, trace
 from .objectives import INPUT, OUTPUT, Activations, Objective
+from .optimize import DEFAULT_LR, OPTIMIZERS, Optimizer, default_lr
 from .param import ImageParam, Seeds, per_image_seeds
+from .schedule import DEFAULT_SCHEDULE, Schedule, schedule_named
 from .transforms import Compose, Transform
 
-DEFAULT_LR = 0.05
 DEFAULT_STEPS = 512
 
 
@@ -124,7 +125,8 @@ def activations(model: nn.Module, x: torch.Tensor, layers: Sequence[str], output
         for h in handles:
             h.remove()
     read = {name: seen[inputs[name]] if name in inputs else acts[name] for name in layers}
-    return Activations(read, out, num_prefix_tokens(model))
+    traced = trace(model, x.shape[1:]).layouts if layers else {}
+    return Activations(read, out, {name: traced[name] for name in layers if name in traced})
 
 
 def forward(model: nn.Module, x: torch.Tensor, objective: Objective) -> Activations:
@@ -155,17 +157,24 @@ def render(
     transforms: Transform | Sequence[Transform] = (),
     steps: int = DEFAULT_STEPS,
     *,
-    lr: float = DEFAULT_LR,
+    lr: float | None = None,
+    optimizer: str = "adam",
+    schedule: str | Schedule = DEFAULT_SCHEDULE,
     penalties: Penalties | None = None,
     snapshots: Sequence[int] = (),
     seed: Seeds = 0,
     progress: Callable[[int, torch.Tensor], None] | None = None,
 ) -> Rendering:
-    """Optimize ``param``'s images to maximise ``objective`` (one value per image) for ``steps`` Adam steps.
+    """Optimize ``param``'s images to maximise ``objective`` (one value per image) for ``steps`` steps.
 
-    ``transforms`` are drawn per image from generators seeded ``seed + i`` (or ``seed[i]`` for a list);
-    build ``param`` with the same seeds so that image ``i`` is reproducible on its own. The model's
-    device is used; the parameterization is moved there.
+    ``optimizer``: one of :data:`~xai.featvis.optimize.OPTIMIZERS` (``adam``, ``sgd``, ``normalized_sgd``),
+    at learning rate ``lr`` (default :data:`DEFAULT_LR`; ``sgd`` needs one). ``schedule``: how the
+    learning rate and the model's input resolution change over the steps, by name from
+    :data:`~xai.featvis.schedule.SCHEDULES` or a :class:`~xai.featvis.schedule.Schedule`; ``constant``
+    is the plain loop, the default ``fast`` gives Adam shorter memories (lucent's quality in fewer
+    steps). ``transforms`` are drawn per image from generators seeded ``seed + i`` (or ``seed[i]`` for
+    a list); build ``param`` with the same seeds so that image ``i`` is reproducible on its own. The
+    model's device is used; the parameterization is moved there.
     """
     if steps < 0:
         raise XaiError(f"steps must be >= 0, got {steps}")
@@ -178,17 +187,21 @@ def render(
     if model.training:
         raise XaiError("render needs the model in eval mode (batch norm must not mix the images of a batch)")
     transform = transforms if isinstance(transforms, Transform) else Compose(list(transforms))
+    plan = schedule_named(schedule)
+    lr = default_lr(optimizer) if lr is None else lr
     penalties = penalties or Penalties()
     device = _model_device(model)
     param = param.to(device)
     n = param.n
     gens = [torch.Generator().manual_seed(s) for s in per_image_seeds(seed, n)]
-    opt = torch.optim.Adam(param.parameters(), lr=lr)
+    opt = Optimizer(param, optimizer, lr, plan.betas)
     history = torch.zeros(steps, n)
     shots: dict[int, torch.Tensor] = {}
     start = time.perf_counter()
     with torch.no_grad():  # an input of the size the model will see, drawn from throwaway generators
         probe = transform(param()[:1], [torch.Generator().manual_seed(0)])
+    trace(model, probe.shape[1:])  # layouts once per model and size; the fast copy below shares them
+    at_scale = plan.transforms(transform, tuple(probe.shape[-2:]), steps)
     with torch.enable_grad(), fast_model(model, probe, keep=objective.layers) as fast:
         for step in range(steps + 1):
             if step in snapshots:
@@ -196,12 +209,12 @@ def render(
                     shots[step] = param().detach().cpu()
             if step == steps:
                 break
-            opt.zero_grad(set_to_none=True)
+            opt.zero_grad()
             x = param()
-            value = objective(forward(fast, transform(x, gens), objective))
+            value = objective(forward(fast, at_scale(step)(x, gens), objective))
             score = value - penalties(x) if penalties.active else value
             (-score.sum()).backward()
-            opt.step()
+            opt.step(lr * plan.lr_factor(step, steps))
             param.project()
             history[step] = value.detach().float().cpu()
             if progress is not None:

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import XaiError
+from ..errors import NotApplicableError, XaiError
 
 _NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
 _CONTAINERS = (nn.Sequential, nn.ModuleList)
@@ -189,7 +189,7 @@ def sanity_curves(model: nn.Module, explain: dict[str, Callable[[nn.Module], tor
                 row.update({k: [None if np.isnan(v) else round(float(v), 5) for v in vals]
                             for k, vals in sims.items()})
                 result.first_maps[name].append(saliency_map(attr[:1], kinds[name])[0])
-            except XaiError as e:
+            except NotApplicableError as e:
                 row["error"] = str(e)
                 result.first_maps[name].append(None)
             result.curves[name].append(row)

@@ -1,176 +1,232 @@
-"""Model registry: ``xai.models.load("efficientnet_lite0")`` gives everything a study needs.
+"""Models from anywhere: ``xai.models.load(spec)`` gives everything a study needs.
 
-Every registered module takes images in ``[0, 1]``: the model's own normalisation runs inside it (a
-forward pre-hook), so pixel-space baselines, valid-range
-constraints and feature-visualization parameterizations never need to know a model's mean and std,
-and layer names stay exactly those of the underlying timm/torchvision model.
+A spec is one of
+
+* a registered name: ``efficientnet_lite0``, ``fmnist_vgg``, ... (``xai models`` lists them), or a name
+  that an installed package declares in the ``xai.models`` entry-point group;
+* ``timm/<name>[.<tag>]``: any timm architecture, e.g. ``timm/resnet50.a1_in1k``;
+* ``torchvision/<name>[:<WEIGHTS>]``: any torchvision classifier, e.g. ``torchvision/vgg16:IMAGENET1K_V1``.
+
+``weights=PATH`` (the CLI's ``--weights``) loads a local checkpoint into any of them, a safetensors file
+or a state dict (read with ``weights_only=True``); ``classes=FILE`` names the classes, one per line.
+Without a file, pretrained weights come from timm's or torchvision's own download code.
+
+A package makes its models known to every ``xai`` command by declaring a function that returns a
+:class:`ModelEntry` (or a timm model) in its ``pyproject.toml``::
+
+    [project.entry-points."xai.models"]
+    my_resnet = "my_package.models:my_resnet"
 """
 from __future__ import annotations
 
 import builtins
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+import functools
+import importlib
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UnknownNameError, XaiError
+from .entry import (FASHION_MNIST, IMAGENET_1K, InputNormalization, ModelEntry, attach_normalization,
+                    class_list_space, from_module, imagenet_class_names, numbered_classes, read_class_file)
+
+ENTRY_POINT_GROUP = "xai.models"
+
+__all__ = ["ENTRY_POINT_GROUP", "FASHION_MNIST", "IMAGENET_1K", "InputNormalization", "ModelEntry",
+           "attach_normalization", "check", "default_device", "describe", "from_module", "import_model_module",
+           "imagenet_class_names", "list", "load", "loader_options", "numbered_classes", "register"]
 
 
-class InputNormalization:
-    """Forward pre-hook that maps [0, 1] images to the network's normalised input.
+@dataclass(frozen=True)
+class _Registered:
+    make: Callable[..., ModelEntry | nn.Module] | None
+    label_space: str  # as declared at registration; "" when only loading tells
+    source: str  # "registered", or where the entry point points
+    entry_point: metadata.EntryPoint | None = None
 
-    A hook rather than a child module: a child would be run as a layer by ``nn.Sequential`` models.
-    It is a plain object, so ``copy.deepcopy(model)`` (used by the sanity checks) copies it along.
-    """
-
-    def __init__(self, mean: Sequence[float], std: Sequence[float]):
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
-
-    def __call__(self, _module: nn.Module, args: tuple) -> tuple:
-        x = args[0]
-        mean, std = self.mean.to(x.device, x.dtype), self.std.to(x.device, x.dtype)
-        return ((x - mean) / std,) + tuple(args[1:])
-
-
-def attach_normalization(model: nn.Module, mean: Sequence[float], std: Sequence[float]) -> nn.Module:
-    """Make ``model`` take ``[0, 1]`` images."""
-    model.register_forward_pre_hook(InputNormalization(mean, std))
-    return model
+    def function(self) -> Callable[..., ModelEntry | nn.Module]:
+        if self.make is not None:
+            return self.make
+        try:
+            return self.entry_point.load()
+        except Exception as e:  # the package's own import error, whatever it is: one line, with its origin
+            raise XaiError(f"cannot load model {self.entry_point.name!r} from {self.entry_point.value}: "
+                           f"{type(e).__name__}: {e}") from e
 
 
-@dataclass
-class ModelEntry:
-    """A model with everything a study needs; studies never special-case a model by name."""
-
-    name: str
-    family: str  # "imagenet" or "fmnist"
-    model: nn.Module  # eval mode, takes [0, 1] images
-    input_size: tuple[int, int, int]  # C, H, W
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    class_names: list[str]
-    layers: list[str]  # layers of interest, shallow -> deep
-    crop_pct: float = 1.0
-    interpolation: str = "bilinear"
-    info: dict = field(default_factory=dict)
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-    def to(self, device: torch.device | str) -> "ModelEntry":
-        self.model.to(device)
-        return self
-
-    def prepare(self, image: torch.Tensor) -> torch.Tensor:
-        """A ``[C, H, W]`` image in [0, 1] resized (shorter side to size / crop_pct) and centre-cropped
-        to this model's input, with its channel count (grey <-> RGB) matched."""
-        c, h, w = self.input_size
-        x = image
-        if x.dim() != 3:
-            raise XaiError(f"expected an image of shape [C, H, W], got {tuple(x.shape)}")
-        if x.shape[0] != c:
-            if c == 1:
-                x = (x * torch.tensor([0.299, 0.587, 0.114], dtype=x.dtype).view(3, 1, 1)).sum(0, keepdim=True)
-            elif x.shape[0] == 1:
-                x = x.expand(3, -1, -1)
-            else:
-                raise XaiError(f"cannot turn a {x.shape[0]}-channel image into {c} channels")
-        if tuple(x.shape[1:]) != (h, w):
-            scale = max(h, w) / self.crop_pct / min(x.shape[1:])
-            size = (max(h, round(x.shape[1] * scale)), max(w, round(x.shape[2] * scale)))
-            mode = "bicubic" if self.interpolation == "bicubic" else "bilinear"
-            x = F.interpolate(x[None], size=size, mode=mode, align_corners=False, antialias=True)[0]
-            top, left = (size[0] - h) // 2, (size[1] - w) // 2
-            x = x[:, top:top + h, left:left + w]
-        return x.clamp(0, 1).contiguous()
-
-    def class_index(self, target: int | str) -> int:
-        """A class given by index or name (case-insensitive); a bad one gets close-match suggestions."""
-        if isinstance(target, int) or (isinstance(target, str) and target.lstrip("-").isdigit()):
-            i = int(target)
-            if not 0 <= i < self.num_classes:
-                raise XaiError(f"class index {i} is out of range for {self.name} ({self.num_classes} classes)")
-            return i
-        lowered = [c.lower() for c in self.class_names]
-        if target.lower() in lowered:
-            return lowered.index(target.lower())
-        raise UnknownNameError(f"class of {self.name}", target, self.class_names)
-
-    def check_input(self, x: torch.Tensor) -> None:
-        if x.dim() != 4 or tuple(x.shape[1:]) != tuple(self.input_size):
-            raise XaiError(
-                f"{self.name} takes a batch of shape [B, {', '.join(map(str, self.input_size))}], got {tuple(x.shape)}"
-            )
-
-    @torch.no_grad()
-    def predict(self, x: torch.Tensor, k: int = 5) -> list[list[tuple[int, str, float]]]:
-        """Top-k ``(index, name, probability)`` for each image of a batch."""
-        self.check_input(x)
-        probs = self.model(x.to(self.device)).softmax(-1)
-        p, i = probs.topk(min(k, self.num_classes), dim=-1)
-        return [[(int(j), self.class_names[int(j)], float(q)) for q, j in zip(pr, ix)] for pr, ix in zip(p, i)]
+_REGISTRY: dict[str, _Registered] = {}
 
 
-_REGISTRY: dict[str, tuple[str, Callable[..., ModelEntry]]] = {}
-
-
-def register(name: str, family: str):
-    def deco(fn: Callable[..., ModelEntry]):
-        _REGISTRY[name] = (family, fn)
+def register(name: str, label_space: str = ""):
+    """Register a function returning a :class:`ModelEntry` (or a timm model) under ``name``. Options given
+    to :func:`load` are passed to it; it takes ``weights=`` if it declares that parameter."""
+    def deco(fn: Callable[..., ModelEntry | nn.Module]):
+        _REGISTRY[name] = _Registered(fn, label_space, "registered")
         return fn
     return deco
 
 
-def list(family: str | None = None) -> builtins.list[str]:  # noqa: A001 - timm-like API
-    """Registered model names, optionally of one family ("imagenet" or "fmnist")."""
-    return [n for n, (fam, _) in _REGISTRY.items() if family is None or fam == family]
+@functools.cache
+def _entry_points() -> dict[str, _Registered]:
+    """Models that installed packages declare in the ``xai.models`` entry-point group (loaded lazily;
+    the installed packages are read once per process)."""
+    return {ep.name: _Registered(None, "", f"entry point {ep.value}", ep)
+            for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)}
 
 
-def family(name: str) -> str:
-    if name not in _REGISTRY:
-        raise UnknownNameError("model", name, _REGISTRY, hint="`xai models` lists them")
-    return _REGISTRY[name][0]
+def _known() -> dict[str, _Registered]:
+    return {**_entry_points(), **_REGISTRY}  # a name registered in code wins over an entry point
 
 
-def load(name: str, *, device: torch.device | str | None = None, **options) -> ModelEntry:
-    """Create a registered model by name, in eval mode, on ``device`` (CUDA when present by default).
+def list(label_space: str | None = None) -> builtins.list[str]:  # noqa: A001 - timm-like API
+    """Registered and entry-point model names; with ``label_space``, those declared with that label space."""
+    return [n for n, r in _known().items() if label_space is None or r.label_space == label_space]
 
-    Fashion-MNIST models take ``budget=`` ("full" or "smoke"): they are trained on first use and cached.
-    """
-    family(name)
-    entry = _REGISTRY[name][1](**options)
+
+def describe(name: str) -> str:
+    """What ``xai models`` prints beside a name: its label space, or where it comes from."""
+    r = _known()[name]
+    return r.label_space or r.source
+
+
+def _split(spec: str) -> tuple[str, str, str | None]:
+    """``(source, name, weights enum member)`` of a spec; source is "name", "timm" or "torchvision"."""
+    if not isinstance(spec, str) or not spec:
+        raise XaiError(f"a model spec is a non-empty string, got {spec!r}")
+    source, sep, rest = spec.partition("/")
+    if not sep:
+        return "name", spec, None
+    if source == "timm" and rest:
+        return "timm", rest, None
+    if source == "torchvision" and rest:
+        name, _, member = rest.partition(":")
+        return "torchvision", name, member or None
+    raise UnknownNameError("model source", source, ["timm", "torchvision"],
+                           hint="a spec is a registered name, timm/<name>[.<tag>] or torchvision/<name>[:<WEIGHTS>]")
+
+
+def check(spec: str) -> str:
+    """Fail fast, before anything heavy loads, on a spec that names no model; returns its source."""
+    source, name, member = _split(spec)
+    if source == "timm":
+        from .hub import check_timm
+
+        check_timm(name)
+    elif source == "torchvision":
+        from .hub import check_torchvision
+
+        check_torchvision(name, member)
+    elif name not in _known():
+        raise UnknownNameError("model", name, [*_known(), *_hub_names(name)],
+                               hint="`xai models` lists them; any timm or torchvision model is "
+                                    "timm/<name> or torchvision/<name>")
+    return source
+
+
+def _hub_names(name: str) -> builtins.list[str]:
+    """``timm/<name>`` and ``torchvision/<name>`` when a bare name is one of theirs (for suggestions)."""
+    import timm
+    import torchvision.models as tvm
+
+    out = [f"timm/{name}"] if timm.is_model(name) else []
+    return out + ([f"torchvision/{name}"] if name in tvm.list_models(module=tvm) else [])
+
+
+def loader_options(spec: str) -> frozenset[str]:
+    """The keyword options a registered model's function takes (``budget``, ``progress``...), so that
+    callers pass each model only what it understands; empty for timm and torchvision specs."""
+    source, name, _ = _split(spec)
+    if source != "name" or name not in _known():
+        return frozenset()
+    fn = _known()[name].function()
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return frozenset()
+    return frozenset(p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD))
+
+
+def load(spec: str, *, weights: str | Path | None = None, classes: str | Path | None = None,
+         device: torch.device | str | None = None, **options) -> ModelEntry:
+    """The model of ``spec``, in eval mode with frozen parameters, on ``device`` (CUDA when present by
+    default). ``options`` go to the registered function, or to ``timm.create_model`` / the torchvision
+    builder (``num_classes``, ``img_size``, ...). Fashion-MNIST models take ``budget=`` ("full" or
+    "smoke"): they are trained on first use and cached."""
+    source = check(spec)
+    _, name, member = _split(spec)
+    if source == "timm":
+        from .hub import timm_entry
+
+        entry = timm_entry(name, weights=weights, **options)
+    elif source == "torchvision":
+        from .hub import torchvision_entry
+
+        entry = torchvision_entry(name, member, weights=weights, **options)
+    else:
+        registered = _known()[name]
+        if weights is not None:
+            if "weights" not in loader_options(spec):
+                raise XaiError(f"{name} does not take a weights file")
+            options = {**options, "weights": weights}
+        entry = _as_entry(name, registered.function()(**options))
+    if classes is not None:
+        names = read_class_file(classes)
+        if len(names) != entry.num_classes:
+            raise XaiError(f"{classes} names {len(names)} classes, but {entry.name} scores {entry.num_classes}")
+        entry.class_names, entry.label_space = names, class_list_space(classes)
     entry.model.eval()
     for p in entry.model.parameters():
         p.requires_grad_(False)
     return entry.to(device or default_device())
 
 
+def _as_entry(name: str, made) -> ModelEntry:
+    if isinstance(made, ModelEntry):
+        return made
+    if isinstance(made, nn.Module) and isinstance(getattr(made, "pretrained_cfg", None), dict):
+        from .hub import timm_module_entry
+
+        return timm_module_entry(name, made)
+    raise XaiError(f"model {name!r} gave a {type(made).__name__}; its function must return an "
+                   f"xai.models.ModelEntry (see xai.models.from_module) or a timm model")
+
+
+def import_model_module(target: str) -> str | None:
+    """``--model-module pkg.mod[:fn]``: import ``pkg.mod`` (its ``@register`` calls run) and, with
+    ``:fn``, register ``fn`` under the name ``fn``. Returns that name, or None."""
+    module_name, _, fn_name = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise XaiError(f"cannot import model module {module_name!r}: {e}") from e
+    if not fn_name:
+        return None
+    fn = getattr(module, fn_name, None)
+    if not callable(fn):
+        raise UnknownNameError(f"function of {module_name}", fn_name,
+                               [n for n, v in vars(module).items() if callable(v) and not n.startswith("_")])
+    register(fn_name)(fn)
+    return fn_name
+
+
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _imagenet_entry(name: str) -> ModelEntry:
-    from . import imagenet
+def _lite(_name: str):
+    def make(weights: str | None = None) -> ModelEntry:
+        from . import imagenet
 
-    module, cfg = imagenet.build(name)
-    attach_normalization(module, cfg["mean"], cfg["std"])
-    return ModelEntry(
-        name=name, family="imagenet", model=module, input_size=cfg["input_size"], mean=cfg["mean"],
-        std=cfg["std"], class_names=imagenet.imagenet_class_names(), layers=builtins.list(imagenet.LAYERS),
-        crop_pct=cfg["crop_pct"], interpolation=cfg["interpolation"],
-        info={"arch": cfg["arch"], "weights": cfg["weights"]},
-    )
+        return imagenet.entry(_name, weights)
+    return make
 
 
 for _name in ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"):
-    register(_name, "imagenet")(lambda _n=_name, **_: _imagenet_entry(_n))
+    register(_name, IMAGENET_1K)(_lite(_name))
 
 from . import fmnist as _fmnist  # noqa: E402,F401  (registers the Fashion-MNIST models)

@@ -79,7 +79,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from ..errors import XaiError
+from ..errors import NotApplicableError, XaiError
 from ..metrics import shortcut as sm
 from . import stats
 from .markers import Marker
@@ -376,7 +376,7 @@ def _attribute(report: ShortcutReport, model, pool: torch.Tensor, c: int, region
             opts.setdefault("layer", layer)
         try:
             attr = attribute(method, model, x, c, **opts)
-        except XaiError as e:  # a method not applicable to this model is reported, not fatal
+        except NotApplicableError as e:  # a method not applicable to this model is reported, not fatal
             report.attribution[method] = {"error": str(e)}
             continue
         report.attribution[method] = sm.summarize(sm.region_mass(attr, region), region)

@@ -22,7 +22,7 @@ from torch import nn
 
 from ..data import fashion_mnist
 from ..errors import UnknownNameError, XaiError
-from ..models import ModelEntry, attach_normalization
+from ..models import FASHION_MNIST, ModelEntry, attach_normalization
 from ..models import fmnist as zoo
 from . import markers as mk
 
@@ -146,14 +146,15 @@ def train_config(budget: str | zoo.TrainConfig) -> zoo.TrainConfig:
     """``full``: 30,000 images, 2 epochs (about half a minute a model on two cores); ``smoke``: 4,096 images.
 
     A :class:`~xai.models.fmnist.TrainConfig` is taken as it is (the calibration's reduced budgets and
-    training seeds).
+    training seeds). NHWC layout: a training step took 36 instead of 49 ms of CPU on a 2-core AMD EPYC
+    (one thread, batch 128), as it does for the zoo's CNNs (:class:`xai.models.fmnist.TrainConfig`).
     """
     if isinstance(budget, zoo.TrainConfig):
         return budget
     if budget == "full":
-        return zoo.TrainConfig(epochs=2, train_size=30_000, test_size=None, lr=1e-2)
+        return zoo.TrainConfig(epochs=2, train_size=30_000, test_size=None, lr=1e-2, channels_last=True)
     if budget == "smoke":
-        return zoo.TrainConfig(epochs=2, train_size=4096, test_size=2000, lr=1e-2)
+        return zoo.TrainConfig(epochs=2, train_size=4096, test_size=2000, lr=1e-2, channels_last=True)
     raise XaiError(f"unknown training budget {budget!r}; choose from {', '.join(BUDGETS)}")
 
 
@@ -191,9 +192,10 @@ def trained(spec: PoisonSpec, budget: str | zoo.TrainConfig = "full", *, seed: i
         record = {"spec": spec.describe(), "budget": label, "config": asdict(cfg), "key": key,
                   "torch": torch.__version__, "device": str(device or default_device()), **stats}
         zoo._save_checkpoint(net, key, record)
-    entry = ModelEntry(name=f"cleverhans_{spec.name}", family="fmnist", model=net, input_size=(1, 28, 28),
+    entry = ModelEntry(name=f"cleverhans_{spec.name}", model=net, input_size=(1, 28, 28),
                        mean=zoo.MEAN, std=zoo.STD, class_names=builtins.list(fashion_mnist.CLASSES),
-                       layers=builtins.list(LAYERS), info={"arch": "small CNN, 3 conv layers", **record})
+                       layers=builtins.list(LAYERS), label_space=FASHION_MNIST,
+                       info={"arch": "small CNN, 3 conv layers", **record})
     entry.model.eval()
     for p in entry.model.parameters():
         p.requires_grad_(False)

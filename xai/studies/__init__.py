@@ -22,6 +22,7 @@ STUDIES: dict[str, str] = {
     "misclassification": "xai.studies.misclassification",
     "counterfactual": "xai.studies.counterfactual",
     "cleverhans": "xai.studies.cleverhans",
+    "leaderboard": "xai.studies.leaderboard",  # after cleverhans: it ranks methods on its models
     "featvis": "xai.studies.featvis",
     "concepts": "xai.studies.concepts",
     "speed": "xai.studies.speed",

@@ -44,7 +44,7 @@ import numpy as np
 import torch
 
 from .. import attribution, models
-from ..errors import XaiError
+from ..errors import NotApplicableError, XaiError
 from ..metrics import auc, centre_map, completeness_gap, perturbation_curves, random_map, sanity_curves
 from ..profiles import Profile
 from ..render import maps as R
@@ -96,7 +96,7 @@ def ci95(values: np.ndarray) -> dict:
 
 
 def _metrics(profile: Profile, entry: models.ModelEntry) -> list[str]:
-    chosen = option(profile, "fmnist_metrics" if entry.family == "fmnist" else "imagenet_metrics")
+    chosen = option(profile, "fmnist_metrics" if entry.label_space == models.FASHION_MNIST else "imagenet_metrics")
     for m in chosen:
         if m not in METRICS:
             raise XaiError(f"unknown faithfulness metric {m!r}; choose from {', '.join(METRICS)}")
@@ -104,7 +104,7 @@ def _metrics(profile: Profile, entry: models.ModelEntry) -> list[str]:
 
 
 def _ibs(profile: Profile, entry: models.ModelEntry) -> int:
-    return option(profile, "fmnist_internal_batch_size" if entry.family == "fmnist" else "internal_batch_size")
+    return option(profile, "fmnist_internal_batch_size" if saliency.small_inputs(entry) else "internal_batch_size")
 
 
 def _imagenet_models(profile: Profile) -> list[str]:
@@ -113,10 +113,7 @@ def _imagenet_models(profile: Profile) -> list[str]:
 
 
 def _batch(entry: models.ModelEntry, profile: Profile, n_photos: int, n_fmnist: int) -> Batch:
-    if entry.family == "imagenet":
-        ids = saliency.photo_ids(profile)
-        return photo_batch(entry, ids[:n_photos] if n_photos else ids)
-    return fmnist_batch(entry, fmnist_indices(n_fmnist))
+    return saliency.batch_for(entry, profile, n_photos, n_fmnist)
 
 
 # -- deletion / insertion -------------------------------------------------------------------------------------------
@@ -197,7 +194,7 @@ def _sanity_of(entry: models.ModelEntry, b: Batch, names: list[str], profile: Pr
         opts = {**_sanity_options(profile, name, entry), **({"layer": layer} if m.needs_layer else {})}
         try:  # a method that never applies to this model is left out, with its reason
             m(entry, b.x[:1], b.targets[:1], **opts)
-        except XaiError as e:
+        except NotApplicableError as e:
             not_applicable[name] = str(e)
             continue
         explain[name] = (lambda net, m=m, opts=opts: m(net, b.x, b.targets, **opts))
@@ -352,7 +349,7 @@ def run(profile: Profile, store: Store) -> dict:
                              else (part["table"][n][k]["mean"] > rnd[k]["mean"]) for n in applicable),
                 "of": len(applicable)} for k in computed}
 
-    fm = [n for n in entries if entries[n].family == "fmnist"]
+    fm = [n for n in entries if entries[n].label_space == models.FASHION_MNIST]
     if fm:
         e = entries[fm[0]]
         b = fmnist_batch(e, fmnist_indices(min(10, n_fmnist)))
@@ -361,7 +358,7 @@ def run(profile: Profile, store: Store) -> dict:
                         saliency.method_options(profile, "integrated_gradients", e))
         results["completeness"]["sweep"] = store.cached_json(f"{STUDY}/parts/sweep.json", key,
                                                              lambda: completeness_sweep(e, b, steps, profile))
-    im = [n for n in entries if entries[n].family == "imagenet"]
+    im = [n for n in entries if entries[n].label_space == models.IMAGENET_1K]
     if im:
         e = entries[im[0]]
         b = photo_batch(e, saliency.photo_ids(profile)[:1])

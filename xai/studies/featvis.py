@@ -3,17 +3,19 @@
 Every image is rendered by :mod:`xai.featvis` (batched activation maximization, one image per unit).
 Unless a section says otherwise the settings are the engine's defaults: a colour-decorrelated Fourier
 parameterization (1/f scaling), Lucid's standard transforms (pad, jitter, scale, rotate) ending at the
-render size, Adam at learning rate 0.05, no penalties; the number of steps is a profile knob
-(``<section>_steps``) chosen to fit the time budget. Each rendering job is cached under a key of
-everything that determines it (weights, units, seeds, settings, code version), so a rerun only redoes
-what changed. Class visualizations are judged on the saved 8-bit PNG, as the reader sees it, at the
-render size (``evaluation_size``: what was optimized), and again resized to each model's input size.
+render size, Adam at learning rate 0.05 with betas 0.5 and 0.99 (the ``fast`` schedule of
+:data:`xai.featvis.schedule.SCHEDULES`: lucent's 256-step quality in fewer steps), no penalties; the
+number of steps is a profile knob (``<section>_steps``) chosen to fit the time budget. Each rendering
+job is cached under a key of everything that determines it (weights, units, seeds, settings, code
+version), so a rerun only redoes what changed. Class visualizations are judged on the saved 8-bit PNG,
+as the reader sees it, at the render size (``evaluation_size``: what was optimized), and again resized
+to each model's input size.
 
 Artifacts (under ``featvis/``; ``<m>`` a model, ``<layer>`` a dotted layer name, ``<c>`` a class index):
 
 ``results.json``
-    ``settings``: ``size`` (ImageNet render px), ``fmnist_size``, ``lr``, ``param`` (text), ``transforms``
-    (text), ``<section>_steps``, ``seed``, ``channel_rule`` (text).
+    ``settings``: ``size`` (ImageNet render px), ``fmnist_size``, ``lr``, ``schedule`` (the engine's
+    default), ``param`` (text), ``transforms`` (text), ``<section>_steps``, ``seed``, ``channel_rule`` (text).
     ``grids.<m>``: ``family``, ``channel_rule``, ``layers`` (list, shallow to deep) of ``layer``,
     ``objective_layer`` (what is maximised: the layer, or its pre-activation ``<activation>:in`` when the
     layer ends with an activation function, as in Lucid), ``channels`` (rendered channel indices, in
@@ -84,11 +86,12 @@ from ..featvis import Penalties, Rendering
 from ..featvis import objectives as O
 from ..featvis import param as P
 from ..featvis import transforms as T
+from ..featvis.schedule import DEFAULT_SCHEDULE, schedule_named
 from ..errors import XaiError
 from ..profiles import Profile
 from ..render.store import Store, cache_key
-from .overview import photo_ids
-from .saliency import load, model_id
+from .overview import book_group, photo_ids
+from .saliency import load, model_id, require_label_space
 
 STUDY = "featvis"
 ROOT = "featvis"
@@ -216,7 +219,8 @@ class Jobs:
             model=None, objective: O.Objective | None = None,
             snapshot_path: Callable[[int, int], str] | None = None) -> dict:
         rel = f"{ROOT}/jobs/{name.replace('/', '__')}.json"
-        key = cache_key(STUDY, CODE_VERSION, name, spec)
+        # The engine's default schedule moves every rendering, so a change of it is a change of the key.
+        key = cache_key(STUDY, CODE_VERSION, repr(schedule_named(DEFAULT_SCHEDULE)), name, spec)
         if self.store.fresh(rel, key):
             rec = self.store.read_json(rel)
             wanted = rec["images"] + [p for ps in rec["snapshots"].values() for p in ps]
@@ -316,7 +320,7 @@ def run(profile: Profile, store: Store) -> dict:
     jobs = Jobs(store)
     size = option(profile, "size")
     results: dict = {"settings": _settings(profile)}
-    imagenet = {name: load(name, profile) for name in profile.imagenet_models}
+    imagenet = {name: require_label_space(load(name, profile), models.IMAGENET_1K) for name in profile.imagenet_models}
     class_list = _class_list(profile)
     render_models = option(profile, "class_models") or list(profile.imagenet_models[:1])
     for name in render_models:
@@ -340,7 +344,7 @@ def run(profile: Profile, store: Store) -> dict:
         limit = option(profile, "exemplar_images")
         x_scan = x_test if limit is None else x_test[:limit]
         for name in profile.fmnist_models:
-            entry = load(name, profile)
+            entry = require_label_space(load(name, profile), models.FASHION_MNIST)
             results["grids"][name] = fmnist_grids(entry, x_scan, profile, jobs, store)
             results["fmnist"][name] = fmnist_classes(entry, profile, jobs, store)
 
@@ -357,7 +361,7 @@ def run(profile: Profile, store: Store) -> dict:
 
 def _settings(profile: Profile) -> dict:
     s = {k: option(profile, k) for k in DEFAULTS}
-    return {**s, "fmnist_size": 28, "lr": featvis.DEFAULT_LR, "seed": profile.seed,
+    return {**s, "fmnist_size": 28, "lr": featvis.DEFAULT_LR, "schedule": DEFAULT_SCHEDULE, "seed": profile.seed,
             "param": "Fourier spectrum scaled by 1/f, ImageNet colour decorrelation, sigmoid (Olah et al. 2017)",
             "transforms": repr(default_transforms(s["size"])),
             "channel_rule": ("the channels with the highest mean activation (averaged over positions and over the "
@@ -440,7 +444,7 @@ def imagenet_grids(entry: models.ModelEntry, photos: list[str], profile: Profile
     size = option(profile, "size")
     rows, _ = _grid(entry, layers, x, option(profile, "grid_channels"), size, 3, option(profile, "grid_steps"),
                     profile, jobs, f"{ROOT}/imagenet/{entry.name}")
-    return {"family": entry.family, "selection_images": photos,
+    return {"family": book_group(entry), "selection_images": photos,
             "channel_rule": "highest mean activation over the profile's photos", "layers": rows}
 
 
@@ -462,7 +466,7 @@ def fmnist_grids(entry: models.ModelEntry, x_scan: torch.Tensor, profile: Profil
             idxs.append(top.tolist())
             acts.append(_floats(a[top]))
         row.update({"exemplars": strips, "exemplar_indices": idxs, "exemplar_activations": acts})
-    return {"family": entry.family, "selection_images": int(x_scan.shape[0]),
+    return {"family": book_group(entry), "selection_images": int(x_scan.shape[0]),
             "channel_rule": "highest mean activation over the scanned Fashion-MNIST test images",
             "exemplar_rule": "the test images with the highest spatial-mean activation of the channel",
             "layers": rows}

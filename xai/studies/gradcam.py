@@ -31,14 +31,14 @@ import numpy as np
 import torch
 
 from .. import attribution, models
-from ..errors import XaiError
+from ..errors import NotApplicableError
 from ..metrics import spearman, substrate
 from ..profiles import Profile
 from ..render import figures
 from ..render import maps as R
 from ..render.store import Store, cache_key
 from .overview import photo_ids
-from .saliency import Batch, cam_layer, fmnist_batch, fmnist_indices, load, model_id, photo_batch
+from .saliency import Batch, batch_for, cam_layer, load, model_id, photo_batch
 
 STUDY = "gradcam"
 CODE_VERSION = 2
@@ -69,9 +69,7 @@ def _entries(profile: Profile) -> dict[str, models.ModelEntry]:
 
 
 def _batch(entry: models.ModelEntry, profile: Profile, n: int) -> Batch:
-    if entry.family == "imagenet":
-        return photo_batch(entry, _photos(profile, n))
-    return fmnist_batch(entry, fmnist_indices(n))
+    return batch_for(entry, profile, n, n)
 
 
 # -- layers ----------------------------------------------------------------------------------------------------
@@ -95,7 +93,7 @@ def _layers_of(entry: models.ModelEntry, profile: Profile, store: Store, n: int)
         try:
             for method in ("grad_cam", "layer_cam"):
                 maps[(layer, method)] = attribution.attribute(method, entry, b.x, b.targets, layer=layer)[:, 0]
-        except XaiError as e:
+        except NotApplicableError as e:
             skipped[layer] = str(e)
             continue
         grid[layer] = _native_grid(entry, b.x, layer)
@@ -116,11 +114,8 @@ def _layers_of(entry: models.ModelEntry, profile: Profile, store: Store, n: int)
 
 
 def _native_grid(entry: models.ModelEntry, x: torch.Tensor, layer: str) -> list[int]:
-    from ..layers import capture, num_prefix_tokens, to_spatial
-
-    with torch.no_grad():
-        acts, _ = capture(entry.model, x[:1].to(entry.device), [layer])
-    return list(to_spatial(acts[layer], num_prefix_tokens(entry.model)).shape[-2:])
+    """The layer's own grid (rows, columns), as its traced layout reads it."""
+    return list(entry.layout(layer).grid)
 
 
 # -- segmentation by threshold -------------------------------------------------------------------------------
@@ -132,7 +127,7 @@ def segmentation_part(entries: dict, profile: Profile, store: Store) -> dict:
            "rule": "kept region: pixels where the upsampled Grad-CAM map is at least the threshold times its "
                    "maximum; outside it the image is black (confidence_black) or blurred (confidence_blur)"}
     for name, entry in entries.items():
-        if entry.family != "imagenet":
+        if entry.label_space != models.IMAGENET_1K:  # photos only: the segmentation is judged on them
             continue
         key = cache_key(STUDY, CODE_VERSION, "segmentation", model_id(entry), photos, thresholds)
         out["models"][name] = store.cached_json(f"{STUDY}/parts/segmentation_{name}.json", key,
@@ -227,7 +222,7 @@ def counterfactual_part(entries: dict, profile: Profile, store: Store) -> dict:
     chosen = option(profile, "counterfactual_layers")
     out = {}
     for name, entry in entries.items():
-        if entry.family != "imagenet":
+        if entry.label_space != models.IMAGENET_1K:
             continue
         key = cache_key(STUDY, CODE_VERSION, "counterfactual", model_id(entry), photos, chosen)
         out[name] = store.cached_json(f"{STUDY}/parts/counterfactual_{name}.json", key,

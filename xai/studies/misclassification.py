@@ -46,7 +46,7 @@ import torch
 from .. import attribution, models
 from ..contrastive import contrastive_map
 from ..data import fashion_mnist, images
-from ..errors import XaiError
+from ..errors import NotApplicableError, XaiError
 from ..metrics import spearman
 from ..profiles import Profile
 from ..render import maps as R
@@ -175,7 +175,7 @@ def photos_part(profile: Profile, store: Store, methods, opts: dict) -> tuple[li
     labelled = [p for p in photo_ids(profile) if images.photo(p).label is not None]
     records, counts = [], {}
     for name in profile.imagenet_models:
-        entry = models.load(name)
+        entry = S.require_label_space(models.load(name), models.IMAGENET_1K)
         batch = S.photo_batch(entry, labelled)
         wrong = [i for i, p in enumerate(labelled) if int(batch.targets[i]) != images.photo(p).label]
         counts[name] = {"labelled": len(labelled), "misclassified": len(wrong)}
@@ -207,7 +207,7 @@ def test_probabilities(entry: models.ModelEntry, x: torch.Tensor, batch_size: in
 def _try_margin(entry, x, pred, true, method, options) -> tuple[torch.Tensor | None, str | None]:
     try:
         return margin_maps(entry, x, pred, true, method, options), None
-    except XaiError as e:  # e.g. Grad-CAM at a layer that cannot move the prediction
+    except NotApplicableError as e:  # e.g. Grad-CAM at a layer that cannot move the prediction
         return None, str(e)
 
 
@@ -221,7 +221,7 @@ def fmnist_model(entry: models.ModelEntry, profile: Profile, store: Store, metho
     cm = confusion_matrix(y, pred, len(classes))
     try:
         layer, cam_error = S.cam_layer(entry, x[:1]), None
-    except XaiError as e:
+    except NotApplicableError as e:
         layer, cam_error = None, str(e)
     out = {"accuracy": num(float((pred == y).float().mean())), "test_images": len(y), "classes": classes,
            "confusion": cm.tolist(), "cam_layer": layer, "top_confusions": []}
@@ -264,7 +264,7 @@ def _slug(name: str) -> str:
 def fmnist_part(profile: Profile, store: Store, methods, opts: dict) -> dict:
     out = {}
     for name in profile.fmnist_models:
-        entry = models.load(name, budget=profile.fmnist_budget, progress=False)
+        entry = S.require_label_space(models.load(name, **S.loader_kwargs(name, profile)), models.FASHION_MNIST)
         key = cache_key(STUDY, CODE_VERSION, "fmnist", S.model_id(entry), opts,
                         {m: attribution.get(m).version for m in [*methods, "grad_cam"]},
                         {k: option(profile, k) for k in DEFAULTS if k != "methods"})

@@ -5,9 +5,15 @@ import torch
 
 from .. import models
 from ..data import fashion_mnist, images
+from ..errors import XaiError
 from ..profiles import Profile
 from ..render import markdown as md
 from ..render.store import Store, cache_key
+
+
+def book_group(entry: models.ModelEntry) -> str:
+    """The word the book's pages group models by ("imagenet", "fmnist"), from the entry's label space."""
+    return {models.IMAGENET_1K: "imagenet", models.FASHION_MNIST: "fmnist"}.get(entry.label_space, entry.label_space)
 
 
 def photo_ids(profile: Profile) -> list[str]:
@@ -33,6 +39,8 @@ def run(profile: Profile, store: Store) -> dict:
     model_rows = []
     for name in profile.imagenet_models:
         entry = models.load(name)
+        if entry.label_space != models.IMAGENET_1K:
+            raise XaiError(f"{name} has the label space {entry.label_space}: the photos' labels are ImageNet-1k")
         model_rows.append(_model_row(entry))
         batch = torch.stack([entry.prepare(images.load(pid)) for pid in photos])
         for row, top5 in zip(rows, entry.predict(batch, k=5)):
@@ -40,7 +48,8 @@ def run(profile: Profile, store: Store) -> dict:
             row.setdefault("correct", {})[name] = row["label"] is not None and top5[0][0] == row["label"]
 
     for name in profile.fmnist_models:
-        entry = models.load(name, budget=profile.fmnist_budget)
+        entry = models.load(name, **{k: v for k, v in {"budget": profile.fmnist_budget}.items()
+                                     if k in models.loader_options(name)})
         model_rows.append(_model_row(entry))
 
     x, y = fashion_mnist.load("test")
@@ -62,7 +71,8 @@ def _model_row(entry: models.ModelEntry) -> dict:
     params = sum(p.numel() for p in entry.model.parameters())
     info = {k: v for k, v in entry.info.items() if k in
             ("arch", "weights", "test_accuracy", "test_images", "train_images", "train_seconds", "budget", "config")}
-    return {"name": entry.name, "family": entry.family, "input_size": list(entry.input_size),
+    return {"name": entry.name, "family": book_group(entry), "label_space": entry.label_space,
+            "input_size": list(entry.input_size),
             "parameters": params, "layers": entry.layers, "classes": entry.num_classes, **info}
 
 

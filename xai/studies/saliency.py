@@ -52,7 +52,7 @@ import torch
 
 from .. import attribution, models
 from ..data import fashion_mnist, images
-from ..errors import XaiError
+from ..errors import NotApplicableError, XaiError
 from ..io import atomic_write
 from ..paths import cache_dir
 from ..profiles import Profile
@@ -62,7 +62,7 @@ from .overview import photo_ids
 
 STUDY = "saliency"
 NOISE_METHODS = ("smoothgrad", "smoothgrad_sq", "vargrad")
-CODE_VERSION = 3  # bump when what the study draws or records changes meaning
+CODE_VERSION = 4  # bump when what the study draws or records changes meaning
 MAPS_VERSION = 1  # bump when how maps are computed or cached changes meaning (invalidates .cache/attributions)
 
 # Per-study knobs; the defaults are the full profile's, sized so that the attribution studies fit the
@@ -96,10 +96,15 @@ def method_names(profile: Profile) -> list[str]:
     return list(names)
 
 
+def small_inputs(entry: models.ModelEntry | None) -> bool:
+    """Whether an entry's images are small (Fashion-MNIST's 28 px), which wants larger internal batches."""
+    return entry is not None and entry.input_size[1] * entry.input_size[2] <= 64 * 64
+
+
 def method_options(profile: Profile, name: str, entry: models.ModelEntry | None = None) -> dict:
     """The options a study passes to a method (the CAM layer is added per model). ``entry`` picks the
-    internal batch size of its family."""
-    small = entry is not None and entry.family == "fmnist"
+    internal batch size for its input size."""
+    small = small_inputs(entry)
     ibs = option(profile, "fmnist_internal_batch_size" if small else "internal_batch_size")
     if name in NOISE_METHODS:
         return {"samples": option(profile, "smoothgrad_samples"), "noise": option(profile, "noise"),
@@ -118,11 +123,17 @@ def method_options(profile: Profile, name: str, entry: models.ModelEntry | None 
 def load(name: str, profile: Profile) -> models.ModelEntry:
     """A model of the profile, its convolutions in channels-last layout: on CPU that runs EfficientNet's
     depthwise convolutions about 1.8x faster (measured), with the same results up to rounding."""
-    entry = models.load(name, **({"budget": profile.fmnist_budget, "progress": False}
-                                 if models.family(name) == "fmnist" else {}))
+    entry = models.load(name, **loader_kwargs(name, profile))
     if entry.device.type == "cpu":
         entry.model.to(memory_format=torch.channels_last)
     return entry
+
+
+def loader_kwargs(name: str, profile: Profile) -> dict:
+    """The profile's options that the model's own loader takes (a training budget for the models
+    trained here), and no others."""
+    wanted = {"budget": profile.fmnist_budget, "progress": False}
+    return {k: v for k, v in wanted.items() if k in models.loader_options(name)}
 
 
 # -- images and targets ---------------------------------------------------------------------------------
@@ -174,10 +185,30 @@ def fmnist_indices(n: int) -> list[int]:
 
 def fmnist_batch(entry: models.ModelEntry, indices: Sequence[int]) -> Batch:
     x, _ = fashion_mnist.load("test")
-    xb = x[list(indices)]
+    xb = torch.stack([entry.prepare(img) for img in x[list(indices)]])  # the model's own channels and size
     idx, conf = top1(entry, xb)
     data = fashion_mnist.data_hash()
     return Batch([str(i) for i in indices], [f"{data}:{i}" for i in indices], xb, idx, conf)
+
+
+def batch_for(entry: models.ModelEntry, profile: Profile, n_photos: int | None, n_fmnist: int) -> Batch:
+    """The report's images for an entry's label space: the first ``n_photos`` photos (None: all) for
+    ImageNet-1k, ``n_fmnist`` test images for Fashion-MNIST. No other label space has images here."""
+    if entry.label_space == models.IMAGENET_1K:
+        ids = photo_ids(profile)
+        return photo_batch(entry, ids[:n_photos] if n_photos else ids)
+    if entry.label_space == models.FASHION_MNIST:
+        return fmnist_batch(entry, fmnist_indices(n_fmnist))
+    raise XaiError(f"{entry.name}: the report has no images labelled in its label space ({entry.label_space})")
+
+
+def require_label_space(entry: models.ModelEntry, label_space: str) -> models.ModelEntry:
+    """The entry, if its classes are ``label_space``: a study that feeds it that label space's images
+    would otherwise explain classes the images do not have."""
+    if entry.label_space != label_space:
+        raise XaiError(f"{entry.name} has the label space {entry.label_space}, but this part of the report "
+                       f"explains {label_space} images")
+    return entry
 
 
 # -- maps, computed once and cached -------------------------------------------------------------------------
@@ -189,6 +220,7 @@ class Maps:
     maps: torch.Tensor | None
     error: str | None
     seconds_per_image: float
+    refusal: dict | None = None  # NotApplicableError.fields() when the method refused
 
 
 def _cache_path(key: str):
@@ -207,9 +239,12 @@ def compute_maps(entry: models.ModelEntry, batch: Batch, method: str, options: d
         path = _cache_path(key)
         if path.exists():
             try:
-                cached[i] = torch.load(path, weights_only=True)
+                record = torch.load(path, weights_only=True)
             except (OSError, RuntimeError, EOFError):
                 path.unlink(missing_ok=True)  # a damaged cache file is recomputed, never trusted
+                continue
+            if record.get("error") is None or record.get("refusal") is not None:
+                cached[i] = record  # a refusal cached before refusals had fields is recomputed (it is quick)
     todo = [i for i in range(len(keys)) if i not in cached]
     if todo:
         _warm_up(entry, batch.x[:1])
@@ -220,19 +255,23 @@ def compute_maps(entry: models.ModelEntry, batch: Batch, method: str, options: d
                 seconds = time.perf_counter() - start
             else:
                 attr, seconds = compute(tuple(todo))
-            flat, error = R.saliency_map(attr, m.kind).float().cpu(), None
+            flat, error, refusal = R.saliency_map(attr, m.kind).float().cpu(), None, None
+        except NotApplicableError as e:
+            flat, error, refusal, seconds = None, str(e), e.fields(), time.perf_counter() - start
         except XaiError as e:
-            flat, error, seconds = None, str(e), time.perf_counter() - start
+            flat, error, refusal, seconds = None, str(e), None, time.perf_counter() - start
         per_image = seconds / len(todo)
         for j, i in enumerate(todo):
-            record = {"map": None if flat is None else flat[j].clone(), "error": error, "seconds": per_image}
-            if error is None or "not applicable" in error:
+            record = {"map": None if flat is None else flat[j].clone(), "error": error, "refusal": refusal,
+                      "seconds": per_image}
+            if error is None or refusal is not None:  # maps and refusals are kept; other failures retried
                 atomic_write(_cache_path(keys[i]), lambda p, r=record: torch.save(r, p))
             cached[i] = record
     records = [cached[i] for i in range(len(keys))]
-    errors = [r["error"] for r in records if r["error"]]
-    if errors:
-        return Maps(None, errors[0], float(np.mean([r["seconds"] for r in records])))
+    failed = [r for r in records if r["error"]]
+    if failed:
+        return Maps(None, failed[0]["error"], float(np.mean([r["seconds"] for r in records])),
+                    failed[0].get("refusal"))
     return Maps(torch.stack([r["map"] for r in records]), None, float(np.mean([r["seconds"] for r in records])))
 
 
@@ -296,22 +335,22 @@ def timing_row(entry: models.ModelEntry, maps: Maps, n: int) -> dict:
 
 # -- figures ---------------------------------------------------------------------------------------------------
 
-def short_reason(error: str) -> str:
-    """A panel-sized version of a method's "not applicable" reason (the full text is in the JSON)."""
-    import re
-
-    act = re.search(r"uses (\w+) activations", error)
-    if act:
-        return f"not applicable:\n{act.group(1)} activations"
-    if "class token" in error:
-        return "not applicable:\nno spatial path\nto the output"
+def short_reason(refusal: dict | None) -> str:
+    """A panel-sized version of why a method gave no map, from its refusal's fields (the full text is
+    in the JSON)."""
+    if refusal is None:
+        return "failed"
+    if refusal.get("activation"):
+        return f"not applicable:\n{refusal['activation']} activations"
+    if refusal.get("layer"):
+        return f"not applicable\nat {refusal['layer']}"
     return "not applicable"
 
 
 def gallery_figure(columns: list[tuple[str, torch.Tensor, str]], rows: list[str],
-                   cells: dict[tuple[int, int], tuple[np.ndarray | None, str | None]], panel: float = 1.6,
+                   cells: dict[tuple[int, int], tuple[np.ndarray | None, dict | None]], panel: float = 1.6,
                    fontsize: float = 7):
-    """rows: method names; columns: (title, image, subtitle); cells[(r, c)] = (2-D map or None, reason)."""
+    """rows: method names; columns: (title, image, subtitle); cells[(r, c)] = (2-D map or None, refusal)."""
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(len(rows) + 1, len(columns), figsize=(panel * len(columns), panel * (len(rows) + 1)),
@@ -337,7 +376,7 @@ def imagenet_part(profile: Profile, store: Store, names: list[str], timings: dic
     photos = photo_ids(profile)
     n = option(profile, "photos")
     photos = photos[:n] if n else photos
-    entries = {name: load(name, profile) for name in profile.imagenet_models}
+    entries = {name: require_label_space(load(name, profile), models.IMAGENET_1K) for name in profile.imagenet_models}
     batches = {name: photo_batch(e, photos) for name, e in entries.items()}
     results = {"models": list(entries), "photos": photos, "cam_layer": {}, "targets": {}, "gallery": {},
                "not_applicable": {}}
@@ -359,7 +398,7 @@ def imagenet_part(profile: Profile, store: Store, names: list[str], timings: dic
         if not store.fresh(rel, key):
             columns = [(m, batches[m].x[i], f"{results['targets'][m][pid]['name']} "
                         f"({results['targets'][m][pid]['p']:.2f})") for m in entries]
-            cells = {(r, c): ((None, maps[m][meth].error) if maps[m][meth].maps is None
+            cells = {(r, c): ((None, maps[m][meth].refusal) if maps[m][meth].maps is None
                               else (maps[m][meth].maps[i].numpy(), None))
                      for r, meth in enumerate(names) for c, m in enumerate(entries)}
             store.write_figure(rel, gallery_figure(columns, names, cells), key, dpi=110)
@@ -388,7 +427,7 @@ def fmnist_part(profile: Profile, store: Store, names: list[str], timings: dict)
                "labels": [fashion_mnist.CLASSES[int(y[i])] for i in indices], "cam_layer": {}, "targets": {},
                "gallery": {}, "not_applicable": {}, "non_rectifiers": {}}
     for name in profile.fmnist_models:
-        entry = load(name, profile)
+        entry = require_label_space(load(name, profile), models.FASHION_MNIST)
         b = fmnist_batch(entry, indices)
         mp, results["cam_layer"][name] = all_maps(entry, b, profile, names)
         results["targets"][name] = [
@@ -404,7 +443,7 @@ def fmnist_part(profile: Profile, store: Store, names: list[str], timings: dict)
             columns = [(f"{results['labels'][j]}", b.x[j],
                         f"→ {results['targets'][name][j]['name']}\n{results['targets'][name][j]['p']:.2f}")
                        for j in range(len(indices))]
-            cells = {(r, c): ((None, mp[meth].error) if mp[meth].maps is None
+            cells = {(r, c): ((None, mp[meth].refusal) if mp[meth].maps is None
                               else (mp[meth].maps[c].numpy(), None))
                      for r, meth in enumerate(names) for c in range(len(indices))}
             store.write_figure(rel, gallery_figure(columns, names, cells, panel=1.2, fontsize=6), key, dpi=110)
