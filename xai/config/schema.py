@@ -235,7 +235,7 @@ class ConceptsConfig(StudyConfig):
     model: str | None = Field(None, description="ImageNet model id; null: the first")
     size: PositiveInt = Field(48, description="render size (px)")
     photos: PositiveInt = 4
-    layers: list[int] = Field([2, 3], description="positions in the model's layers of interest")
+    layers: list[int] = Field([3, 4], description="positions in the model's layers of interest")
     cells: PositiveInt = Field(7, description="grid positions per side at most (average-pooled)")
     grid_steps: PositiveInt = 64
     dictionary_top: PositiveInt = 3
@@ -244,7 +244,7 @@ class ConceptsConfig(StudyConfig):
     group_steps: PositiveInt = 64
     concept_photo: str | None = Field(None, description="manifest id; null: the first grid photo")
     concept_views: PositiveInt = 16
-    concept_layer: int = Field(3, ge=0)
+    concept_layer: int = Field(4, ge=0)
     concept_k: PositiveInt = 5
     concept_shown: PositiveInt = 4
     concept_steps: PositiveInt = 64

@@ -74,7 +74,9 @@ DEFAULTS = {
     # one thread with 40 grid and dictionary steps (25,504 image-steps, about 2.5 ms each on lite0 at 48 px).
     "size": 48,  # render size (px); the grid's tiles are small on the page
     "photos": 4,
-    "layers": [2, 3],  # positions in the model's layers of interest
+    # Positions in the model's layers of interest (shallow to deep): on efficientnet_lite0 the 14x14 and
+    # the 7x7 stage before the head, the depth of Building Blocks' mixed4d and mixed5a in GoogLeNet.
+    "layers": [3, 4],
     "cells": 7,  # the grid's positions per side at most (the map is average-pooled to it)
     "grid_steps": 64,
     "dictionary_top": 3,
@@ -83,7 +85,7 @@ DEFAULTS = {
     "group_steps": 64,
     "concept_photo": None,  # None: the first of the grid's photos
     "concept_views": 16,
-    "concept_layer": 3,
+    "concept_layer": 4,
     "concept_k": 5,
     "concept_shown": 4,  # views whose heatmaps are written
     "concept_steps": 64,
