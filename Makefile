@@ -25,7 +25,7 @@ data: setup
 	@$(PY) scripts/fetch-data
 
 book: data
-	@$(PY) scripts/build --profile $(PROFILE)
+	@$(PY) scripts/build $(if $(CONFIG),--config $(CONFIG),--profile $(PROFILE))
 
 test: data
 	@$(PY) scripts/setup-browser

@@ -1,5 +1,6 @@
 """Strings from the data reach the page as text: never as HTML, MyST markup or a template that walks
-into objects. (The site-level check, in a browser, is ``test_site.py::test_hostile_strings_stay_text``.)"""
+into objects. The studies' tables are built by the book's extension as text nodes; the one Markdown
+snippet left (the speed section) escapes through ``xai.render.markdown``. (The site-level check, in a browser, is ``test_site.py::test_hostile_strings_stay_text``.)"""
 from __future__ import annotations
 
 import json
@@ -146,22 +147,85 @@ def _inline_kinds(parser, markdown: str) -> tuple[set[str], list[int]]:
     return kinds, cells
 
 
-@pytest.mark.parametrize("value", HOSTILE)
-def test_the_studies_tables_keep_hostile_names_literal(value):
-    from xai.studies.misclassification import confusions_markdown
-    from xai.studies.overview import models_markdown, photos_markdown
+def _hostile_generated(root: Path, value: str):
+    """A generated folder whose studies' JSON carries ``value`` in every name the tables show."""
+    from xai_book.data import Generated
 
-    parser = _md_parser()
     photo = {"id": value, "label": 1, "label_name": value, "credit": value, "correct": {value: False},
              "predictions": {value: [{"index": 2, "name": value, "p": 0.5}]}}
     model = {"name": value, "family": value, "arch": value, "input_size": [3, 8, 8], "parameters": 10,
              "weights": value}
     confusion = {value: {"accuracy": 0.5, "top_confusions": [{"true_name": value, "pred_name": value, "count": 3,
                                                                "share_of_true": 0.1}]}}
-    for snippet, columns in [(photos_markdown([photo], [value]), 4), (models_markdown([model]), 7),
-                             (confusions_markdown(confusion), 5)]:
-        kinds, cells = _inline_kinds(parser, snippet)
-        assert kinds <= {"text", "code_inline"}, (kinds, snippet)
-        assert cells == [columns, columns], snippet  # a "|" in a value adds no cell
-        assert " ".join(value.split()).replace("`", "") in "".join(
-            c.content for t in parser.parse(snippet) if t.type == "inline" for c in t.children).replace("`", "")
+    cell = {"mean": 0.5, "ci95": 0.1}
+    faithfulness = {"rows": [value, "random"], "labels": {value: value},
+                    "table": {value: {value: {"deletion_zero": cell, "insertion_blur": cell}, "random": {}}}}
+    plant = {"class": value, "clean": {"marked_accuracy": 0.9, "flip_rate": 0.0, "removal_drop": 0.0, "relies": False},
+             "poisoned": {"marked_accuracy": 0.2, "flip_rate": 0.7, "removal_drop": 0.5, "relies": True}}
+    cleverhans = {"sets": {value: {"plants": [plant]}},
+                  "models": {"clean": {"clean_accuracy": 0.9}, value: {"clean_accuracy": 0.8}}}
+    ranked = {"mean": 0.5, "rank": 1}
+    case = {"methods": [value], "labels": {value: value, "lime": value}, "not_applicable": {"lime": value},
+            "ground_truth": {"relevance_mass": {value: ranked}, "pointing_game": {value: ranked}},
+            "metrics": {value: {"label": value, "family": value, "rank": {value: 1.5}}}}
+    leaderboard = {"headline": value, "cases": {value: case}}
+    files = {"overview/photos.json": [photo], "overview/models.json": [model],
+             "leaderboard/results.json": leaderboard,
+             "misclassification/results.json": {"fmnist": confusion},
+             "faithfulness/results.json": faithfulness, "cleverhans/results.json": cleverhans}
+    for rel, obj in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(json.dumps(obj))
+    studies = ["overview", "misclassification", "faithfulness", "cleverhans", "leaderboard"]
+    (root / "manifest.json").write_text(json.dumps({"profile": "smoke", "registered_studies": studies,
+                                                    "studies": {s: {} for s in studies}}))
+    return Generated(root)
+
+
+@pytest.mark.parametrize("value", HOSTILE)
+def test_the_studies_tables_keep_hostile_names_literal(value, tmp_path):
+    from docutils.core import publish_from_doctree
+    from docutils.utils import new_document
+    from xai_book import tables
+
+    gen = _hostile_generated(tmp_path, value)
+    flat = " ".join(value.split())
+    # (table, columns, rows): the rows of each table above, one column per model where the table has them
+    for name, columns, rows in [("overview/photos", 4, 1), ("overview/models", 7, 1),
+                                ("misclassification/confusions", 5, 1), ("faithfulness/table", 3, 2),
+                                ("cleverhans/summary", 8, 2), ("leaderboard/table", 5, 2)]:
+        table = tables.build(gen, name)
+        entries = [[e for e in row.findall(nodes.entry)] for row in table.findall(nodes.row)]
+        assert [len(r) for r in entries] == [columns] * (rows + 1), name  # header and body rows
+        for para in table.findall(nodes.paragraph):
+            # Text and code only (and the baseline row's emphasis): nothing in a value became markup.
+            assert {type(c) for c in para.children} <= {nodes.Text, nodes.literal, nodes.emphasis}, (name, para)
+        assert flat in table.astext(), name
+        doc = new_document(name)
+        doc += table
+        page = publish_from_doctree(doc, writer_name="html5").decode()
+        body = page[page.index("<table"):page.index("</table>")]
+        if "<" in value:
+            assert value.split()[0] not in body, (name, body)  # "<img", "</script><script>", "<!--<script>"
+        assert "<script" not in body and "<img" not in body and "<a " not in body, (name, body)
+
+
+def test_unescaped_tables_would_have_been_markup(tmp_path):
+    # The check above can fail: the same value as a raw HTML node reaches the page as a tag.
+    from docutils.core import publish_from_doctree
+    from docutils.utils import new_document
+
+    doc = new_document("raw")
+    doc += nodes.raw("", HOSTILE[0], format="html")
+    assert HOSTILE[0] in publish_from_doctree(doc, writer_name="html5").decode()
+
+
+def test_an_unknown_table_or_a_missing_key_names_the_fix(tmp_path):
+    from xai_book import tables
+
+    gen = _hostile_generated(tmp_path, "x")
+    with pytest.raises(BookDataError, match="did you mean overview/models"):
+        tables.build(gen, "overview/model")
+    (tmp_path / "faithfulness/results.json").write_text(json.dumps({"rows": [], "table": {}}))
+    with pytest.raises(BookDataError, match="'labels'.*--only faithfulness"):
+        tables.build(gen, "faithfulness/table")

@@ -118,8 +118,8 @@ def _wait_for_artifacts(proc: subprocess.Popen, root: Path, at_least: int, timeo
 def test_a_killed_precompute_reruns_to_the_artifacts_of_an_uninterrupted_one(tmp_path):
     """SIGKILL once the first artifacts exist, rerun, compare every file with an uninterrupted run.
 
-    The overview study writes its photo thumbnails first (each under a cache key) and its JSON, Markdown
-    and Fashion-MNIST figure after loading the models, so a kill after the first files lands mid-study.
+    The overview study writes its photo thumbnails first (each under a cache key) and its JSON and
+    Fashion-MNIST figure after loading the models, so a kill after the first files lands mid-study.
     Its images are deterministic byte for byte (WebP of fixed pixels at fixed settings; matplotlib's PNG
     carries no date), so files are compared byte for byte; JSON is compared as parsed values.
     """

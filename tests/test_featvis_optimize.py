@@ -4,6 +4,8 @@ from __future__ import annotations
 import pytest
 import tolerance as tol
 import torch
+
+from xai.layers import NCHW, Layout
 from test_featvis import tiny_cnn
 
 from xai.errors import UnknownNameError, XaiError
@@ -49,7 +51,8 @@ def test_sgd_is_the_textbook_loop(cnn):
     x0 = start().detach().clone()
     objective = O.channel("conv2", [1, 5])
     xr = x0.clone().requires_grad_(True)
-    (g,) = torch.autograd.grad(objective(O.Activations({"conv2": cnn[:4](xr)}, None)).sum(), xr)
+    a = cnn[:4](xr)
+    (g,) = torch.autograd.grad(objective(O.Activations({"conv2": a}, None, {"conv2": Layout(NCHW, tuple(a.shape[1:]), tuple(a.shape[2:]))})).sum(), xr)
     r = render(cnn, objective, start, (), steps=1, optimizer="sgd", lr=3.0)
     # Rule 3: the renderer differentiates a copy with the batch norm folded in; then one add (rule 2).
     bound = tol.NETWORK * 3.0 * float(g.abs().max()) + tol.ulps(4)
@@ -129,7 +132,10 @@ def test_optimizer_and_schedule_errors(cnn):
 class InputSizes:
     def __init__(self, model):
         self.sizes = []
-        self.handle = model.register_forward_pre_hook(lambda _m, args: self.sizes.append(tuple(args[0].shape[-2:])))
+        # Optimization steps only: tracing a layer's layout at a new input size is one more forward pass,
+        # without gradients.
+        self.handle = model.register_forward_pre_hook(
+            lambda _m, args: self.sizes.append(tuple(args[0].shape[-2:])) if torch.is_grad_enabled() else None)
 
 
 @pytest.mark.parametrize("view", ["resize", "crop"])

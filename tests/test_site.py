@@ -6,6 +6,8 @@
   no console error, no failed request, no request to another host, every image decoded with alt
   text, every interactive control changing what it should, hover cards on citations.
 * Every internal link and anchor resolves (checked on the HTML files).
+* The same book builds again, to the same pages, in a process where ``import torch`` and ``import xai``
+  fail: the extension reads only the generated folder.
 * A second, tiny book built from synthetic artifacts exercises every widget type whatever studies
   exist, and a third proves that a false claim, a missing file, a missing key and a partial
   precompute each fail the build with a message that names the culprit.
@@ -89,6 +91,52 @@ def test_smoke_site_builds_with_warnings_as_errors(smoke_build):
     assert b.returncode == 0, f"jupyter-book build -W -n failed:\n{log[-8000:]}"
     assert "build succeeded" in log
     assert (smoke_build["html"] / "index.html").is_file()
+
+
+# The book's extension reads only the generated folder: in this interpreter torch and xai cannot load.
+IMPORT_BLOCKER = """
+import importlib.abc
+import sys
+
+BLOCKED = ("torch", "xai")
+
+
+class Blocker(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ImportError(f"{name} is blocked: the book must build from book/_generated alone")
+        return None
+
+
+sys.meta_path.insert(0, Blocker())
+"""
+
+
+def test_smoke_site_builds_without_torch_or_xai(smoke_build, tmp_path):
+    """The same sources and generated folder build with -W where ``import torch`` and ``import xai``
+    fail, and give the same pages: the book needs nothing from the package or the models."""
+    if smoke_build["generated"] is None:
+        pytest.skip("XAI_TEST_SITE names a built site; this test needs its sources and generated folder")
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(IMPORT_BLOCKER)
+    env = {**os.environ, "PYTHONPATH": str(hook), "XAI_GENERATED": str(smoke_build["generated"])}
+    for module in ("torch", "xai"):  # the blocker works, so the build below proves something
+        probe = subprocess.run([sys.executable, "-c", f"import {module}"], env=env, capture_output=True, text=True)
+        assert probe.returncode != 0 and "is blocked" in probe.stderr, probe.stderr[-2000:]
+    src = tmp_path / "src"
+    src.mkdir()
+    copy_book(src)
+    build = subprocess.run([str(JUPYTER_BOOK), "build", str(src), "-W", "-n", "--keep-going"], env=env,
+                           capture_output=True, text=True, timeout=600)
+    log = build.stdout + build.stderr
+    assert build.returncode == 0 and "build succeeded" in log, log[-8000:]
+    assert "is blocked" not in log, log[-8000:]
+    # Every chapter's HTML is the one the ordinary build wrote.
+    pages = sorted(p.relative_to(smoke_build["html"]) for p in (smoke_build["html"] / "book").glob("*.html"))
+    assert pages
+    for rel in pages:
+        assert (src / "_build" / "html" / rel).read_text() == (smoke_build["html"] / rel).read_text(), rel
 
 
 # -- a localhost server and Chromium -------------------------------------------------------------------
@@ -636,9 +684,13 @@ def _mini_book(root: Path, pages: dict[str, str]) -> None:
 
 
 def _manifest(gen: Path, studies: list[str]) -> None:
+    """A manifest as the precompute writes it: these studies ran, the package's registry besides."""
+    from xai.studies import STUDIES
+
     gen.mkdir(parents=True, exist_ok=True)
     (gen / "manifest.json").write_text(json.dumps({
         "profile": "smoke", "environment": {"git_commit": None, "packages": {}},
+        "registered_studies": list(dict.fromkeys([*STUDIES, *studies])),
         "studies": {s: {"seconds": 1.0, "seed": 0, "summary": {}} for s in studies}}))
 
 

@@ -1,4 +1,5 @@
-"""``xai`` command line: models, layers, predict, precompute. Bad input: one line on stderr, exit 2.
+"""``xai`` command line: models, layers, predict, explain, visualize, precompute, config. Bad input: one
+line on stderr, exit 2.
 
 Every command that takes a model takes any spec (:func:`xai.models.load`): a registered or entry-point
 name, ``timm/<name>[.<tag>]`` or ``torchvision/<name>[:<WEIGHTS>]``, with ``--weights FILE`` (a user's
@@ -103,13 +104,58 @@ def _cmd_predict(args) -> None:
             print(f"  {p:6.2%}  {name} ({idx})")
 
 
+def _cmd_explain(args) -> None:
+    from . import explain, profiles
+
+    methods = explain.check_methods(args.method)  # bad input fails before anything heavy loads
+    profiles.get(args.profile)
+    check_spec(args)
+    sources = explain.read_images(args.images)
+    entry = load_entry(args)
+    result = explain.explain(entry, sources, methods, spec=args.model, layer=args.layer, target=args.target,
+                             profile=args.profile, progress=None)
+    explain.write(result, args.out)
+    print("\n".join(explain.report(result, args.out)))
+    if len(result.refusals()) == len(result.explanations):
+        raise XaiError(result.explanations[0].summary["not_applicable"])
+
+
+def _cmd_visualize(args) -> None:
+    from . import visualize
+
+    if args.channels is not None and args.layer is None:
+        raise XaiError("--channels needs --layer")
+    channels = visualize.parse_channels(args.channels) if args.channels is not None else None
+    entry = load_entry(args)
+    common = {"spec": args.model, "steps": args.steps, "size": args.size, "seed": args.seed, "progress": None}
+    if args.layer is not None:
+        vis = visualize.visualize_channels(entry, args.layer, channels, **common)
+    else:
+        vis = visualize.visualize_classes(entry, args.class_units, **common)
+    visualize.write(vis, args.out)
+    print("\n".join(visualize.report(vis, args.out)))
+
+
 def _cmd_precompute(args) -> None:
     from . import profiles, studies
     from .render.store import Store
 
-    profile = profiles.get(args.profile)
+    profile = profiles.get(args.config or args.profile)
     store = Store(args.out, profile=profile.name) if args.out else Store(profile=profile.name)
     studies.run(args.only, profile, store)
+
+
+def _cmd_config(args) -> None:
+    import yaml
+
+    from .config import loader
+
+    config = loader.load(args.config)  # every error: one line with the file, the key path, close matches
+    if args.action == "check":
+        print(f"{args.config}: valid ({len(config.models)} models, "
+              f"{sum(1 for _, sc in config.studies if sc.enabled)} studies on)")
+    else:
+        print(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, allow_unicode=True), end="")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -133,11 +179,41 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-k", type=int, default=5, help="how many classes (default 5)")
     s.set_defaults(func=_cmd_predict)
 
+    s = sub.add_parser("explain", help="attribution maps for photos: PNGs, raw values and a JSON record each")
+    add_model_arguments(s)
+    s.add_argument("images", nargs="+", metavar="IMAGE_OR_ID")
+    s.add_argument("--method", nargs="+", help="attribution methods (default: gradient, integrated_gradients, "
+                   "smoothgrad, grad_cam, occlusion, and a one-page comparison of them)")
+    s.add_argument("--layer", help="CAM layer (default: the deepest layer of interest that moves the prediction)")
+    s.add_argument("--target", default="top1", metavar="CLASS|top1", help="class name or index (default top1)")
+    s.add_argument("--profile", default="full", help="whose method options: full (the report's), quick or smoke")
+    s.add_argument("--out", default="explanations", help="output folder (default ./explanations)")
+    s.set_defaults(func=_cmd_explain)
+
+    s = sub.add_parser("visualize", help="feature visualization of classes or channels, the report's settings")
+    add_model_arguments(s)
+    what = s.add_mutually_exclusive_group(required=True)
+    what.add_argument("--class", dest="class_units", nargs="+", metavar="NAME|IDX", help="classes to render")
+    what.add_argument("--layer", help="a layer whose channels to render")
+    s.add_argument("--channels", metavar="0-15", help="channels of --layer (default: the first 16)")
+    s.add_argument("--steps", type=int, help="optimization steps (default: the report's)")
+    s.add_argument("--size", type=int, help="render size in px (default: the report's, at most the input size)")
+    s.add_argument("--seed", type=int, default=0, help="base seed; an image's is this plus its unit's index")
+    s.add_argument("--out", default="visualizations", help="output folder (default ./visualizations)")
+    s.set_defaults(func=_cmd_visualize)
+
     s = sub.add_parser("precompute", help="run the studies of a profile into book/_generated")
     s.add_argument("--profile", default="full", help="full, quick or smoke (default full)")
+    s.add_argument("--config", metavar="FILE", help="a report config (YAML; see `xai config show full`), "
+                                                   "instead of a shipped profile")
     s.add_argument("--only", nargs="*", help="only these studies")
     s.add_argument("--out", help="artifact folder (default book/_generated)")
     s.set_defaults(func=_cmd_precompute)
+
+    s = sub.add_parser("config", help="check a report config, or show one with every default filled in")
+    s.add_argument("action", choices=["check", "show"])
+    s.add_argument("config", metavar="NAME_OR_FILE", help="full, quick, smoke, or a YAML file")
+    s.set_defaults(func=_cmd_config)
     return p
 
 

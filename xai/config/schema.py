@@ -90,7 +90,7 @@ class OverviewConfig(StudyConfig):
 
 class SaliencyConfig(StudyConfig):
     photos: PositiveInt | None = 8
-    methods: list[str] | None = None
+    methods: list[str] | None = Field(None, description="null: the gallery's methods (xai.profiles.GALLERY_METHODS)")
     smoothgrad_samples: PositiveInt = 8
     noise: PositiveFloat = 0.15
     ig_steps: PositiveInt = 32

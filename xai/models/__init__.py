@@ -38,7 +38,7 @@ from .entry import (FASHION_MNIST, IMAGENET_1K, InputNormalization, ModelEntry, 
 ENTRY_POINT_GROUP = "xai.models"
 
 __all__ = ["ENTRY_POINT_GROUP", "FASHION_MNIST", "IMAGENET_1K", "InputNormalization", "ModelEntry",
-           "attach_normalization", "check", "default_device", "describe", "from_module", "import_model_module",
+           "attach_normalization", "check", "declared_label_space", "default_device", "describe", "from_module", "import_model_module",
            "imagenet_class_names", "list", "load", "loader_options", "numbered_classes", "register"]
 
 
@@ -86,6 +86,13 @@ def _known() -> dict[str, _Registered]:
 def list(label_space: str | None = None) -> builtins.list[str]:  # noqa: A001 - timm-like API
     """Registered and entry-point model names; with ``label_space``, those declared with that label space."""
     return [n for n, r in _known().items() if label_space is None or r.label_space == label_space]
+
+
+def declared_label_space(spec: str) -> str:
+    """The label space a registered (or entry-point) model declares; "" for hub specs and undeclared
+    ones, whose label space is known once they are loaded."""
+    r = _known().get(spec)
+    return r.label_space if r is not None else ""
 
 
 def describe(name: str) -> str:

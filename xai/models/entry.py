@@ -80,7 +80,10 @@ def read_class_file(path: str | Path) -> list[str]:
 
 
 def class_list_space(path: str | Path) -> str:
-    """The label space of a user's class file."""
+    """The label space of a user's class file: ImageNet-1k's when it lists exactly those classes in their
+    order (then the photos' labels apply), else its own."""
+    if read_class_file(path) == imagenet_class_names():
+        return IMAGENET_1K
     return f"classes of {Path(path).name}"
 
 

@@ -1,11 +1,11 @@
-"""The leaderboard's figure (each metric's agreement with the ground truth) and its table (methods x ranks)."""
+"""The leaderboard's figure: each metric's agreement with the ground truth. (Its table of methods x ranks
+is the book's, built from the study's JSON.)"""
 from __future__ import annotations
 
 from collections.abc import Mapping
 
 import numpy as np
 
-from . import markdown as md
 
 GT_LABELS = {"relevance_mass": "relevance mass", "pointing_game": "pointing game"}
 
@@ -44,27 +44,3 @@ def agreement_figure(cases: Mapping[str, dict], truth: str = "relevance_mass"):
     ax.legend(fontsize=6, loc="lower right", title="marker", title_fontsize=6)
     fig.tight_layout()
     return fig
-
-
-def table_markdown(case: dict, registry: Mapping) -> str:
-    """Methods (rows, by ground-truth rank) x ranks: the two localisation scores, then every metric's."""
-    gt = case["ground_truth"]
-    metrics = sorted(case["metrics"], key=lambda m: (case["metrics"][m]["family"], m))
-    order = sorted(case["methods"], key=lambda m: (gt["relevance_mass"][m]["rank"] or 1e9, m))
-    head = (["method", "relevance mass", "rank", "pointing game rank"]
-            + [md.text(case["metrics"][m]["label"]) for m in metrics])
-    lines = ["| " + " | ".join(head) + " |", "| --- | " + " | ".join("---:" for _ in head[1:]) + " |"]
-
-    def rank(v) -> str:
-        return "—" if v is None else (f"{v:.0f}" if float(v).is_integer() else f"{v:.1f}")
-
-    for m in order:
-        mass = gt["relevance_mass"][m]["mean"]
-        cells = [md.text(registry[m].label if m in registry else m), "—" if mass is None else f"{mass:.2f}",
-                 rank(gt["relevance_mass"][m]["rank"]), rank(gt["pointing_game"][m]["rank"])]
-        cells += [rank(case["metrics"][k]["rank"].get(m)) for k in metrics]
-        lines.append("| " + " | ".join(cells) + " |")
-    for m, reason in case.get("not_applicable", {}).items():
-        label = md.text(registry[m].label if m in registry else m)
-        lines.append(f"| {label} | " + " | ".join("n/a" for _ in head[1:]) + " |")
-    return "\n".join(lines) + "\n"

@@ -4,6 +4,10 @@ Writes are atomic. Each artifact can carry a cache key (a hash of everything tha
 rebuild skips work whose key is unchanged, so an interrupted build resumes where it stopped.
 ``manifest.json`` records package versions, seeds, timings and the git commit of the build.
 
+The manifest is also all the book's extension knows about the build (it imports neither torch nor
+``xai``): the profile, the commit and its date, package versions, the study registry and the profiles'
+table, written by :meth:`Store.record_build` and :func:`environment`.
+
 ``keys.json`` and ``manifest.json`` are shared by every study writing into the folder, and two
 ``xai precompute`` runs may write into it at once (two terminals, two studies): each read-modify-write
 of them holds an exclusive lock on ``.store.lock`` beside them, so neither run loses the other's entries.
@@ -37,29 +41,35 @@ def cache_key(*parts: Any) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
-def environment() -> dict:
+def _version(package: str) -> str | None:
     from importlib.metadata import PackageNotFoundError, version
 
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
+
+
+def _git(*args: str) -> str | None:
+    try:
+        out = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def environment() -> dict:
     import torch
 
-    versions = {}
-    for p in PACKAGES:
-        try:
-            versions[p] = version(p)
-        except PackageNotFoundError:
-            versions[p] = None
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                                timeout=10).stdout.strip() or None
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
-                                    capture_output=True, text=True, timeout=10).stdout.strip())
-    except (OSError, subprocess.SubprocessError):
-        commit, dirty = None, None
+    commit = _git("rev-parse", "HEAD") or None
+    status = _git("status", "--porcelain", "--untracked-files=no")
     return {
         "python": platform.python_version(), "platform": platform.platform(), "processor": _cpu_model(),
         "cpu_threads": torch.get_num_threads(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "packages": versions, "git_commit": commit, "git_dirty": dirty,
+        "packages": {p: _version(p) for p in PACKAGES}, "xai_version": _version("xai"),
+        "git_commit": commit, "git_commit_date": _git("log", "-1", "--format=%cs", commit) if commit else None,
+        "git_dirty": None if status is None else bool(status),
     }
 
 
@@ -196,7 +206,7 @@ class Store:
         return rec
 
     # -- manifest ------------------------------------------------------------------------------
-    def update_manifest(self, study: str, summary: dict, seconds: float, seed: int) -> None:
+    def _edit_manifest(self, edit: Callable[[dict], None]) -> None:
         env = environment()
         with self._exclusive():
             path = self.root / "manifest.json"
@@ -208,9 +218,20 @@ class Store:
                 manifest = {}  # a build of another profile: start over rather than mix
             manifest.update({"profile": self.profile, "environment": env,
                              "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-            manifest.setdefault("studies", {})[study] = {"seconds": round(seconds, 2), "seed": seed,
-                                                         "summary": summary}
+            manifest.setdefault("studies", {})  # also in a manifest that so far holds only the build's record
+            edit(manifest)
             atomic_write_json(path, manifest)
+
+    def update_manifest(self, study: str, summary: dict, seconds: float, seed: int) -> None:
+        self._edit_manifest(lambda m: m["studies"].__setitem__(
+            study, {"seconds": round(seconds, 2), "seed": seed, "summary": summary}))
+
+    def record_build(self, build: dict) -> None:
+        """What the book needs to know about the code that computed this folder, beside the studies'
+        own records: top-level manifest keys (``registered_studies``, ``profiles``), replaced whole."""
+        if "studies" in build:
+            raise ValueError("the studies' records are written by update_manifest, one study at a time")
+        self._edit_manifest(lambda m: m.update(build))
 
     @contextmanager
     def study(self, name: str, seed: int):

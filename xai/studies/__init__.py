@@ -10,6 +10,7 @@ import time
 
 import torch
 
+from .. import profiles
 from ..errors import UnknownNameError
 from ..profiles import Profile
 from ..render.store import Store
@@ -35,14 +36,20 @@ def run(names: list[str] | None, profile: Profile, store: Store, *, log=print) -
     for n in names:
         if n not in STUDIES:
             raise UnknownNameError("study", n, STUDIES)
+    # The book reads the registry from here (a study missing from it shows as "not computed"), not from
+    # this package: its extension imports neither torch nor xai.
+    store.record_build({"registered_studies": list(STUDIES), "profiles": profiles.table()})
     results = {}
     for n in [s for s in STUDIES if s in names]:
+        if n in profile.disabled:
+            log(f"[{n}] off in the {profile.name} config")
+            continue
         torch.manual_seed(profile.seed)
         start = time.perf_counter()
         log(f"[{n}] running ({profile.name} profile)")
         module = importlib.import_module(STUDIES[n])
         with store.study(n, profile.seed) as summary:
-            summary.update(module.run(profile, store) or {})
+            summary.update(module.run(profile.for_study(n), store) or {})
         log(f"[{n}] done in {time.perf_counter() - start:.1f} s")
         results[n] = summary
     return results

@@ -49,8 +49,8 @@ Artifacts (under ``cleverhans/``):
     ``detector_and_maps``, ``spray``, ``calibration`` (training only on a cold cache), ``total``;
     ``train_seconds.<set>`` from each checkpoint's record.
 ``markers.webp``, ``accuracy.webp``, ``mass.webp``, ``maps/<set>.webp`` (clean vs poisoned model maps
-on marked test images), ``spray/<set>.webp`` (eigenvalues, spectral embedding, cluster mean maps),
-``summary.md`` (a table of the headline numbers).
+on marked test images), ``spray/<set>.webp`` (eigenvalues, spectral embedding, cluster mean maps).
+The book builds its table of the headline numbers from ``results.json``.
 """
 from __future__ import annotations
 
@@ -62,7 +62,6 @@ from ..data import fashion_mnist
 from ..metrics import shortcut as sm
 from ..profiles import Profile
 from ..render import maps as R
-from ..render import markdown as md
 from ..render.store import Store, cache_key
 from ..shortcuts import adjusted_rand_index, detect_shortcut, spray
 from ..shortcuts import detector as D
@@ -306,20 +305,6 @@ def spray_figure(panels: dict, marked: np.ndarray, out: dict, spec: P.PoisonSpec
     return fig
 
 
-def summary_markdown(sets: dict, models_: dict) -> str:
-    lines = ["| set | marker class | model | clean accuracy | marked accuracy | flip rate | removal drop | "
-             "relies |", "| --- | --- | --- | ---: | ---: | ---: | ---: | --- |"]
-    for s, v in sets.items():
-        for p in v["plants"]:
-            for role in ("clean", "poisoned"):
-                r = p[role]
-                acc = models_["clean" if role == "clean" else s]["clean_accuracy"]
-                lines.append(f"| {md.text(s)} | {md.text(p['class'])} | {role} | {acc:.1%} | "
-                             f"{r['marked_accuracy']:.1%} | "
-                             f"{r['flip_rate']:.1%} | {r['removal_drop']:+.2f} | {'yes' if r['relies'] else 'no'} |")
-    return "\n".join(lines) + "\n"
-
-
 # -- the study ---------------------------------------------------------------------------------------------------
 
 def run(profile: Profile, store: Store) -> dict:
@@ -413,7 +398,6 @@ def run(profile: Profile, store: Store) -> dict:
         "models": models_, "sets": sets, "spray": spray_out, "detector_region": detector_region,
         "calibration": calibrated,
         "figures": figures if sets else {"markers": figures["markers"]}}
-    store.write_text(f"{STUDY}/summary.md", summary_markdown(sets, models_))
     store.write_json(rel, results, key)
     return _summary(results)
 

@@ -143,7 +143,7 @@ def _fresh(store: Store, rel: str, key: str, fig: str) -> dict | None:
 
 def fmnist_part(profile: Profile, store: Store, methods) -> dict:
     name = option(profile, "fmnist_model") or profile.fmnist_models[0]
-    entry = S.require_label_space(models.load(name, **S.loader_kwargs(name, profile)), models.FASHION_MNIST)
+    entry = S.require_label_space(S.load(name, profile), models.FASHION_MNIST)
     settings, variant = option(profile, "fmnist"), option(profile, "fmnist_l2")
     n = option(profile, "fmnist_cases")
     key = cache_key(STUDY, CODE_VERSION, "fmnist", S.model_id(entry), settings, variant, n,
@@ -194,7 +194,7 @@ def photos_part(profile: Profile, store: Store, methods) -> dict:
     for name in profile.imagenet_models:
         if len(picked) >= want:
             break
-        entry = entries[name] = S.require_label_space(models.load(name), models.IMAGENET_1K)
+        entry = entries[name] = S.require_label_space(S.load(name, profile), models.IMAGENET_1K)
         batch = S.photo_batch(entry, labelled)
         seen = {p for _, p in picked}
         for i, pid in enumerate(labelled):

@@ -32,7 +32,7 @@ Artifacts (under ``faithfulness/``):
     (``<depth>: reason``). ``sanity_maps``: ``figure`` (first image, methods x depths), ``model``, ``image``.
     ``timings.<model>``: ``maps_seconds_per_image.<method>``, ``perturbation_seconds`` (all curves),
     ``sanity_seconds``.
-``table.md`` (deletion with black, insertion from blur, per model), ``table_full.md`` (all four),
+``labels.<method>``: display names of the rows that are methods (the book's table is built from this JSON).
 ``curves.webp``, ``sanity/<model>.webp``, ``sanity_maps.webp``, ``parts/*.json`` (cached pieces).
 """
 from __future__ import annotations
@@ -48,7 +48,6 @@ from ..errors import NotApplicableError, XaiError
 from ..metrics import auc, centre_map, completeness_gap, perturbation_curves, random_map, sanity_curves
 from ..profiles import Profile
 from ..render import maps as R
-from ..render import markdown as md
 from ..render.store import Store, cache_key
 from . import saliency
 from .saliency import Batch, all_maps, fmnist_batch, fmnist_indices, model_id, photo_batch
@@ -263,32 +262,7 @@ def _sanity_maps_figure(res: dict, first: dict, store: Store) -> str:
     return rel
 
 
-# -- tables and figures ----------------------------------------------------------------------------------------
-
-def _cell(v: dict) -> str:
-    if "mean" not in v:
-        return "n/a"
-    return f"{v['mean']:.3f} ± {v['ci95']:.3f}" if v["ci95"] is not None else f"{v['mean']:.3f}"
-
-
-def table_markdown(results: dict, metrics: tuple[str, ...]) -> str:
-    model_names = list(results["table"])
-    heads = {"deletion_zero": "deletion, black ↓", "deletion_blur": "deletion, blur ↓",
-             "insertion_zero": "insertion, black ↑", "insertion_blur": "insertion, blur ↑"}
-    head = "| method | " + " | ".join(f"{md.code(m)} {heads[k]}" for m in model_names for k in metrics) + " |"
-    lines = [head, "| --- | " + " | ".join("---:" for _ in model_names for _ in metrics) + " |"]
-    for row in results["rows"]:
-        label = (md.text(attribution.get(row).label) if row in attribution.METHODS
-                 else f"*{md.text(row)} map (baseline)*")
-        cells = []
-        for m in model_names:
-            r = results["table"][m].get(row)
-            for k in metrics:
-                cells.append("—" if r is None or (k not in r and "not_applicable" not in r)
-                             else ("n/a" if "not_applicable" in r else _cell(r[k])))
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
+# -- figures --------------------------------------------------------------------------------------------------
 
 def curves_figure(results: dict, model: str, store: Store) -> str:
     import matplotlib.pyplot as plt
@@ -385,8 +359,8 @@ def run(profile: Profile, store: Store) -> dict:
         if "maps_figure" in res:
             results["sanity_maps"] = {"figure": res["maps_figure"], "model": name, "image": res["images"][0]}
 
-    store.write_text(f"{STUDY}/table.md", table_markdown(results, ("deletion_zero", "insertion_blur")))
-    store.write_text(f"{STUDY}/table_full.md", table_markdown(results, METRICS))
+    # Display names for the book's table (the baseline rows are not methods and have none).
+    results["labels"] = {row: attribution.get(row).label for row in results["rows"] if row in attribution.METHODS}
     if results["table"]:
         results["curves_figure"] = curves_figure(results, next(iter(results["table"])), store)
     store.write_json(f"{STUDY}/results.json", results)

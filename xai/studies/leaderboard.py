@@ -29,9 +29,10 @@ Artifacts (under ``leaderboard/``):
     (:class:`~xai.metrics.groundtruth.Agreement`); ``truth_agreement``: τ of pointing game against
     relevance mass; ``control.clean_mass.<method>``: the clean model's mean relevance mass on the same
     images, ``control.higher_on_poisoned`` (count of methods whose poisoned mass exceeds it), ``of``.
-    ``headline``: the first case. ``skipped.<set>``: reason. ``figure``, ``table``.
+    ``headline``: the first case. ``skipped.<set>``: reason. ``figure``.
     ``timings``: ``total`` seconds.
-``agreement.webp`` (τ with intervals per metric), ``table.md`` (methods x ranks), ``parts/<case>.json``.
+``agreement.webp`` (τ with intervals per metric), ``parts/<case>.json``. The book builds the table of
+methods x ranks from this JSON.
 """
 from __future__ import annotations
 
@@ -257,7 +258,7 @@ def run(profile: Profile, store: Store) -> dict:
             cases[cid] = {"set": s, **res}
     if not cases:
         raise XaiError(f"leaderboard: no marker with a local region and flipped images among the sets {chosen}")
-    key = cache_key(STUDY, CODE_VERSION, "figures", cases, skipped)
+    key = cache_key(STUDY, CODE_VERSION, "figure", cases, skipped)
     drawn = store.job(f"{STUDY}/figures.json", key, lambda out: _draw(out, cases))
     results = {"settings": settings, "cases": cases, "headline": next(iter(cases)), "skipped": skipped, **drawn,
                "timings": {"total": round(time.perf_counter() - start, 1)}}
@@ -268,7 +269,6 @@ def run(profile: Profile, store: Store) -> dict:
 
 
 def _draw(out, cases: dict) -> dict:
-    figure, table = f"{STUDY}/agreement.webp", f"{STUDY}/table.md"
+    figure = f"{STUDY}/agreement.webp"
     out.write_figure(figure, RL.agreement_figure(cases), dpi=100)
-    out.write_text(table, RL.table_markdown(cases[next(iter(cases))], attribution.METHODS))
-    return {"figure": figure, "table": table}
+    return {"figure": figure}

@@ -33,8 +33,7 @@ Artifacts (under ``misclassification/``):
 ``photos/<model>/<photo>.webp``: rows methods + Grad-CAM; columns photo, pred map, true map, difference,
 contrastive map. ``fmnist/<model>/confusion.webp``, ``fmnist/<model>/<true>-<pred>.webp`` (rows examples;
 columns image, contrastive maps per method, contrastive Grad-CAM), ``fmnist/<model>/means.webp`` (rows
-confusion pairs; columns mean image, mean contrastive map per method). ``confusions.md``: a table of the
-top confusions per model.
+confusion pairs; columns mean image, mean contrastive map per method).
 """
 from __future__ import annotations
 
@@ -50,7 +49,6 @@ from ..errors import NotApplicableError, XaiError
 from ..metrics import spearman
 from ..profiles import Profile
 from ..render import maps as R
-from ..render import markdown as md
 from ..render.store import Store, cache_key
 from . import saliency as S
 from .overview import photo_ids
@@ -175,7 +173,7 @@ def photos_part(profile: Profile, store: Store, methods, opts: dict) -> tuple[li
     labelled = [p for p in photo_ids(profile) if images.photo(p).label is not None]
     records, counts = [], {}
     for name in profile.imagenet_models:
-        entry = S.require_label_space(models.load(name), models.IMAGENET_1K)
+        entry = S.require_label_space(S.load(name, profile), models.IMAGENET_1K)
         batch = S.photo_batch(entry, labelled)
         wrong = [i for i, p in enumerate(labelled) if int(batch.targets[i]) != images.photo(p).label]
         counts[name] = {"labelled": len(labelled), "misclassified": len(wrong)}
@@ -264,7 +262,7 @@ def _slug(name: str) -> str:
 def fmnist_part(profile: Profile, store: Store, methods, opts: dict) -> dict:
     out = {}
     for name in profile.fmnist_models:
-        entry = S.require_label_space(models.load(name, **S.loader_kwargs(name, profile)), models.FASHION_MNIST)
+        entry = S.require_label_space(S.load(name, profile), models.FASHION_MNIST)
         key = cache_key(STUDY, CODE_VERSION, "fmnist", S.model_id(entry), opts,
                         {m: attribution.get(m).version for m in [*methods, "grad_cam"]},
                         {k: option(profile, k) for k in DEFAULTS if k != "methods"})
@@ -342,16 +340,6 @@ def means_figure(rows: list, methods):
     return fig
 
 
-def confusions_markdown(fm: dict) -> str:
-    lines = ["| model | accuracy | true → predicted | count | share of the true class |",
-             "| --- | ---: | --- | ---: | ---: |"]
-    for name, r in fm.items():
-        for c in r["top_confusions"]:
-            lines.append(f"| {md.code(name)} | {r['accuracy']:.1%} | {md.text(c['true_name'])} → "
-                         f"{md.text(c['pred_name'])} | {c['count']} | {c['share_of_true']:.1%} |")
-    return "\n".join(lines) + "\n"
-
-
 def run(profile: Profile, store: Store) -> dict:
     methods = list(option(profile, "methods"))
     for m in methods:
@@ -365,7 +353,6 @@ def run(profile: Profile, store: Store) -> dict:
     results = {"methods": methods, "cam_method": "grad_cam", "options": opts, "photos": photos,
                "photo_counts": counts, "fmnist": fm}
     store.write_json(f"{STUDY}/results.json", results)
-    store.write_text(f"{STUDY}/confusions.md", confusions_markdown(fm))
     return {"misclassified_photos": {m: c["misclassified"] for m, c in counts.items()},
             "fmnist_accuracy": {m: r["accuracy"] for m, r in fm.items()},
             "top_confusion": {m: f"{r['top_confusions'][0]['true_name']} -> {r['top_confusions'][0]['pred_name']}"

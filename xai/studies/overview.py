@@ -7,7 +7,6 @@ from .. import models
 from ..data import fashion_mnist, images
 from ..errors import XaiError
 from ..profiles import Profile
-from ..render import markdown as md
 from ..render.store import Store, cache_key
 
 
@@ -37,8 +36,10 @@ def run(profile: Profile, store: Store) -> dict:
                      "size": list(img.shape[1:]), "predictions": {}})
 
     model_rows = []
+    from .saliency import load  # saliency reads this module's photo ids: imported here, not at the top
+
     for name in profile.imagenet_models:
-        entry = models.load(name)
+        entry = load(name, profile)
         if entry.label_space != models.IMAGENET_1K:
             raise XaiError(f"{name} has the label space {entry.label_space}: the photos' labels are ImageNet-1k")
         model_rows.append(_model_row(entry))
@@ -47,17 +48,13 @@ def run(profile: Profile, store: Store) -> dict:
             row["predictions"][name] = [{"index": i, "name": n, "p": round(q, 4)} for i, n, q in top5]
             row.setdefault("correct", {})[name] = row["label"] is not None and top5[0][0] == row["label"]
 
-    for name in profile.fmnist_models:
-        entry = models.load(name, **{k: v for k, v in {"budget": profile.fmnist_budget}.items()
-                                     if k in models.loader_options(name)})
-        model_rows.append(_model_row(entry))
+    for name in (*profile.fmnist_models, *profile.other_models):
+        model_rows.append(_model_row(load(name, profile)))
 
     x, y = fashion_mnist.load("test")
     store.write_figure("overview/fmnist_samples.png", figures.fmnist_samples(x, y, fashion_mnist.CLASSES))
     store.write_json("overview/photos.json", rows)
     store.write_json("overview/models.json", model_rows)
-    store.write_text("overview/models.md", models_markdown(model_rows))
-    store.write_text("overview/photos.md", photos_markdown(rows, list(profile.imagenet_models)))
     labelled = [r for r in rows if r["label"] is not None]
     return {
         "photos": len(rows),
@@ -74,28 +71,3 @@ def _model_row(entry: models.ModelEntry) -> dict:
     return {"name": entry.name, "family": book_group(entry), "label_space": entry.label_space,
             "input_size": list(entry.input_size),
             "parameters": params, "layers": entry.layers, "classes": entry.num_classes, **info}
-
-
-def models_markdown(rows: list[dict]) -> str:
-    lines = ["| model | family | architecture | input | parameters | weights | test accuracy |",
-             "| --- | --- | --- | --- | ---: | --- | ---: |"]
-    for r in rows:
-        acc = f"{r['test_accuracy']:.1%} ({r['test_images']:,} images)" if "test_accuracy" in r else "ImageNet-1k"
-        lines.append(f"| {md.code(r['name'])} | {md.text(r['family'])} | {md.text(r['arch'])} | "
-                     f"{'x'.join(map(str, r['input_size']))} | {r['parameters'] / 1e6:.2f} M | {md.text(r['weights'])} "
-                     f"| {acc} |")
-    return "\n".join(lines) + "\n"
-
-
-def photos_markdown(rows: list[dict], model_names: list[str]) -> str:
-    head = "| photo | label | " + " | ".join(f"{md.code(m)} top-1" for m in model_names) + " | credit |"
-    lines = [head, "| --- | --- | " + " | ".join("---" for _ in model_names) + " | --- |"]
-    for r in rows:
-        cells = []
-        for m in model_names:
-            top = r["predictions"][m][0]
-            mark = "" if r["label"] is None else (" ✓" if r["correct"][m] else " ✗")
-            cells.append(f"{md.text(top['name'])} {top['p']:.2f}{mark}")
-        label = md.text(r["label_name"]) if r["label_name"] else "— (no ImageNet class)"
-        lines.append(f"| {md.text(r['id'])} | {label} | " + " | ".join(cells) + f" | {md.text(r['credit'])} |")
-    return "\n".join(lines) + "\n"

@@ -55,7 +55,7 @@ from ..data import fashion_mnist, images
 from ..errors import NotApplicableError, XaiError
 from ..io import atomic_write
 from ..paths import cache_dir
-from ..profiles import Profile
+from ..profiles import GALLERY_METHODS, Profile
 from ..render import maps as R
 from ..render.store import Store, cache_key
 from .overview import photo_ids
@@ -69,7 +69,7 @@ MAPS_VERSION = 1  # bump when how maps are computed or cached changes meaning (i
 # build's time budget on two CPU cores. Profiles override them in ``options``.
 DEFAULTS = {
     "photos": 8,  # ImageNet photos in the gallery (first N of the profile's); None: all
-    "methods": None,  # None: every registered method
+    "methods": list(GALLERY_METHODS),  # the gallery's methods (see xai.profiles.GALLERY_METHODS for why)
     "smoothgrad_samples": 8,
     "noise": 0.15,
     "ig_steps": 32,  # the completeness gap this leaves is measured in the faithfulness study
@@ -90,7 +90,7 @@ def option(profile: Profile, key: str):
 
 
 def method_names(profile: Profile) -> list[str]:
-    names = option(profile, "methods") or list(attribution.METHODS)
+    names = option(profile, "methods") or list(GALLERY_METHODS)
     for n in names:
         attribution.get(n)
     return list(names)
@@ -121,17 +121,31 @@ def method_options(profile: Profile, name: str, entry: models.ModelEntry | None 
 
 
 def load(name: str, profile: Profile) -> models.ModelEntry:
-    """A model of the profile, its convolutions in channels-last layout: on CPU that runs EfficientNet's
-    depthwise convolutions about 1.8x faster (measured), with the same results up to rounding."""
-    entry = models.load(name, **loader_kwargs(name, profile))
+    """A model of the profile by its id (a config's spec, weights, classes and layers; else the id is the
+    spec), its convolutions in channels-last layout: on CPU that runs EfficientNet's depthwise
+    convolutions about 1.8x faster (measured), with the same results up to rounding."""
+    entry = load_source(profile.source(name), **loader_kwargs(profile.source(name).spec, profile))
     if entry.device.type == "cpu":
         entry.model.to(memory_format=torch.channels_last)
     return entry
 
 
+def load_source(src, **options) -> models.ModelEntry:
+    """A :class:`~xai.profiles.ModelSource` loaded, named by its id, with its layers of interest."""
+    entry = models.load(src.spec, weights=src.weights, classes=src.classes, **options)
+    entry.name = src.id
+    if src.layers is not None:
+        from ..layers import resolve
+
+        for layer in src.layers:
+            resolve(entry.model, layer)  # an unknown layer: close matches, before any work
+        entry.layers = list(src.layers)
+    return entry
+
+
 def loader_kwargs(name: str, profile: Profile) -> dict:
     """The profile's options that the model's own loader takes (a training budget for the models
-    trained here), and no others."""
+    trained here), and no others. ``name``: a spec."""
     wanted = {"budget": profile.fmnist_budget, "progress": False}
     return {k: v for k, v in wanted.items() if k in models.loader_options(name)}
 

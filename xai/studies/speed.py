@@ -4,6 +4,10 @@
 ``make book``. It writes ``BENCHMARKS.md`` and ``benchmarks.json`` at the repository root, both
 committed; this study turns the JSON into the book's figure and tables. Nothing is measured here: the
 page says which machine and date the numbers are from.
+
+The page itself holds the figure and its caption (bound to ``speed/results.json``) and the notice for a
+build without a record; ``section.md`` is BENCHMARKS.md's text, the one Markdown a study still writes,
+since ``xai.bench.report`` renders it for both.
 """
 from __future__ import annotations
 
@@ -17,7 +21,7 @@ from ..render import markdown as md
 from ..render.store import Store, cache_key
 
 RECORD = REPO / "benchmarks.json"
-VERSION = 2  # of the section this writes: a new version rewrites it from the same record
+VERSION = 3  # of the section this writes: a new version rewrites it from the same record
 
 
 def book_markdown(results: dict) -> str:
@@ -39,27 +43,15 @@ def _literal_machine(results: dict) -> dict:
 
 def run(profile: Profile, store: Store) -> dict:
     if not RECORD.exists():
-        text = ("No benchmark has been recorded for this build: `make bench` measures one (about an hour on a "
-                "2-core CPU) and writes `benchmarks.json`, which this section shows.\n")
         store.write_json("speed/results.json", {"measured": False})
-        store.write_text("speed/section.md", text)
         return {"measured": False}
     raw = RECORD.read_bytes()
     results = json.loads(raw)
     key = cache_key("speed", hashlib.sha256(raw).hexdigest(), VERSION)
     if not store.fresh("speed/section.md", key):
         store.write_figure("speed/speed.png", report.figure(results), key)
-        m = results["machine"]
-        where = md.text(m["gpu"]["name"]) if m.get("gpu") else f"{md.text(m['cpu'])} ({m['cpu_count']} cores, no GPU)"
-        figure = ["```{xai-figure} speed/speed.png",
-                  ":name: fig-speed",
-                  ":alt: Horizontal bars of the speed-up of each of our methods over its anchor library on a "
-                  "log axis with the targets marked, and beside them the fraction of the machine's matmul peak "
-                  "each side reaches.",
-                  f"Speed-up of our implementations over captum, pytorch-grad-cam and lucent on {where}, "
-                  f"measured {results['measured_at'][:10]}; black ticks mark the targets.",
-                  "```", ""]
-        store.write_text("speed/section.md", "\n".join(figure) + book_markdown(_literal_machine(results)), key)
+        store.write_text("speed/section.md", book_markdown(_literal_machine(results)), key)
         store.write_json("speed/results.json", {"measured": True, "measured_at": results["measured_at"],
-                                                "machine": m, "targets": results.get("targets", [])}, key)
+                                                "machine": {"gpu": None, **results["machine"]},
+                                                "targets": results.get("targets", [])}, key)
     return {"measured": True, "measured_at": results["measured_at"]}

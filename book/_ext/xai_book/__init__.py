@@ -4,6 +4,10 @@ Pages stay declarative: they name artifacts and conditions; this extension reads
 at build time and emits the HTML. A missing artifact, a missing key or a claim that no longer holds
 is a build error at the page and line that asked for it (see ``data.py`` for the rules).
 
+It reads nothing else about the build: profile, commit, versions and the study registry come from
+``manifest.json``, and it imports neither torch nor the ``xai`` package (``tests/test_site.py`` builds
+the smoke site in a process where both imports fail; ``tests/test_book_ext.py`` checks the sources).
+
 Authoring reference (MyST)::
 
     {res}`overview/photos.json:[id=coffee].predictions.efficientnet_lite0.0.p|.0%`   a value
@@ -40,7 +44,8 @@ Authoring reference (MyST)::
     ```{xai-blocks}              activation grid: hover a position for its semantic dictionary entry
                                  (:data: grid records, :select:, :photo:, :alt:, :entry-alt:, :note:)
     ```{xai-table}               :data: records, :columns: key=Header|fmt, expr=Header|fmt
-    ```{generated} overview/models.md            a Markdown snippet a study wrote
+    ```{study-table} overview/models             a study's result table, built from its JSON (tables.py)
+    ```{generated} speed/section.md              a Markdown snippet a study wrote (only the speed section)
     ```{study} saliency          provenance note (or "not computed" when the study is not registered)
     ```{byline}  ```{profiles-table}  ```{environment-table}
 
@@ -56,7 +61,7 @@ from pathlib import Path
 
 from sphinx.errors import SphinxError
 
-from . import blocks, bound, distill, figures
+from . import blocks, bound, distill, figures, tables
 from .data import Generated, generated_root
 
 STATIC = Path(__file__).resolve().parent.parent.parent / "_static"
@@ -144,6 +149,7 @@ def setup(app):
     figures.setup(app)
     blocks.setup(app)
     distill.setup(app)
+    tables.setup(app)
     app.connect("build-finished", _prune)
     app.connect("build-finished", _finished, priority=900)
     return {"version": "1", "parallel_read_safe": True, "parallel_write_safe": True, "env_version": 1}

@@ -6,7 +6,7 @@
                                         fails (naming the page, the expression and its values) otherwise
 ``{cases}`` holding ``{case}`` blocks    alternatives for results that may go either way: exactly one
                                         ``:when:`` must hold, the others are left out
-``{generated} study/file.md``          a Markdown snippet a study wrote (tables), parsed as MyST
+``{generated} study/file.md``          a Markdown snippet a study wrote (the speed section), parsed as MyST
 ``{study} NAME``                       the provenance note of a chapter, or the "not computed" notice
 """
 from __future__ import annotations
@@ -98,7 +98,8 @@ def not_computed_admonition(study: str, what: str) -> nodes.admonition:
     para = nodes.paragraph()
     para += nodes.Text(f"{what} comes from the ")
     para += nodes.literal(text=study)
-    para += nodes.Text(" study, which this checkout does not have (it is not registered in ")
+    # The registry is the one the precompute recorded in the manifest: the book cannot ask the package.
+    para += nodes.Text(" study, which the precompute of this build did not have (it was not registered in ")
     para += nodes.literal(text="xai.studies.STUDIES")
     para += nodes.Text("). Once it is, ")
     para += nodes.literal(text="make book")
@@ -281,7 +282,7 @@ class BindDirective(SphinxDirective):
 # -- {generated} ------------------------------------------------------------------------------------------
 
 class GeneratedDirective(SphinxDirective):
-    """Include a Markdown snippet that a study wrote (``{generated} overview/models.md``)."""
+    """Include a Markdown snippet that a study wrote (``{generated} speed/section.md``)."""
 
     required_arguments = 1
     has_content = False

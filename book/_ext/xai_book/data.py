@@ -15,6 +15,11 @@ every file and key the pages ask for, otherwise the build fails naming the file 
 is not registered in ``xai.studies.STUDIES`` at all (not written yet, or not part of this checkout) is
 *not computed*: its figures and claims give way to an explicit notice. A registered study that did not
 run is an error too (the precompute was partial): ``xai precompute --profile P --only STUDY`` fixes it.
+
+The registry is read from the manifest (``registered_studies``, written by the precompute), like
+everything else the book knows about the build: this extension imports neither torch nor ``xai``, so
+the book builds from the generated folder alone. A manifest without the registry (one written by hand)
+has every study it lacks treated as registered: a missing study is then an error, never a silent notice.
 """
 from __future__ import annotations
 
@@ -45,15 +50,6 @@ def generated_root(srcdir: str | Path) -> Path:
     """The folder the studies wrote; XAI_GENERATED overrides it exactly as ``xai.paths`` does."""
     env = os.environ.get("XAI_GENERATED")
     return Path(env).resolve() if env else (Path(srcdir) / "book" / "_generated").resolve()
-
-
-def registered_studies() -> set[str] | None:
-    """Names in ``xai.studies.STUDIES``; None when the package cannot be imported (then trust the manifest)."""
-    try:
-        from xai.studies import STUDIES
-    except ImportError:
-        return None
-    return set(STUDIES)
 
 
 @dataclass
@@ -120,7 +116,6 @@ class Generated:
         self.on_read = on_read or (lambda path: None)
         self._cache: dict[str, Any] = {}
         self._manifest: dict | None = None
-        self._registered = registered_studies()
 
     # -- study status ---------------------------------------------------------------------------
     @property
@@ -146,7 +141,8 @@ class Generated:
         """Raise NotComputed for a study this checkout does not have, BookDataError for one that did not run."""
         if self.study_ran(study):
             return
-        if self._registered is not None and study not in self._registered:
+        registered = self.manifest.get("registered_studies")
+        if registered is not None and study not in registered:
             raise NotComputed(study)
         raise BookDataError(
             f"study {study!r} has no results in {self.root / 'manifest.json'} (profile {self.profile!r}): "

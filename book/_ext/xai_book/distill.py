@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import html
-import subprocess
-from importlib.metadata import PackageNotFoundError, version
 
 from docutils import nodes
 from sphinx.util.docutils import SphinxDirective
@@ -37,11 +35,8 @@ class BylineDirective(SphinxDirective):
             return []
         environment = manifest.get("environment", {})
         commit = environment.get("git_commit") or ""
-        date = _commit_date(commit) or str(manifest.get("updated", ""))[:10]
-        try:
-            pkg = version("xai")
-        except PackageNotFoundError:
-            pkg = "unknown"
+        date = environment.get("git_commit_date") or str(manifest.get("updated", ""))[:10]
+        pkg = environment.get("xai_version") or "unknown"
         short = html.escape(commit[:10]) if commit else "uncommitted"
         dirty = " + local changes" if environment.get("git_dirty") else ""
         node = xai_byline()
@@ -59,18 +54,7 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word[:-1] + 'ies' if word.endswith('y') else word + 's'}"
 
 
-def _commit_date(commit: str) -> str | None:
-    if not commit:
-        return None
-    try:
-        out = subprocess.run(["git", "log", "-1", "--format=%cs", commit], capture_output=True, text=True,
-                             timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None
-
-
-# -- tables about the build itself: profiles (from the code) and environment (from the manifest) -------
+# -- tables about the build itself, from the manifest: profiles and environment ------------------------
 
 def _table(header: list[str], rows: list[list[str]], classes: list[str]) -> nodes.table:
     table = nodes.table(classes=classes)
@@ -98,22 +82,28 @@ def _row(cells: list[str]) -> nodes.row:
 
 
 class ProfilesTable(SphinxDirective):
-    """The build profiles as ``xai.profiles.PROFILES`` defines them, so the page cannot drift from the code."""
+    """The build profiles as ``xai.profiles.PROFILES`` defines them, so the page cannot drift from the code:
+    the precompute writes them into ``manifest.json`` (``profiles``)."""
 
     def run(self):
+        gen = generated(self.env)
         try:
-            from xai.profiles import PROFILES
-        except ImportError as e:
-            fail(self.env, BookDataError(f"cannot import xai.profiles: {e}"), self.get_location())
+            profiles = gen.manifest.get("profiles")
+            if not isinstance(profiles, list):
+                raise BookDataError(f"{gen.root / 'manifest.json'} has no profiles table (written by an older "
+                                    f"precompute): run `xai precompute --profile {gen.profile}`")
+            rows = []
+            for p in profiles:
+                photos = "all" if p["photos"] is None else f"{len(p['photos'])}: {', '.join(p['photos'])}"
+                rows.append([p["name"], ", ".join(p["imagenet_models"]), ", ".join(p["fmnist_models"]),
+                             p["fmnist_budget"], photos, str(p["seed"])])
+        except (KeyError, TypeError) as e:
+            err = BookDataError(f"{gen.root / 'manifest.json'}: malformed profiles table ({type(e).__name__}: {e})")
+            fail(self.env, err, self.get_location())
             return []
-        import xai.profiles
-
-        self.env.note_dependency(xai.profiles.__file__)
-        rows = []
-        for p in PROFILES.values():
-            photos = "all" if p.photos is None else f"{len(p.photos)}: {', '.join(p.photos)}"
-            rows.append([p.name, ", ".join(p.imagenet_models), ", ".join(p.fmnist_models),
-                         p.fmnist_budget, photos, str(p.seed)])
+        except BookDataError as err:
+            fail(self.env, err, self.get_location())
+            return []
         return [_table(["profile", "ImageNet models", "Fashion-MNIST models", "training budget", "photos",
                         "seed"], rows, ["xai-profiles"])]
 

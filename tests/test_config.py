@@ -1,0 +1,150 @@
+"""Report configs: the shipped profiles are YAML files, validated by one schema whose defaults are the
+studies' own; a user's file reaches every study through the same path; bad files are one line."""
+from __future__ import annotations
+
+import importlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from xai import profiles, studies
+from xai.config import adapter, loader
+from xai.config.schema import Studies
+
+ROOT = Path(__file__).resolve().parents[1]
+# Schema fields whose null default means "the study's (or the config's) own choice", as documented there.
+NULL_MEANS_DEFAULT = {("saliency", "methods"), ("cleverhans", "budget")}
+
+
+def _plain(v):
+    if hasattr(v, "model_dump"):
+        v = v.model_dump()
+    if isinstance(v, (tuple, list)):
+        return [_plain(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    return v
+
+
+def test_shipped_profiles_are_the_yaml_files():
+    assert list(profiles.PROFILES) == ["full", "quick", "smoke"]
+    smoke = profiles.get("smoke")
+    assert smoke.imagenet_models == ("efficientnet_lite0",)
+    assert smoke.fmnist_models == ("fmnist_cnn", "fmnist_vit") and smoke.fmnist_budget == "smoke"
+    assert smoke.photos == ("chelsea", "coffee", "starry_night")
+    full = profiles.get("full")
+    assert full.imagenet_models == profiles.ALL_IMAGENET and full.fmnist_models == profiles.ALL_FMNIST
+    assert full.photos is None and full.options["cleverhans"]["budget"] == "full"
+
+
+def test_schema_defaults_are_the_studies_defaults():
+    """One set of defaults: a study's DEFAULTS and the schema's agree key by key, so a config that says
+    nothing gets what the study would have done."""
+    for study, field in Studies.model_fields.items():
+        defaults = getattr(importlib.import_module(studies.STUDIES[study]), "DEFAULTS", {})
+        fields = {k: f for k, f in field.annotation.model_fields.items() if k not in ("enabled", "models")}
+        assert set(fields) == set(defaults), study
+        for key, f in fields.items():
+            if (study, key) in NULL_MEANS_DEFAULT:
+                assert f.default is None, (study, key)
+                continue
+            assert _plain(f.default) == _plain(defaults[key]), (study, key)
+
+
+@pytest.mark.parametrize("name", ["full", "quick", "smoke"])
+def test_every_option_a_profile_sets_is_read_by_its_study(name):
+    p = profiles.get(name)
+    for study, opts in p.options.items():
+        defaults = getattr(importlib.import_module(studies.STUDIES[study]), "DEFAULTS", {})
+        assert set(opts) <= set(defaults), (name, study, set(opts) - set(defaults))
+
+
+def xai(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "xai", *args], capture_output=True, text=True, cwd=cwd or ROOT,
+                          timeout=900)
+
+
+@pytest.mark.parametrize("text,where,hint", [
+    ("name: x\nmodels: [efficientnet_lite0]\nstudies:\n  saliency: {photoss: 2}\n", "studies.saliency.photoss",
+     "photos"),
+    ("name: x\nmodels: [efficientnet_lite9]\n", "models.0.spec", "efficientnet_lite0"),
+    ("name: x\nmodels: [efficientnet_lite0]\nstudies:\n  gradcam: {layer_photos: -1}\n", "studies.gradcam.layer_photos",
+     ""),
+    ("name: x\nmodels: [efficientnet_lite0\n", "line", ""),
+    ("name: x\nmodels: [efficientnet_lite0]\nstudies:\n  saliency: {methods: [grad_cma]}\n", "studies.saliency.methods",
+     "grad_cam"),
+])
+def test_a_bad_config_is_one_line_with_its_key_path(tmp_path, text, where, hint):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    r = xai("config", "check", str(path))
+    err = r.stderr.strip()
+    assert r.returncode == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert str(path) in err and where in err and hint in err, err
+
+
+def test_config_show_fills_every_default():
+    r = xai("config", "show", "smoke")
+    assert r.returncode == 0, r.stderr
+    shown = yaml.safe_load(r.stdout)
+    assert shown == loader.load("smoke").model_dump(mode="json")
+    assert shown["studies"]["featvis"]["batch"] == 64  # a default the file does not set
+
+
+def test_image_folders_are_refused_not_ignored(tmp_path):
+    (tmp_path / "set" / "cat").mkdir(parents=True)
+    path = tmp_path / "c.yaml"
+    path.write_text("name: x\nmodels: [efficientnet_lite0]\nimages:\n  folders: [{name: mine, root: set}]\n")
+    with pytest.raises(loader.ConfigError) as e:
+        profiles.get(str(path))
+    assert e.value.path == "images.folders"
+
+
+def test_a_users_checkpoint_reaches_the_studies_through_the_config(tmp_path):
+    """A random-weight timm ResNet from a local file, with the ImageNet class list: the config gives it an
+    id, the overview and saliency studies load it by that id, and their results carry its predictions
+    and maps; a study restricted to the other model and a disabled one leave it alone."""
+    import safetensors.torch
+    import timm
+    import torch
+
+    from xai.models import imagenet_class_names
+
+    torch.manual_seed(0)
+    net = timm.create_model("resnet10t", pretrained=False)
+    safetensors.torch.save_file(net.state_dict(), str(tmp_path / "mine.safetensors"))
+    (tmp_path / "classes.txt").write_text("\n".join(imagenet_class_names()) + "\n")
+    config = {
+        "name": "mine", "seed": 0,
+        "models": [{"spec": "timm/resnet10t", "id": "my_resnet", "weights": "mine.safetensors",
+                    "classes": "classes.txt"}, "efficientnet_lite0"],
+        "images": {"photos": {"ids": ["chelsea"]}},
+        "studies": {"saliency": {"photos": 1, "methods": ["gradient", "grad_cam"], "models": ["my_resnet"]},
+                    "gradcam": {"enabled": False}},
+    }
+    path = tmp_path / "mine.yaml"
+    path.write_text(yaml.safe_dump(config))
+    p = profiles.get(str(path))
+    assert p.imagenet_models == ("my_resnet", "efficientnet_lite0") and p.disabled == ("gradcam",)
+    out = tmp_path / "generated"
+    r = xai("precompute", "--config", str(path), "--only", "overview", "saliency", "gradcam", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    rows = {m["name"]: m for m in json.loads((out / "overview" / "models.json").read_text())}
+    assert rows["my_resnet"]["label_space"] == "imagenet-1k" and "sha256" in rows["my_resnet"]["weights"]
+    photo = json.loads((out / "overview" / "photos.json").read_text())[0]
+    from xai.studies.saliency import load
+
+    entry = load("my_resnet", p)
+    from xai.data import images
+
+    with torch.no_grad():
+        top = entry.model(entry.prepare(images.load("chelsea"))[None]).softmax(-1)[0].max()
+    assert photo["predictions"]["my_resnet"][0]["p"] == pytest.approx(float(top), abs=1e-4)  # rounded to 4 places
+    sal = json.loads((out / "saliency" / "results.json").read_text())
+    assert set(sal["methods"]) == {"gradient", "grad_cam"}
+    assert "my_resnet" in json.dumps(sal["imagenet"]) and "efficientnet_lite0" not in json.dumps(sal["imagenet"])
+    assert not (out / "gradcam").exists()

@@ -1,0 +1,89 @@
+"""A validated report config as the :class:`~xai.profiles.Profile` the studies read.
+
+The studies take a ``Profile`` (model lists by label space, image choices, per-study options). A config
+file is the typed, checked way to write one: each study's options are those the file *sets* (pydantic's
+``exclude_unset``), so a study's own defaults hold wherever the file is silent, exactly as with the
+shipped profiles. A model's spec, weights, class list and layers travel with the profile
+(:class:`~xai.profiles.ModelSource`), so every study loads a user's checkpoint the same way.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ..profiles import ModelSource, Profile
+from .loader import ConfigError
+from .schema import ReportConfig
+
+IMAGENET_1K = "imagenet-1k"
+FASHION_MNIST = "fashion-mnist"
+
+
+# Study options whose schema default (null) means "as the config's top level says".
+INHERITED: dict[tuple[str, str], Callable[[ReportConfig], object]] = {
+    ("cleverhans", "budget"): lambda c: c.training.budget,
+}
+
+
+def declared_label_space(source: ModelSource) -> str:
+    """The label space known without building the model: a registered model's declaration, a class list
+    file's, else empty (known only once loaded)."""
+    from .. import models
+    from ..models.entry import class_list_space
+
+    if source.classes is not None:
+        return class_list_space(source.classes)
+    return models.declared_label_space(source.spec)
+
+
+def loaded_label_space(source: ModelSource) -> str:
+    """The declared label space, or, for a model that declares none (a hub spec), the loaded entry's."""
+    declared = declared_label_space(source)
+    if declared:
+        return declared
+    from ..studies.saliency import load_source
+
+    return load_source(source).label_space
+
+
+def to_profile(config: ReportConfig, source: str = "config",
+               label_space: Callable[[ModelSource], str] | None = None) -> Profile:
+    """The profile ``config`` describes. ``label_space`` tells a model's label space (default: what is
+    declared; a caller that may load models passes one that loads those declaring none)."""
+    label_space = label_space or declared_label_space
+    if config.images.folders:
+        # Validated, but no study reads image folders yet: refused rather than silently not used.
+        raise ConfigError(source, "images.folders", "ImageFolder sets are not read by the studies of this "
+                                                      "version; remove the key (see book/reproduce.md)")
+    sources = tuple(ModelSource(m.name, m.spec, None if m.weights is None else str(m.weights),
+                                None if m.classes is None else str(m.classes),
+                                None if m.layers is None else tuple(m.layers)) for m in config.models)
+    spaces = {s.id: label_space(s) for s in sources}
+    options: dict[str, dict] = {}
+    disabled, restricted = [], {}
+    for study, sc in config.studies:
+        set_keys = sc.model_dump(mode="python", exclude_unset=True)
+        for (s_name, key), inherit in INHERITED.items():
+            if s_name == study and key not in set_keys:
+                set_keys[key] = inherit(config)
+        if not set_keys.pop("enabled", True):
+            disabled.append(study)
+        models = set_keys.pop("models", None)
+        if models is not None:
+            restricted[study] = tuple(models)
+        if set_keys:
+            options[study] = set_keys
+    return Profile(
+        config.name,
+        imagenet_models=tuple(s.id for s in sources if spaces[s.id] == IMAGENET_1K),
+        fmnist_models=tuple(s.id for s in sources if spaces[s.id] == FASHION_MNIST),
+        other_models=tuple(s.id for s in sources if spaces[s.id] not in (IMAGENET_1K, FASHION_MNIST)),
+        fmnist_budget=config.training.budget,
+        photos=None if config.images.photos.ids is None else tuple(config.images.photos.ids),
+        fmnist_images=config.images.fashion_mnist.images,
+        seed=config.seed,
+        options=options,
+        sources=sources,
+        disabled=tuple(disabled),
+        study_models=restricted,
+        published=config.published,
+    )
