@@ -70,8 +70,9 @@ CODE_VERSION = 1
 DEFAULTS = {
     "model": None,  # None: the profile's first ImageNet model
     # Sized for the study's budget (5 min cold on 2 CPU cores): render cost grows with pixels x positions
-    # x steps, and the grids and the dictionary are most of it. At these values the cold study took 104 s on
-    # one thread with 40 grid and dictionary steps (25,504 image-steps, about 2.5 ms each on lite0 at 48 px).
+    # x steps, and the grids and the dictionary are most of it. At these values (blocks.4 and blocks.6) the
+    # cold study's jobs took about 150 CPU seconds on one thread (42,368 image-steps), beside whatever the
+    # Clever Hans checkpoints cost to train when their cache is cold.
     "size": 48,  # render size (px); the grid's tiles are small on the page
     "photos": 4,
     # Positions in the model's layers of interest (shallow to deep): on efficientnet_lite0 the 14x14 and
