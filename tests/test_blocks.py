@@ -116,6 +116,22 @@ def test_activation_grid_on_lite0_in_one_batch_or_in_chunks(lite0, chelsea):
     assert torch.allclose(whole.rendering.images, parts.rendering.images, atol=OPTIMIZED)
 
 
+def test_grid_and_dictionary_pool_the_map_to_the_same_cells(cnn, test_images):
+    x = test_images[0]
+    acts = featvis.activations(cnn.model, x[None], ["relu3:in"]).layer("relu3:in")
+    pooled = F.adaptive_avg_pool2d(acts, (3, 3))[0]
+    grid = B.activation_grid(cnn.model, x, "relu3", size=28, steps=1, cells=3)
+    d = B.semantic_dictionary(cnn.model, x, "relu3", top=2, cells=3)
+    assert grid.shape == d.shape == (3, 3) and grid.rendering.images.shape[0] == 9
+    assert torch.equal(grid.vectors, pooled.flatten(1).T)  # rule 1: the same pooling of the same pass
+    vals, chans = pooled.permute(1, 2, 0).topk(2, dim=-1)
+    assert torch.equal(d.channels, chans) and torch.equal(d.values, vals)
+    # A map no larger than the cells is left as it is, never enlarged.
+    assert B.semantic_dictionary(cnn.model, x, "relu3", top=2, cells=9).shape == (7, 7)
+    with pytest.raises(XaiError):
+        B.semantic_dictionary(cnn.model, x, "relu3", top=2, cells=0)
+
+
 # -- semantic dictionary and neuron groups ----------------------------------------------------------------------
 def test_semantic_dictionary_lists_each_positions_top_channels(lite0, chelsea):
     d = B.semantic_dictionary(lite0.model, chelsea, "blocks.3", top=4)

@@ -207,6 +207,94 @@
     });
   }
 
+  /* Building Blocks: a grid of positions; hovering, focusing or clicking one shows its dictionary entry
+   * (and marks it on the photo); pickers switch the record (photo, layer). */
+  function initBlocks(root) {
+    var data = readData(root);
+    if (!data) return;
+    var grid = root.querySelector(".xai-blocks-grid");
+    var detail = root.querySelector(".xai-blocks-detail");
+    var rec = data.records[0];
+
+    function entryImage(c) {
+      var fig = document.createElement("figure");
+      fig.className = "xai-dict-entry";
+      var img = document.createElement("img");
+      img.decoding = "async";
+      setImage(img, c);
+      var cap = document.createElement("figcaption");
+      cap.textContent = c.label;
+      fig.appendChild(img);
+      fig.appendChild(cap);
+      return fig;
+    }
+
+    function show(i) {
+      var e = rec.entries[i];
+      detail.querySelector(".xai-note").textContent = e.note;
+      var dict = detail.querySelector(".xai-dictionary");
+      dict.textContent = "";
+      e.channels.forEach(function (c) { dict.appendChild(entryImage(c)); });
+      var box = detail.querySelector(".xai-blocks-box");
+      if (box) {
+        var r = Math.floor(i / rec.cols), c = i % rec.cols;
+        box.style.left = (100 * c / rec.cols) + "%";
+        box.style.top = (100 * r / rec.rows) + "%";
+        box.style.width = (100 / rec.cols) + "%";
+        box.style.height = (100 / rec.rows) + "%";
+      }
+      grid.querySelectorAll(".xai-tile").forEach(function (b) {
+        var on = +b.getAttribute("data-i") === i;
+        b.classList.toggle("xai-active", on);
+        b.setAttribute("aria-pressed", on ? "true" : "false");
+      });
+      root.setAttribute("data-position", String(i));
+    }
+
+    function bind(button) {
+      var i = +button.getAttribute("data-i");
+      ["mouseenter", "focus", "click"].forEach(function (ev) { button.addEventListener(ev, function () { show(i); }); });
+    }
+
+    function build() {
+      grid.textContent = "";
+      grid.style.setProperty("--xai-cols", rec.cols);
+      rec.tiles.forEach(function (t, i) {
+        var b = document.createElement("button");
+        b.type = "button";
+        b.className = "xai-tile";
+        b.setAttribute("data-i", i);
+        var img = document.createElement("img");
+        img.decoding = "async";
+        setImage(img, t);
+        b.appendChild(img);
+        grid.appendChild(b);
+        bind(b);
+      });
+      var photo = detail.querySelector(".xai-blocks-photo img");
+      if (photo && rec.photo) setImage(photo, rec.photo);
+      show(0);
+    }
+
+    grid.querySelectorAll(".xai-tile").forEach(bind);
+    grid.addEventListener("keydown", function (ev) {
+      var buttons = Array.prototype.slice.call(grid.querySelectorAll(".xai-tile"));
+      var at = buttons.indexOf(document.activeElement);
+      if (at < 0) return;
+      var step = { ArrowRight: 1, ArrowLeft: -1, ArrowDown: rec.cols, ArrowUp: -rec.cols }[ev.key];
+      if (step === undefined) return;
+      ev.preventDefault();
+      buttons[Math.max(0, Math.min(buttons.length - 1, at + step))].focus();
+    });
+    onControls(root, function (changed) {
+      var state = settle(data.records, readControls(root), changed);
+      writeControls(root, state);
+      rec = data.records.find(function (r) { return matches(r, state); }) || rec;
+      build();
+      root.setAttribute("data-state", JSON.stringify(state));
+    });
+  }
+
   /* Hover cards: citations (the entry sphinxcontrib-bibtex puts in the link's title) and bound
    * values (the reference they were read from). Shown on hover and keyboard focus; Esc hides. */
   var card = null;
@@ -283,6 +371,7 @@
   function init() {
     document.querySelectorAll("[data-xai=explorer]").forEach(initExplorer);
     document.querySelectorAll("[data-xai=channels]").forEach(initChannels);
+    document.querySelectorAll("[data-xai=blocks]").forEach(initBlocks);
     initCitations();
     initValues();
     fitScreenFigures();

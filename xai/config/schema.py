@@ -228,6 +228,40 @@ class FeatvisConfig(StudyConfig):
     exemplars: PositiveInt = 9
 
 
+class ConceptsConfig(StudyConfig):
+    """What the units mean together (xai.studies.concepts): Building Blocks, discovered concepts and the
+    Clever Hans marker as a concept (TCAV, random concepts, localisation, dissection)."""
+
+    model: str | None = Field(None, description="ImageNet model id; null: the first")
+    size: PositiveInt = Field(48, description="render size (px)")
+    photos: PositiveInt = 4
+    layers: list[int] = Field([3, 4], description="positions in the model's layers of interest")
+    cells: PositiveInt = Field(7, description="grid positions per side at most (average-pooled)")
+    grid_steps: PositiveInt = 64
+    dictionary_top: PositiveInt = 3
+    dictionary_steps: PositiveInt = 64
+    groups: int = Field(6, ge=1, le=64)
+    group_steps: PositiveInt = 64
+    concept_photo: str | None = Field(None, description="manifest id; null: the first grid photo")
+    concept_views: PositiveInt = 16
+    concept_layer: int = Field(4, ge=0)
+    concept_k: PositiveInt = 5
+    concept_shown: PositiveInt = 4
+    concept_steps: PositiveInt = 64
+    tcav_runs: int = Field(20, ge=2)
+    tcav_concept_images: int = Field(50, ge=2)
+    tcav_class_images: PositiveInt = 100
+    tcav_random_images: int = Field(500, ge=2)
+    random_sets: PositiveInt = 10
+    naive_margin: float = Field(0.2, gt=0, lt=0.5)
+    alpha: float = Field(0.05, gt=0, lt=1)
+    localisation_images: PositiveInt = 100
+    localisation_k: PositiveInt = 6
+    dissection_images: PositiveInt = 500
+    dissected_units: PositiveInt = 4
+    unit_steps: PositiveInt = 64
+
+
 class SpeedConfig(StudyConfig):
     pass
 
@@ -244,6 +278,7 @@ class Studies(Strict):
     cleverhans: CleverHansConfig = CleverHansConfig()
     leaderboard: LeaderboardConfig = LeaderboardConfig()
     featvis: FeatvisConfig = FeatvisConfig()
+    concepts: ConceptsConfig = ConceptsConfig()
     speed: SpeedConfig = SpeedConfig()
 
 

@@ -48,6 +48,19 @@ def _map(model: nn.Module, image: torch.Tensor, target: str) -> torch.Tensor:
     return activations(model, x, [target]).layer(target)[0].float().cpu()
 
 
+def _cells(acts: torch.Tensor, cells: int | None) -> torch.Tensor:
+    """``[C, h, w]`` average-pooled to at most ``cells`` x ``cells`` positions (Building Blocks' coarser
+    layouts): a grid's cost grows with its positions, and a map is never enlarged."""
+    if cells is None:
+        return acts
+    if cells < 1:
+        raise XaiError(f"cells must be at least 1, got {cells}")
+    h, w = acts.shape[1:]
+    if h <= cells and w <= cells:
+        return acts
+    return torch.nn.functional.adaptive_avg_pool2d(acts[None], (min(h, cells), min(w, cells)))[0]
+
+
 def _photo(image: torch.Tensor) -> None:
     if image.dim() != 3:
         raise XaiError(f"Building Blocks take one image [C, H, W] at the model's input size, got {tuple(image.shape)}")
@@ -69,12 +82,14 @@ class ActivationGrid:
 
 
 def activation_grid(model: nn.Module, image: torch.Tensor, layer: str, *, size: int = 64, steps: int = 128,
-                    seed: int = 0, batch: int | None = None, lr: float = DEFAULT_LR) -> ActivationGrid:
+                    seed: int = 0, batch: int | None = None, lr: float = DEFAULT_LR,
+                    cells: int | None = None) -> ActivationGrid:
     """Render the activation vector at every position of ``layer`` on ``image`` (one ``[C, H, W]`` photo
-    at the model's input size); ``batch=None`` renders every position in one optimization."""
+    at the model's input size); ``batch=None`` renders every position in one optimization. With
+    ``cells``, the map is first average-pooled to at most ``cells`` x ``cells`` positions."""
     _photo(image)
     target = O.pre_activation(model, layer)
-    acts = _map(model, image, target)
+    acts = _cells(_map(model, image, target), cells)
     vectors = acts.flatten(1).T.contiguous()
     r = render_directions(model, target, vectors, size=size, steps=steps, seed=seed, batch=batch, lr=lr,
                           channels_in=image.shape[0])
@@ -107,11 +122,13 @@ class SemanticDictionary:
                 "entries": [self.entry(i, j) for i in range(h) for j in range(w)]}
 
 
-def semantic_dictionary(model: nn.Module, image: torch.Tensor, layer: str, *, top: int = 4) -> SemanticDictionary:
-    """Each position's ``top`` channels by activation (of the tensor feature visualization maximises)."""
+def semantic_dictionary(model: nn.Module, image: torch.Tensor, layer: str, *, top: int = 4,
+                        cells: int | None = None) -> SemanticDictionary:
+    """Each position's ``top`` channels by activation (of the tensor feature visualization maximises);
+    ``cells`` pools the map as :func:`activation_grid` does, so a dictionary matches its grid."""
     _photo(image)
     target = O.pre_activation(model, layer)
-    acts = _map(model, image, target)  # [C, h, w]
+    acts = _cells(_map(model, image, target), cells)  # [C, h, w]
     if not 1 <= top <= acts.shape[0]:
         raise XaiError(f"top must be between 1 and {acts.shape[0]} (the channels of {layer}), got {top}")
     vals, chans = acts.permute(1, 2, 0).topk(top, dim=-1)

@@ -26,6 +26,7 @@ STUDIES: dict[str, str] = {
     "cleverhans": "xai.studies.cleverhans",
     "leaderboard": "xai.studies.leaderboard",  # after cleverhans: it ranks methods on its models
     "featvis": "xai.studies.featvis",
+    "concepts": "xai.studies.concepts",
     "speed": "xai.studies.speed",
 }
 

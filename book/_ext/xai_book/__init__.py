@@ -41,6 +41,8 @@ Authoring reference (MyST)::
                                  :note: (templates: {key} or {key:.2f} of a record), :select: keys (pickers),
                                  :slider: keys, :columns: / :rows: keys, :where:, :let:, :axis-labels:
     ```{xai-channels}            channel grid; hover/focus enlarges with :exemplars: (list of paths)
+    ```{xai-blocks}              activation grid: hover a position for its semantic dictionary entry
+                                 (:data: grid records, :select:, :photo:, :alt:, :entry-alt:, :note:)
     ```{xai-table}               :data: records, :columns: key=Header|fmt, expr=Header|fmt
     ```{study-table} overview/models             a study's result table, built from its JSON (tables.py)
     ```{generated} speed/section.md              a Markdown snippet a study wrote (only the speed section)
@@ -59,7 +61,7 @@ from pathlib import Path
 
 from sphinx.errors import SphinxError
 
-from . import bound, distill, figures, tables
+from . import blocks, bound, distill, figures, tables
 from .data import Generated, generated_root
 
 STATIC = Path(__file__).resolve().parent.parent.parent / "_static"
@@ -145,6 +147,7 @@ def setup(app):
     app.connect("env-get-outdated", _outdated)
     bound.setup(app)
     figures.setup(app)
+    blocks.setup(app)
     distill.setup(app)
     tables.setup(app)
     app.connect("build-finished", _prune)

@@ -1,0 +1,125 @@
+"""The concepts study at the smoke profile: what it writes, that its numbers keep their identities, and
+its cache (a warm rerun renders nothing, a deleted image reruns exactly its job). Numerical bounds name
+their rule in tests/tolerance.py."""
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from tolerance import ulps
+from xai import profiles, studies
+from xai.render.store import Store
+
+KEYS = {"settings", "blocks", "grids", "groups", "discovery", "marker", "timing"}
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    root = tmp_path_factory.mktemp("concepts-store")
+    store = Store(root, profile="smoke")
+    summary = studies.run(["concepts"], profiles.get("smoke"), store, log=lambda *_: None)["concepts"]
+    return store, summary, store.read_json("concepts/results.json")
+
+
+def _files(results) -> list[str]:
+    """Every image path the results name (what the book would load)."""
+    out = []
+
+    def walk(v):
+        if isinstance(v, dict):
+            for x in v.values():
+                walk(x)
+        elif isinstance(v, list):
+            for x in v:
+                walk(x)
+        elif isinstance(v, str) and v.startswith("concepts/") and v.endswith((".png", ".webp")):
+            out.append(v)
+
+    walk(results)
+    return out
+
+
+def test_results_have_every_part_and_every_file_they_name(built):
+    store, summary, r = built
+    assert KEYS <= set(r)
+    smoke = profiles.get("smoke").options["concepts"]
+    photos, layers = r["blocks"]["photos"], r["blocks"]["layers"]
+    assert len(photos) == smoke["photos"] and len(layers) == 2
+    assert len(r["grids"]) == len(photos) * len(layers) == summary["grids"]
+    for g in r["grids"]:
+        h, w = g["shape"]
+        assert h <= smoke["cells"] and w <= smoke["cells"]
+        assert len(g["tiles"]) == len(g["entries"]) == len(g["values"]) == h * w
+        for e in g["entries"]:
+            assert len(e["channels"]) == len(e["values"]) == len(e["images"]) == smoke["dictionary_top"]
+            assert e["values"] == sorted(e["values"], reverse=True)  # most active first
+    for g in r["groups"]:
+        assert len(g["groups"]) == smoke["groups"]
+        # Rule 2: the groups' shares of gradient x activation add up to the layer's (summed in float64, stored
+        # as float32 and rounded to 1e-6 in the JSON); ulps of the h*w*C entries of the layer's map (7x7x320
+        # at lite0's last block) bound the float32 side generously.
+        total = sum(x["attribution"] for x in g["groups"])
+        assert abs(total - g["total"]) <= smoke["groups"] * 1e-6 + ulps(7 * 7 * 320, abs(g["total"]) + 1)
+    assert len(r["discovery"]["concepts"]) == smoke["concept_k"]
+    files = _files(r)
+    assert len(files) > 20 and all(store.path(f).is_file() for f in files)
+
+
+def test_the_marker_concept_separates_the_poisoned_model_from_its_control(built):
+    _, _, r = built
+    tc = r["marker"]["tcav"]
+    best = tc["poisoned"]["best"]
+    clean = tc["clean"]["layers"][best["layer"]]
+    # Properties of the planted shortcut with margins, as in test_concepts (another CPU trains another model).
+    assert best["significant"] and best["mean"] > 0.8
+    assert not (clean["significant"] and clean["mean"] > 0.5)
+    for role in ("poisoned", "clean"):
+        for row in tc[role]["layers"].values():
+            assert row["significant"] == (row["p_value"] < row["alpha"])
+            assert row["reported"] == (row["mean"] if row["significant"] else None)
+
+
+def test_random_concepts_shares_are_consistent(built):
+    _, _, r = built
+    s = r["marker"]["settings"]
+    for rs in r["marker"]["random_sets"].values():
+        assert rs["n"] == s["random_sets"] * len(s["layers"]) == len(rs["tests"])
+        # The corrected level is below the uncorrected one: whatever passes it has p < alpha too.
+        assert rs["corrected_alpha"] < rs["alpha"] and rs["corrected_share"] <= rs["uncorrected_share"]
+        naive = sum(abs(t["first_run"] - 0.5) > rs["naive_margin"] for t in rs["tests"]) / rs["n"]
+        assert rs["naive_share"] == round(naive, 4)
+
+
+def test_a_warm_rerun_renders_nothing_and_a_deleted_image_reruns_its_job(built):
+    store, _, first = built
+    jobs = {j["name"] for j in first["timing"]["jobs"]}
+    assert {"marker", "discovery"} <= jobs and any(n.startswith("grid/") for n in jobs)
+    files = _files(first)
+    mtimes = {f: os.stat(store.path(f)).st_mtime_ns for f in files}
+    warm = studies.run(["concepts"], profiles.get("smoke"), store, log=lambda *_: None)["concepts"]
+    again = store.read_json("concepts/results.json")
+    assert warm["jobs_run"] == 0 and all(j["cached"] for j in again["timing"]["jobs"])
+    assert {f: os.stat(store.path(f)).st_mtime_ns for f in files} == mtimes  # nothing was rewritten
+    assert again["marker"] == first["marker"] and again["grids"] == first["grids"]
+
+    grid = first["grids"][0]
+    victim = grid["tiles"][-1]
+    store.path(victim).unlink()
+    studies.run(["concepts"], profiles.get("smoke"), store, log=lambda *_: None)
+    log = {j["name"]: j["cached"] for j in store.read_json("concepts/results.json")["timing"]["jobs"]}
+    rerun = [n for n, cached in log.items() if not cached]
+    assert rerun == [f"grid/{grid['photo']}/{grid['layer']}"]
+    assert store.path(victim).is_file()
+    record = json.loads(Path(store.path(f"concepts/jobs/grid__{grid['photo']}__{grid['layer']}.json")).read_text())
+    assert victim in record["files"]
+
+
+def test_the_study_defaults_are_the_schema_defaults():
+    """The full profile sets no concepts option: the study's defaults must be the schema's, or a config
+    file's view of the full build and the study's would differ."""
+    from xai.config.schema import ConceptsConfig
+    from xai.studies.concepts import DEFAULTS
+
+    schema = ConceptsConfig()
+    assert {k: getattr(schema, k) for k in DEFAULTS} == DEFAULTS
