@@ -382,3 +382,19 @@ def test_calibration_study_part(calibration, tmp_path, monkeypatch):
     (tmp_path / out["figure"]).unlink()  # a deleted figure makes the job stale
     CAL.run("smoke", store)
     assert len(calls) == 2 and (tmp_path / out["figure"]).exists()
+
+
+def test_the_placebo_fits_the_marker():
+    """A marker that leaves room is moved; one that covers the image (the lightness gradient) can only be
+    turned, and the verdict names which placebo it was measured against."""
+    from xai.shortcuts import placebo as PL
+    from xai.shortcuts import poisoned as P
+
+    specs = P.standard_specs()
+    square, gradient = specs["square"].plants[0].marker, specs["gradient"].plants[0].marker
+    assert PL.fitting_placebo(square.weight) == "moved"
+    assert PL.fitting_placebo(gradient.weight) == "mirrored"
+    with pytest.raises(XaiError, match="no room"):
+        PL.placebo_weights(gradient.weight, "moved", 1)
+    turned = PL.placebo_weights(gradient.weight, PL.fitting_placebo(gradient.weight), 2)
+    assert not torch.equal(turned[0], gradient.weight) and torch.equal(turned[0], gradient.weight.flip(0, 1))

@@ -312,7 +312,7 @@ def trained(name: str, budget: str = "full", *, progress: bool = True) -> tuple[
                   "torch": torch.__version__, "device": str(default_device()),
                   **train(net, cfg, progress=progress, desc=f"{name} ({budget})")}
         if budget == "full" and record["test_accuracy"] < ARCHS[name].min_accuracy:
-            log.warning("%s reached %.1f %% test accuracy, short of its %.0f %% floor", name,
+            log.warning("%s reached %.2f %% test accuracy, short of its %.0f %% floor", name,
                         100 * record["test_accuracy"], 100 * ARCHS[name].min_accuracy)
         _save_checkpoint(net, key, record)
         net.cpu()

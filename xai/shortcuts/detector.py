@@ -83,7 +83,7 @@ from ..errors import NotApplicableError, XaiError
 from ..metrics import shortcut as sm
 from . import stats
 from .markers import Marker
-from .placebo import apply_placebo, placebo_regions
+from .placebo import apply_placebo, fitting_placebo, placebo_regions
 
 DEFAULT_METHODS: dict[str, dict] = {"gradient": {}, "integrated_gradients": {"steps": 16}, "grad_cam": {}}
 VERDICTS = ("relies", "no evidence", "cannot tell")
@@ -268,7 +268,8 @@ def detect_shortcut(model, images: torch.Tensor, labels: torch.Tensor, cls: int 
 
     ``images`` are clean images ``[N, C, H, W]`` in [0, 1] with their true ``labels``; ``model`` and
     ``reference`` (the clean control, optional) are model entries (class names accepted) or modules.
-    Without a reference the ``placebo`` kind (``"moved"`` or ``"mirrored"``) is the reference. ``methods``
+    Without a reference the ``placebo`` kind (``"moved"``, ``"mirrored"``, or ``"auto"``: moved where the
+    marker leaves room, else mirrored) is the reference. ``methods``
     maps attribution method names to their options (``{}``: none); ``layer`` goes to the CAM methods.
     """
     from ..attribution._common import unwrap
@@ -291,6 +292,8 @@ def detect_shortcut(model, images: torch.Tensor, labels: torch.Tensor, cls: int 
     own = labels == c
     if not own.any():
         raise XaiError(f"no image of class {name!r} among the {len(labels)} given")
+    if placebo == "auto":
+        placebo = fitting_placebo(marker.weight if marker is not None else region.float())
     ref_module = unwrap(reference)[0] if reference is not None else None
     ref_name = (f"clean control {getattr(reference, 'name', type(ref_module).__name__)}" if reference is not None
                 else f"placebo: {placebo}")

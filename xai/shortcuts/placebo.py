@@ -35,6 +35,20 @@ from .markers import Marker
 PLACEBOS = ("moved", "mirrored")
 
 
+def fitting_placebo(weight: torch.Tensor) -> str:
+    """``"moved"`` where the marker's box leaves room to move it off itself, else ``"mirrored"`` (a marker
+    that covers the image, such as a lightness gradient, can only be turned). What was used is recorded
+    with the verdict (its ``reference``)."""
+    rows, cols = (weight > 0).any(1).nonzero().flatten(), (weight > 0).any(0).nonzero().flatten()
+    if not len(rows):
+        raise XaiError("a placebo needs a non-empty [H, W] weight map")
+    h, w = weight.shape
+    bh, bw = int(rows[-1]) - int(rows[0]) + 1, int(cols[-1]) - int(cols[0]) + 1
+    r0, c0 = int(rows[0]), int(cols[0])
+    room = r0 >= bh or h - (r0 + bh) >= bh or c0 >= bw or w - (c0 + bw) >= bw
+    return "moved" if room else "mirrored"
+
+
 def placebo_weights(weight: torch.Tensor, kind: str, n: int, seed: int = 0) -> torch.Tensor:
     """``[n, H, W]``: one placebo of the weight map ``weight`` (``[H, W]``) per image, seeded."""
     if kind not in PLACEBOS:

@@ -132,7 +132,7 @@ def evaluate_plant(entry, plant: P.Plant, x: torch.Tensor, y: torch.Tensor, prof
         entry, x, y, plant.class_index, marker=plant.marker, reference=reference, methods=option(profile, "methods"),
         layer=P.CAM_LAYER, attribution_images=option(profile, "attribution_images"), alpha=option(profile, "alpha"),
         min_effect=option(profile, "min_effect"), min_concentration=option(profile, "min_concentration"),
-        seed=profile.seed))
+        placebo="auto", seed=profile.seed))
 
 
 def spray_part(entries: dict, spec: P.PoisonSpec, x: torch.Tensor, y: torch.Tensor, profile: Profile,
