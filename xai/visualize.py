@@ -145,7 +145,8 @@ def visualize_channels(entry: ModelEntry, layer: str, channels: Sequence[int] | 
 def _run(entry, spec, objective, layer, target, units, make_objective, steps, size, seed, progress) -> Visualization:
     from tqdm import tqdm
 
-    from .studies.featvis import _render_chunked, default_transforms, probabilities
+    from .featvis import render_chunked
+    from .studies.featvis import default_transforms, probabilities
 
     if steps < 1:
         raise XaiError(f"--steps must be at least 1, got {steps}")
@@ -157,8 +158,8 @@ def _run(entry, spec, objective, layer, target, units, make_objective, steps, si
     bar = tqdm(total=steps * chunks, desc=f"visualize {len(units)} {objective}s", unit="step",
                disable=None if progress is None else not progress)
     try:
-        rendering = _render_chunked(
-            entry, make_objective, lambda idx: P.FFTParam(len(idx), channels_in, size, seed=[seeds[i] for i in idx]),
+        rendering = render_chunked(
+            entry.model, make_objective, lambda idx: P.FFTParam(len(idx), channels_in, size, seed=[seeds[i] for i in idx]),
             transforms, steps, seeds, batch, progress=lambda _step, _values: bar.update())
     finally:
         bar.close()

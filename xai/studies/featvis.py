@@ -263,27 +263,6 @@ def default_transforms(size: int) -> T.Compose:
     return T.standard(size, out_size=size)
 
 
-def _chunks(n: int, size: int) -> list[range]:
-    return [range(i, min(n, i + size)) for i in range(0, n, size)]
-
-
-def _render_chunked(entry, make_objective: Callable[[list[int]], O.Objective],
-                    make_param: Callable[[list[int]], P.ImageParam], transforms, steps: int, seeds: list[int],
-                    batch: int, **kw) -> Rendering:
-    """Render images in chunks of at most ``batch`` (per-image seeds make the split invisible)."""
-    parts = []
-    for chunk in _chunks(len(seeds), batch):
-        idx = list(chunk)
-        parts.append(featvis.render(entry.model, make_objective(idx), make_param(idx), transforms, steps,
-                                    seed=[seeds[i] for i in idx], **kw))
-    if len(parts) == 1:
-        return parts[0]
-    return Rendering(images=torch.cat([p.images for p in parts]), values=torch.cat([p.values for p in parts]),
-                     history=torch.cat([p.history for p in parts], dim=1),
-                     snapshots={s: torch.cat([p.snapshots[s] for p in parts]) for s in parts[0].snapshots},
-                     seconds=sum(p.seconds for p in parts), steps=steps)
-
-
 # -- classification of rendered images ------------------------------------------------------------
 @torch.no_grad()
 def probabilities(entry: models.ModelEntry, x: torch.Tensor, at_input_size: bool = False) -> torch.Tensor:
@@ -417,8 +396,8 @@ def _grid(entry, layers, x_select, k, size, channels_in, steps, profile, jobs, p
         spec = {"model": model_id(entry), "layer": layer, "objective_layer": target, "channels": order,
                 "size": size, "steps": steps, "seeds": seeds, "transforms": repr(default_transforms(size))}
         objective = O.channel(target, order)
-        rec = jobs.run(f"{prefix}/grid/{layer}", spec, paths, lambda: _render_chunked(
-            entry, lambda idx: O.channel(target, [order[i] for i in idx]),
+        rec = jobs.run(f"{prefix}/grid/{layer}", spec, paths, lambda: featvis.render_chunked(
+            entry.model, lambda idx: O.channel(target, [order[i] for i in idx]),
             lambda idx: P.FFTParam(len(idx), channels_in, size, seed=[seeds[i] for i in idx]),
             default_transforms(size), steps, seeds, option(profile, "batch"), snapshots=(0,)),
             model=entry.model, objective=objective)
@@ -499,8 +478,8 @@ def render_classes(entry: models.ModelEntry, targets: list[int], samples: int, s
             obj = obj + weight * O.diversity(layer, [group[i] for i in idx])
         return obj
 
-    rec = jobs.run(f"{prefix}/classes", spec, paths, lambda: _render_chunked(
-        entry, objective, lambda idx: P.FFTParam(len(idx), channels_in, size, seed=[seeds[i] for i in idx]),
+    rec = jobs.run(f"{prefix}/classes", spec, paths, lambda: featvis.render_chunked(
+        entry.model, objective, lambda idx: P.FFTParam(len(idx), channels_in, size, seed=[seeds[i] for i in idx]),
         default_transforms(size), steps, seeds, per_chunk))
     mont = f"{prefix}/classes.png"
     jobs.store.write_bytes(mont, png(montage([read_png(jobs.store, p) for p in paths], samples)))
@@ -517,8 +496,8 @@ def render_unregularized(entry: models.ModelEntry, targets: list[int], size: int
     seeds = [seed + 10 * t for t in targets]
     paths = [f"{prefix}/unregularized/{t}.png" for t in targets]
     spec = {"model": model_id(entry), "classes": targets, "size": size, "steps": steps, "seeds": seeds}
-    rec = jobs.run(f"{prefix}/unregularized", spec, paths, lambda: _render_chunked(
-        entry, lambda idx: O.class_logit([targets[i] for i in idx]),
+    rec = jobs.run(f"{prefix}/unregularized", spec, paths, lambda: featvis.render_chunked(
+        entry.model, lambda idx: O.class_logit([targets[i] for i in idx]),
         lambda idx: P.PixelParam(len(idx), 3, size, seed=[seeds[i] for i in idx]), (), steps, seeds,
         option(profile, "batch")))
     return {"images": [{"class": t, "name": entry.class_names[t], "sample": 0, "path": p, "value": v}
