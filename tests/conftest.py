@@ -7,7 +7,12 @@ asserts that hold only by luck on one CPU, run the suite under other arithmetic:
     XAI_TEST_THREADS=1 make test              # another thread split of every reduction
     XAI_TEST_FLUSH_DENORMAL=1 make test       # denormals flushed to zero
 """
+import functools
+import http.server
 import os
+import sys
+import threading
+from pathlib import Path
 
 import pytest
 import torch
@@ -29,3 +34,58 @@ def fmnist_cnn_smoke():
     from xai import models
 
     return models.load("fmnist_cnn", budget="smoke", device="cpu", progress=False)
+
+
+# -- a localhost server and Chromium, one of each per session ----------------------------------------
+# Here and not in a test module: a module that imports a session fixture from another module gets a
+# second instance of it, and a second sync_playwright() inside the first one's event loop fails.
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--no-first-run"]
+
+
+class _Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+class _Server(http.server.ThreadingHTTPServer):
+    def handle_error(self, request, client_address):
+        # A browser that navigates away mid-transfer (the root redirect) breaks the pipe; not an error.
+        if not issubclass(sys.exc_info()[0], (BrokenPipeError, ConnectionResetError)):
+            super().handle_error(request, client_address)
+
+
+@pytest.fixture(scope="session")
+def serve():
+    """``serve(folder) -> base URL``; every server stops at the end of the session."""
+    servers = []
+
+    def start(folder: Path) -> str:
+        handler = functools.partial(_Quiet, directory=str(folder))
+        srv = _Server(("127.0.0.1", 0), handler)
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        servers.append(srv)
+        return f"http://127.0.0.1:{srv.server_address[1]}"
+
+    yield start
+    for s in servers:
+        s.shutdown()
+        s.server_close()
+
+
+def chromium_path() -> str:
+    for c in [os.environ.get("XAI_CHROMIUM"), "/usr/bin/chromium", "/usr/bin/chromium-browser"]:
+        if c and os.access(c, os.X_OK):
+            return c
+    pytest.fail("no Chromium: run `.venv/bin/python scripts/setup-browser` (make test does) or set XAI_CHROMIUM")
+
+
+@pytest.fixture(scope="session")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_FLAGS)
+        yield b
+        b.close()

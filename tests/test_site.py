@@ -16,15 +16,12 @@ Screenshots of the first page and of an interactive figure go to ``test-artifact
 """
 from __future__ import annotations
 
-import functools
-import http.server
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
-import threading
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import unquote, urldefrag, urlsplit
@@ -34,8 +31,6 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
 JUPYTER_BOOK = Path(sys.executable).with_name("jupyter-book")
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--no-first-run"]
 SITE_BUDGET_BYTES = 25 * 2**20  # the smoke site; the theme's own assets are about 3.5 MB of it
 
 
@@ -140,53 +135,6 @@ def test_smoke_site_builds_without_torch_or_xai(smoke_build, tmp_path):
 
 
 # -- a localhost server and Chromium -------------------------------------------------------------------
-
-class _Quiet(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-
-class _Server(http.server.ThreadingHTTPServer):
-    def handle_error(self, request, client_address):
-        # A browser that navigates away mid-transfer (the root redirect) breaks the pipe; not an error.
-        if not issubclass(sys.exc_info()[0], (BrokenPipeError, ConnectionResetError)):
-            super().handle_error(request, client_address)
-
-
-@pytest.fixture(scope="session")
-def serve():
-    """``serve(folder) -> base URL``; every server stops at the end of the session."""
-    servers = []
-
-    def start(folder: Path) -> str:
-        handler = functools.partial(_Quiet, directory=str(folder))
-        srv = _Server(("127.0.0.1", 0), handler)
-        threading.Thread(target=srv.serve_forever, daemon=True).start()
-        servers.append(srv)
-        return f"http://127.0.0.1:{srv.server_address[1]}"
-
-    yield start
-    for s in servers:
-        s.shutdown()
-        s.server_close()
-
-
-def chromium_path() -> str:
-    for c in [os.environ.get("XAI_CHROMIUM"), "/usr/bin/chromium", "/usr/bin/chromium-browser"]:
-        if c and os.access(c, os.X_OK):
-            return c
-    pytest.fail("no Chromium: run `.venv/bin/python scripts/setup-browser` (make test does) or set XAI_CHROMIUM")
-
-
-@pytest.fixture(scope="session")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_FLAGS)
-        yield b
-        b.close()
-
 
 class Visit:
     """One page in a fresh context, recording everything that went wrong while it loaded and ran."""

@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from test_site import Visit, _mini_book, browser, check_explorer, jupyter_book, serve  # noqa: F401 (fixtures)
+from test_site import Visit, _mini_book, check_explorer, jupyter_book
 from xai import profiles, studies
 from xai.render.store import Store
 from test_site import ROOT
