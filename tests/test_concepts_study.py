@@ -10,6 +10,7 @@ import pytest
 from tolerance import ulps
 from xai import profiles, studies
 from xai.render.store import Store
+from xai.studies import concepts
 
 KEYS = {"settings", "blocks", "grids", "groups", "discovery", "marker", "timing"}
 
@@ -91,13 +92,21 @@ def test_random_concepts_shares_are_consistent(built):
         assert rs["naive_share"] == round(naive, 4)
 
 
+def first_summary(store: Store) -> dict:
+    return json.loads((store.root / "manifest.json").read_text())["studies"]["concepts"]["summary"]
+
+
 def test_a_warm_rerun_renders_nothing_and_a_deleted_image_reruns_its_job(built):
     store, _, first = built
     jobs = {j["name"] for j in first["timing"]["jobs"]}
     assert {"marker", "discovery"} <= jobs and any(n.startswith("grid/") for n in jobs)
     files = _files(first)
     mtimes = {f: os.stat(store.path(f)).st_mtime_ns for f in files}
-    warm = studies.run(["concepts"], profiles.get("smoke"), store, log=lambda *_: None)["concepts"]
+    log: list[str] = []
+    assert studies.run(["concepts"], profiles.get("smoke"), store, log=log.append)["concepts"] == first_summary(store)
+    assert any("unchanged since its last run" in line for line in log)  # the whole study reused
+    # The study's own cached jobs, when it does run with nothing changed (as after a code change):
+    warm = concepts.run(profiles.get("smoke"), store)
     again = store.read_json("concepts/results.json")
     assert warm["jobs_run"] == 0 and all(j["cached"] for j in again["timing"]["jobs"])
     assert {f: os.stat(store.path(f)).st_mtime_ns for f in files} == mtimes  # nothing was rewritten

@@ -22,6 +22,7 @@ from __future__ import annotations
 import builtins
 import functools
 import importlib
+import importlib.util
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,7 +39,7 @@ from .entry import (FASHION_MNIST, IMAGENET_1K, InputNormalization, ModelEntry, 
 ENTRY_POINT_GROUP = "xai.models"
 
 __all__ = ["ENTRY_POINT_GROUP", "FASHION_MNIST", "IMAGENET_1K", "InputNormalization", "ModelEntry",
-           "attach_normalization", "check", "declared_label_space", "default_device", "describe", "from_module", "import_model_module",
+           "attach_normalization", "check", "declared_label_space", "default_device", "definition_files", "describe", "from_module", "import_model_module",
            "imagenet_class_names", "list", "load", "loader_options", "numbered_classes", "register"]
 
 
@@ -142,6 +143,32 @@ def _hub_names(name: str) -> builtins.list[str]:
 
     out = [f"timm/{name}"] if timm.is_model(name) else []
     return out + ([f"torchvision/{name}"] if name in tvm.list_models(module=tvm) else [])
+
+
+def definition_files(spec: str) -> builtins.list[Path]:
+    """The source files outside this package that define a registered or entry-point model (a user's
+    ``--model-module``, an installed plugin): what a cache of results computed with it depends on
+    besides its weights. Empty for this package's own models and for timm and torchvision specs."""
+    source, name, _ = _split(spec)
+    r = _known().get(name) if source == "name" else None
+    if r is None:
+        return []
+    module = r.make.__module__ if r.make is not None else r.entry_point.module
+    top = importlib.util.find_spec(module.split(".")[0]) if module and module != "__main__" else None
+    if top is None or not top.origin or top.origin in ("built-in", "frozen"):
+        if r.make is None:
+            return []
+        try:
+            found = inspect.getsourcefile(r.make)  # a function defined in a script
+        except TypeError:
+            return []
+        files = [Path(found).resolve()] if found else []
+    elif top.submodule_search_locations:  # a package: its helper modules count as much as the one named
+        files = sorted({f.resolve() for d in top.submodule_search_locations for f in Path(d).rglob("*.py")})
+    else:
+        files = [Path(top.origin).resolve()]
+    own = Path(__file__).resolve().parent.parent
+    return [f for f in files if own not in f.parents and f != own]
 
 
 def loader_options(spec: str) -> frozenset[str]:

@@ -90,6 +90,7 @@ class Store:
         self.root = Path(root) if root is not None else generated_dir()
         self.profile = profile
         self._lock = threading.Lock()
+        self._recorders: list[set[str]] = []
         self.root.mkdir(parents=True, exist_ok=True)
 
     # -- paths and keys ------------------------------------------------------------------------
@@ -138,7 +139,27 @@ class Store:
         p = write(self.path(rel))
         if key is not None:
             self._set_key(rel, key)
+        with self._lock:
+            for files in self._recorders:
+                files.add(rel)
         return p
+
+    @contextmanager
+    def recording(self) -> Iterator[set[str]]:
+        """``with store.recording() as files:`` collects the path of every artifact written meanwhile
+        through this store (by any thread: one study at a time per store)."""
+        files: set[str] = set()
+        with self._lock:
+            self._recorders.append(files)
+        try:
+            yield files
+        finally:
+            with self._lock:
+                self._recorders.remove(files)
+
+    def forget(self, rel: str) -> None:
+        """Drop ``rel``'s key: from now on it is fresh under no key (its file stays)."""
+        self._set_key(rel, None)
 
     # -- writers -------------------------------------------------------------------------------
     def write_json(self, rel: str, obj: Any, key: str | None = None) -> Path:
@@ -214,17 +235,23 @@ class Store:
                 manifest = json.loads(path.read_text())
             except (OSError, json.JSONDecodeError):
                 manifest = {}
+            before = json.dumps({**manifest, "updated": None}, sort_keys=True)
             if manifest.get("profile") not in (None, self.profile):
                 manifest = {}  # a build of another profile: start over rather than mix
             manifest.update({"profile": self.profile, "environment": env,
                              "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
             manifest.setdefault("studies", {})  # also in a manifest that so far holds only the build's record
             edit(manifest)
-            atomic_write_json(path, manifest)
+            # Unchanged but for its time stamp: not rewritten, so that Sphinx, for which every page bound to
+            # a study depends on this file, has nothing to read again in a warm rebuild.
+            if json.dumps({**manifest, "updated": None}, sort_keys=True) != before or not path.exists():
+                atomic_write_json(path, manifest)
 
-    def update_manifest(self, study: str, summary: dict, seconds: float, seed: int) -> None:
-        self._edit_manifest(lambda m: m["studies"].__setitem__(
-            study, {"seconds": round(seconds, 2), "seed": seed, "summary": summary}))
+    def update_manifest(self, study: str, summary: dict, seconds: float, seed: int, *,
+                        reused: bool = False) -> None:
+        """A study's entry; ``reused``: this run found its last results valid, computed in ``seconds``."""
+        entry = {"seconds": round(seconds, 2), "seed": seed, "summary": summary}
+        self._edit_manifest(lambda m: m["studies"].__setitem__(study, {**entry, "reused": True} if reused else entry))
 
     def record_build(self, build: dict) -> None:
         """What the book needs to know about the code that computed this folder, beside the studies'

@@ -68,14 +68,28 @@ def enabled(names: list[str] | None, profile: Profile, *, log=print) -> list[str
 
 
 def run_study(name: str, profile: Profile, store: Store, *, log=print) -> dict:
-    """One study, seeded and timed in the manifest; returns its summary."""
+    """One study, seeded and timed in the manifest; returns its summary. A study whose inputs are those
+    of its last finished run, and whose files are all there, is not run again (:mod:`.reuse`)."""
+    from . import reuse
+
+    module = importlib.import_module(STUDIES[name])
+    seen = profile.for_study(name)
+    key = reuse.key(name, seen, module)
+    done = reuse.finished(store, name, key)
+    if done is not None:
+        store.update_manifest(name, done["summary"], done["seconds"], done["seed"], reused=True)
+        log(f"[{name}] unchanged since its last run ({done['seconds']:.1f} s): reused")
+        return done["summary"]
+    reuse.start(store, name)
     torch.manual_seed(profile.seed)
     start = time.perf_counter()
     log(f"[{name}] running ({profile.name} profile)")
-    module = importlib.import_module(STUDIES[name])
-    with store.study(name, profile.seed) as summary:
-        summary.update(module.run(profile.for_study(name), store) or {})
-    log(f"[{name}] done in {time.perf_counter() - start:.1f} s")
+    with store.recording() as written:
+        summary = module.run(seen, store) or {}
+    seconds = time.perf_counter() - start
+    store.update_manifest(name, summary, seconds, profile.seed)
+    reuse.record(store, name, key, written, {"summary": summary, "seconds": round(seconds, 2), "seed": profile.seed})
+    log(f"[{name}] done in {seconds:.1f} s")
     return summary
 
 

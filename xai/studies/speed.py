@@ -21,6 +21,7 @@ from ..render import markdown as md
 from ..render.store import Store, cache_key
 
 RECORD = REPO / "benchmarks.json"
+INPUTS = (RECORD,)  # read by xai.studies.reuse: a new record is a change of this study's inputs
 VERSION = 3  # of the section this writes: a new version rewrites it from the same record
 
 
