@@ -451,6 +451,12 @@ def test_report_copes_with_partial_results(smoke):
            "e2e": {"full": {"cold_s": 3000.0, "warm_s": 75.0, "started": "now", "started_without": []}}}
     met = {t["what"]: t["met"] for t in report.targets(e2e)}
     assert met["warm rebuild, full profile"] is False and met["cold build, full profile (CPU)"] is True
+    assert met["cold build, full profile (GPU)"] is None  # no GPU: the row is there, and empty
+    assert "No GPU was available to this run" in report.markdown(e2e)
+    on_gpu = {**e2e, "machine": {**cpu_only, "gpu": {"name": "H200", "memory_gib": 139}}}
+    rows = {t["what"]: t for t in report.targets(on_gpu)}
+    assert rows["cold build, full profile (GPU)"]["met"] is False and rows["cold build, full profile (CPU)"]["value"] is None
+    assert "No GPU was available" not in report.markdown(on_gpu)
     assert "| full | 50.0 min | 75 s |" in report.markdown(e2e)
 
 
