@@ -132,6 +132,41 @@
     onControls(root, render);
   }
 
+  /* Grids of image buttons (channels, Building Blocks positions): hovering, focusing or clicking one
+   * shows its item; arrow keys move by one and by a row, Home and End to the ends. */
+  function showOn(button, show) {
+    var i = +button.getAttribute("data-i");
+    ["mouseenter", "focus", "click"].forEach(function (ev) { button.addEventListener(ev, function () { show(i); }); });
+  }
+
+  function gridButton(className, i, image, show) {
+    var b = document.createElement("button");
+    b.type = "button";
+    b.className = className;
+    b.setAttribute("data-i", i);
+    var img = document.createElement("img");
+    img.decoding = "async";
+    setImage(img, image);
+    b.appendChild(img);
+    showOn(b, show);
+    return b;
+  }
+
+  function arrowKeys(grid, selector, columns) {
+    grid.addEventListener("keydown", function (ev) {
+      var buttons = Array.prototype.slice.call(grid.querySelectorAll(selector));
+      var at = buttons.indexOf(document.activeElement);
+      if (at < 0) return;
+      var cols = columns();
+      var step = { ArrowRight: 1, ArrowLeft: -1, ArrowDown: cols, ArrowUp: -cols }[ev.key];
+      if (ev.key === "Home") step = -at;
+      if (ev.key === "End") step = buttons.length - 1 - at;
+      if (step === undefined) return;
+      ev.preventDefault();
+      buttons[Math.max(0, Math.min(buttons.length - 1, at + step))].focus();
+    });
+  }
+
   function initChannels(root) {
     var data = readData(root);
     if (!data) return;
@@ -159,45 +194,18 @@
       });
     }
 
-    function bind(button) {
-      var i = +button.getAttribute("data-i");
-      button.addEventListener("mouseenter", function () { show(i); });
-      button.addEventListener("focus", function () { show(i); });
-      button.addEventListener("click", function () { show(i); });
-    }
-
     function build(state) {
       grid.textContent = "";
       data.records.forEach(function (rec, i) {
-        if (!matches(rec, state)) return;
-        var b = document.createElement("button");
-        b.type = "button";
-        b.className = "xai-channel";
-        b.setAttribute("data-i", i);
-        var img = document.createElement("img");
-        img.decoding = "async";
-        setImage(img, rec);
-        b.appendChild(img);
-        grid.appendChild(b);
-        bind(b);
+        if (matches(rec, state)) grid.appendChild(gridButton("xai-channel", i, rec, show));
       });
       var first = grid.querySelector(".xai-channel");
       if (first) show(+first.getAttribute("data-i"));
     }
 
-    grid.querySelectorAll(".xai-channel").forEach(bind);
-    grid.addEventListener("keydown", function (ev) {
-      var buttons = Array.prototype.slice.call(grid.querySelectorAll(".xai-channel"));
-      var at = buttons.indexOf(document.activeElement);
-      if (at < 0) return;
-      var cols = getComputedStyle(grid).gridTemplateColumns.split(" ").length || 1;
-      var step = { ArrowRight: 1, ArrowLeft: -1, ArrowDown: cols, ArrowUp: -cols }[ev.key];
-      if (ev.key === "Home") step = -at;
-      if (ev.key === "End") step = buttons.length - 1 - at;
-      if (step === undefined) return;
-      ev.preventDefault();
-      var to = Math.max(0, Math.min(buttons.length - 1, at + step));
-      buttons[to].focus();
+    grid.querySelectorAll(".xai-channel").forEach(function (b) { showOn(b, show); });
+    arrowKeys(grid, ".xai-channel", function () {
+      return getComputedStyle(grid).gridTemplateColumns.split(" ").length || 1;
     });
     onControls(root, function (changed) {
       var state = settle(data.records, readControls(root), changed);
@@ -251,41 +259,17 @@
       root.setAttribute("data-position", String(i));
     }
 
-    function bind(button) {
-      var i = +button.getAttribute("data-i");
-      ["mouseenter", "focus", "click"].forEach(function (ev) { button.addEventListener(ev, function () { show(i); }); });
-    }
-
     function build() {
       grid.textContent = "";
       grid.style.setProperty("--xai-cols", rec.cols);
-      rec.tiles.forEach(function (t, i) {
-        var b = document.createElement("button");
-        b.type = "button";
-        b.className = "xai-tile";
-        b.setAttribute("data-i", i);
-        var img = document.createElement("img");
-        img.decoding = "async";
-        setImage(img, t);
-        b.appendChild(img);
-        grid.appendChild(b);
-        bind(b);
-      });
+      rec.tiles.forEach(function (t, i) { grid.appendChild(gridButton("xai-tile", i, t, show)); });
       var photo = detail.querySelector(".xai-blocks-photo img");
       if (photo && rec.photo) setImage(photo, rec.photo);
       show(0);
     }
 
-    grid.querySelectorAll(".xai-tile").forEach(bind);
-    grid.addEventListener("keydown", function (ev) {
-      var buttons = Array.prototype.slice.call(grid.querySelectorAll(".xai-tile"));
-      var at = buttons.indexOf(document.activeElement);
-      if (at < 0) return;
-      var step = { ArrowRight: 1, ArrowLeft: -1, ArrowDown: rec.cols, ArrowUp: -rec.cols }[ev.key];
-      if (step === undefined) return;
-      ev.preventDefault();
-      buttons[Math.max(0, Math.min(buttons.length - 1, at + step))].focus();
-    });
+    grid.querySelectorAll(".xai-tile").forEach(function (b) { showOn(b, show); });
+    arrowKeys(grid, ".xai-tile", function () { return rec.cols; });
     onControls(root, function (changed) {
       var state = settle(data.records, readControls(root), changed);
       writeControls(root, state);
