@@ -192,6 +192,44 @@ def test_integrated_gradients_completeness_on_a_trained_model(fmnist_cnn_smoke):
         assert (gap < 0.01).all(), (kind, gap)
 
 
+def test_integrated_gradients_to_a_completeness_target(fmnist_cnn_smoke):
+    """``steps="auto"``: each image refined (16, 32, 64, ... steps) until its gap meets the target; the gap
+    it reports is the gap of the attributions it returns; each image's map is the fixed-step IG of its
+    own step count (refining one image never changes another's)."""
+    from xai.data import fashion_mnist
+
+    x = fashion_mnist.load("test")[0][:4]
+    ref = A.baseline(x, "blur")
+    r = A.integrated_gradients_refined(fmnist_cnn_smoke, x, 3, completeness=0.005, baseline_kind="blur",
+                                       internal_batch_size=256)
+    assert all(r.reached) and all(g <= 0.005 for g in r.gap)
+    assert all(s in (16, 32, 64, 128, 256, 512, 1024) for s in r.steps)
+    measured = completeness_gap(fmnist_cnn_smoke, x, 3, r.attributions, ref)
+    # Rule 3 (the same gap from two float32 passes through the network), relative to a gap of order 1 %.
+    assert torch.allclose(measured.double(), torch.tensor(r.gap, dtype=torch.float64), atol=1e-4, rtol=0)
+    for i, s in enumerate(r.steps):
+        alone = A.integrated_gradients(fmnist_cnn_smoke, x[i:i + 1], 3, steps=s, baseline_kind="blur",
+                                       internal_batch_size=256)
+        assert tol.network_close(r.attributions[i:i + 1], alone), ("refined IG vs fixed-step IG", i, s)
+    auto = A.integrated_gradients(fmnist_cnn_smoke, x, 3, steps="auto", completeness=0.005, baseline_kind="blur",
+                                  internal_batch_size=256)
+    assert torch.equal(auto, r.attributions)
+    # A budget too small for the target: stops at max_steps and says it did not get there.
+    short = A.integrated_gradients_refined(fmnist_cnn_smoke, x, 3, completeness=1e-6, max_steps=32,
+                                           baseline_kind="blur")
+    assert short.steps == [32] * 4 and not any(short.reached)
+    with pytest.raises(XaiError, match="completeness"):
+        A.integrated_gradients(fmnist_cnn_smoke, x, 3, steps=32, completeness=0.01)
+
+
+def test_refined_integrated_gradients_stop_at_once_where_the_path_is_linear():
+    # On a linear model the Gauss-Legendre sum is exact at any step count: nothing to refine.
+    m = _frozen(nn.Sequential(nn.Flatten(), nn.Linear(12, 3)))
+    x = torch.rand(3, 1, 3, 4)
+    r = A.integrated_gradients_refined(m, x, 1, completeness=1e-4, start_steps=4)
+    assert r.steps == [4, 4, 4] and all(r.reached)
+
+
 def test_guided_backprop_on_relu6_mlp_by_hand():
     m = _frozen(ReLU6MLP())
     x = torch.rand(2, 1, 2, 3) * 4 - 1

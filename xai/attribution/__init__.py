@@ -25,8 +25,8 @@ from .cam import (CAM, CounterfactualGradCAM, GradCAM, GradCAMPlusPlus, LayerCAM
                   default_layer, grad_cam, grad_cam_pp, guided_grad_cam, layer_activations, layer_cam, score_cam)
 from .cam_zoo import (AblationCAM, EigenCAM, HiResCAM, XGradCAM, ablation_cam, eigen_cam, full_gradient, fullgrad,
                       hires_cam, xgrad_cam)
-from .gradient import (BASELINES, baseline, gaussian_blur, gradient, gradient_x_input, integrated_gradients,
-                       noise_gradient_moments, smoothgrad, smoothgrad_sq, vargrad)
+from .gradient import (BASELINES, RefinedIG, baseline, gaussian_blur, gradient, gradient_x_input, integrated_gradients,
+                       integrated_gradients_refined, noise_gradient_moments, smoothgrad, smoothgrad_sq, vargrad)
 from .guided import deconvolution, guided_backprop, modified_gradient
 from .lrp import lrp, lrp_epsilon_gamma_box, lrp_epsilon_plus_flat, propagate
 from .occlusion import occlusion
@@ -123,7 +123,7 @@ def attribute(name: str, model, inputs: torch.Tensor, target: Target, **options)
 __all__ = [
     "METHODS", "KINDS", "OUTPUTS", "BASELINES", "Method", "attribute", "get",
     "gradient", "gradient_x_input", "smoothgrad", "smoothgrad_sq", "vargrad", "noise_gradient_moments",
-    "integrated_gradients", "baseline", "gaussian_blur", "guided_backprop", "deconvolution", "modified_gradient",
+    "integrated_gradients", "integrated_gradients_refined", "RefinedIG", "baseline", "gaussian_blur", "guided_backprop", "deconvolution", "modified_gradient",
     "occlusion", "CAM", "GradCAM", "GradCAMPlusPlus", "ScoreCAM", "LayerCAM", "CounterfactualGradCAM",
     "grad_cam", "grad_cam_pp", "score_cam", "layer_cam", "counterfactual_grad_cam", "guided_grad_cam",
     "default_layer", "layer_activations",

@@ -8,6 +8,7 @@ noise methods are ours: Smilkov et al. scale the noise by each image's own range
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -123,22 +124,91 @@ def baseline(x: torch.Tensor, kind: str = "black", *, sigma: float | None = None
 
 
 def integrated_gradients(model, inputs: torch.Tensor, target: Target, *, baseline_kind: str = "black",
-                         steps: int = 32, method: str = "gausslegendre", output: str = "logit",
-                         internal_batch_size: int = 32, sigma: float | None = None, seed: int = 0) -> torch.Tensor:
+                         steps: int | str = 32, method: str = "gausslegendre", output: str = "logit",
+                         internal_batch_size: int = 32, sigma: float | None = None, seed: int = 0,
+                         completeness: float | None = None, max_steps: int = 1024) -> torch.Tensor:
     """Integrated Gradients (Sundararajan et al. 2017) from a black, blurred or uniform-noise baseline.
 
     The attributions sum to ``f(x) - f(baseline)`` up to the quadrature error of ``steps`` points
-    (see :func:`xai.metrics.completeness_gap`). ``internal_batch_size`` bounds the number of path points
-    per forward pass.
+    (see :func:`xai.metrics.completeness_gap`). ``steps="auto"`` refines the quadrature image by image
+    until that gap is at most ``completeness`` (default 1 %) or ``max_steps`` is reached
+    (:func:`integrated_gradients_refined` also returns the steps and gaps). ``internal_batch_size``
+    bounds the number of path points per forward pass.
     """
-    from captum.attr import IntegratedGradients
-
+    if steps == "auto":
+        return integrated_gradients_refined(
+            model, inputs, target, completeness=0.01 if completeness is None else completeness,
+            max_steps=max_steps, baseline_kind=baseline_kind, method=method, output=output,
+            internal_batch_size=internal_batch_size, sigma=sigma, seed=seed).attributions
+    if completeness is not None:
+        raise XaiError("completeness= is the target of steps='auto'; with a fixed step count leave it out")
     check_positive("steps", steps)
     check_positive("internal_batch_size", internal_batch_size)
     module, x, t = prepare(model, inputs, target)
     ref = baseline(x, baseline_kind, sigma=sigma, seed=seed)
     with fast_model(module, x) as fast:
-        attr = IntegratedGradients(scorer(fast, output)).attribute(
-            x, baselines=ref, target=t, n_steps=steps, method=method,
-            internal_batch_size=max(internal_batch_size, x.shape[0]))
+        attr = _ig(scorer(fast, output), x, ref, t, steps, method, internal_batch_size)
     return finish(attr, inputs)
+
+
+def _ig(score, x: torch.Tensor, ref: torch.Tensor, t: torch.Tensor, steps: int, method: str,
+        internal_batch_size: int) -> torch.Tensor:
+    from captum.attr import IntegratedGradients
+
+    return IntegratedGradients(score).attribute(x, baselines=ref, target=t, n_steps=steps, method=method,
+                                                internal_batch_size=max(internal_batch_size, x.shape[0]))
+
+
+@dataclass(frozen=True)
+class RefinedIG:
+    """Integrated Gradients to a completeness target: per image, the steps used, the relative gap
+    ``|sum(a) - (f(x) - f(x'))| / |f(x) - f(x')|`` reached with them, and whether it met the target."""
+
+    attributions: torch.Tensor
+    steps: list[int]
+    gap: list[float]
+    reached: list[bool]
+
+
+def integrated_gradients_refined(model, inputs: torch.Tensor, target: Target, *, completeness: float = 0.01,
+                                 start_steps: int = 16, max_steps: int = 1024, baseline_kind: str = "black",
+                                 method: str = "gausslegendre", output: str = "logit",
+                                 internal_batch_size: int = 32, sigma: float | None = None,
+                                 seed: int = 0) -> RefinedIG:
+    """IG whose step count doubles from ``start_steps``, for the images still above the target only,
+    until each image's completeness gap is at most ``completeness`` or ``max_steps`` is reached.
+
+    Gauss-Legendre nodes do not nest, so a refinement recomputes its image's path: an image that needs
+    ``n`` steps costs at most about ``2 n``. An image whose score does not change along the path (``f(x) =
+    f(x')``) has no relative gap; it keeps ``start_steps`` and a gap of NaN, counted as reached.
+    """
+    if not (isinstance(completeness, (int, float)) and 0 < completeness < 1):
+        raise XaiError(f"completeness is a relative gap in (0, 1), e.g. 0.01; got {completeness!r}")
+    check_positive("start_steps", start_steps)
+    check_positive("max_steps", max_steps)
+    check_positive("internal_batch_size", internal_batch_size)
+    if start_steps > max_steps:
+        raise XaiError(f"start_steps ({start_steps}) is above max_steps ({max_steps})")
+    module, x, t = prepare(model, inputs, target)
+    ref = baseline(x, baseline_kind, sigma=sigma, seed=seed)
+    n = x.shape[0]
+    out = torch.zeros_like(x)
+    used, gaps = [start_steps] * n, [math.nan] * n
+    with fast_model(module, x) as fast:
+        score = scorer(fast, output)
+        with torch.no_grad():
+            diff = (score(x).gather(1, t[:, None]) - score(ref).gather(1, t[:, None])).squeeze(1).double()
+        pending = [i for i in range(n) if abs(float(diff[i])) > 1e-12]
+        steps = start_steps
+        while pending:
+            idx = torch.tensor(pending, device=x.device)
+            attr = _ig(score, x[idx], ref[idx], t[idx], steps, method, internal_batch_size)
+            gap = ((attr.flatten(1).sum(1).double() - diff[idx]).abs() / diff[idx].abs()).tolist()
+            still = []
+            for k, i in enumerate(pending):
+                out[i], used[i], gaps[i] = attr[k].detach(), steps, gap[k]
+                if gap[k] > completeness and steps < max_steps:
+                    still.append(i)
+            pending, steps = still, min(2 * steps, max_steps)
+    reached = [not (g > completeness) for g in gaps]  # NaN (nothing to explain) counts as reached
+    return RefinedIG(finish(out, inputs), used, [round(g, 6) if g == g else g for g in gaps], reached)
