@@ -20,8 +20,7 @@ def test_atomic_writes_keys_and_manifest(tmp_path):
     assert value == again == {"v": 1} and len(calls) == 1
     assert store.cached_json("x/result.json", cache_key("b"), lambda: {"v": 3}) == {"v": 3}
     assert not list(tmp_path.rglob("*.part"))  # no temporary files left behind
-    with store.study("demo", seed=7) as summary:
-        summary["n"] = 2
+    store.update_manifest("demo", {"n": 2}, 0.5, seed=7)
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert manifest["profile"] == "smoke" and manifest["studies"]["demo"]["seed"] == 7
     assert manifest["studies"]["demo"]["summary"] == {"n": 2}

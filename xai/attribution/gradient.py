@@ -211,4 +211,4 @@ def integrated_gradients_refined(model, inputs: torch.Tensor, target: Target, *,
                     still.append(i)
             pending, steps = still, min(2 * steps, max_steps)
     reached = [not (g > completeness) for g in gaps]  # NaN (nothing to explain) counts as reached
-    return RefinedIG(finish(out, inputs), used, [round(g, 6) if g == g else g for g in gaps], reached)
+    return RefinedIG(finish(out, inputs), used, gaps, reached)

@@ -168,7 +168,7 @@ def definition_files(spec: str) -> builtins.list[Path]:
     else:
         files = [Path(top.origin).resolve()]
     own = Path(__file__).resolve().parent.parent
-    return [f for f in files if own not in f.parents and f != own]
+    return [f for f in files if own not in f.parents]
 
 
 def loader_options(spec: str) -> frozenset[str]:

@@ -260,14 +260,6 @@ class Store:
             raise ValueError("the studies' records are written by update_manifest, one study at a time")
         self._edit_manifest(lambda m: m.update(build))
 
-    @contextmanager
-    def study(self, name: str, seed: int):
-        """Time a study and record it in the manifest: ``with store.study("x", seed) as rec: rec["k"] = v``."""
-        summary: dict = {}
-        start = time.perf_counter()
-        yield summary
-        self.update_manifest(name, summary, time.perf_counter() - start, seed)
-
 
 class JobOutput:
     """The writers a cached job uses; every path written is listed in the job's record."""

