@@ -95,13 +95,45 @@ def test_config_show_fills_every_default():
     assert shown["studies"]["featvis"]["batch"] == 64  # a default the file does not set
 
 
-def test_image_folders_are_refused_not_ignored(tmp_path):
-    (tmp_path / "set" / "cat").mkdir(parents=True)
+def _folder_config(tmp_path, classes, models="[efficientnet_lite0]"):
+    from PIL import Image
+
+    for c in classes:
+        (tmp_path / "set" / c).mkdir(parents=True)
+        for i in range(2):
+            Image.new("RGB", (40, 30), (40 * i, 90, 200)).save(tmp_path / "set" / c / f"{i}.png")
     path = tmp_path / "c.yaml"
-    path.write_text("name: x\nmodels: [efficientnet_lite0]\nimages:\n  folders: [{name: mine, root: set}]\n")
+    path.write_text(f"name: x\nmodels: {models}\nimages:\n  photos: {{ids: [chelsea]}}\n"
+                    "  folders: [{name: mine, root: set, per_class: 1}]\n")
+    return path
+
+
+def test_an_image_folder_becomes_photos_labelled_by_class_name(tmp_path):
+    from xai.data import images
+    from xai.studies import _frame, reuse
+
+    p = profiles.get(str(_folder_config(tmp_path, ["Tabby", "tiger_cat"])))
+    ids = _frame.photo_ids(p)
+    assert ids == ["mine-tabby-0", "mine-tiger_cat-0", "chelsea"]  # the user's first, one per class
+    assert [images.photo(i).label for i in ids[:2]] == [281, 282]  # ImageNet's tabby and tiger cat
+    assert images.photo(ids[0]).label_name == "tabby" and images.load(ids[0]).shape == (3, 30, 40)
+    # The study's key follows the folder's contents.
+    before = reuse.external_inputs(p, studies)
+    from PIL import Image
+
+    Image.new("RGB", (40, 30), (0, 0, 0)).save(tmp_path / "set" / "Tabby" / "0.png")
+    assert reuse.external_inputs(p, studies) != before
+
+
+@pytest.mark.parametrize("classes, models, problem", [
+    (["tabbby"], "[efficientnet_lite0]", "tabby"),                 # a folder that names no class: close matches
+    (["tabby"], "[fmnist_cnn]", "no model of the config has that label space"),
+])
+def test_a_bad_image_folder_is_one_line_before_any_work(tmp_path, classes, models, problem):
     with pytest.raises(loader.ConfigError) as e:
-        profiles.get(str(path))
-    assert e.value.path == "images.folders"
+        profiles.get(str(_folder_config(tmp_path, classes, models)))
+    assert e.value.path.startswith("images.folders") and problem in str(e.value)
+    assert "\n" not in str(e.value)
 
 
 def test_a_users_checkpoint_reaches_the_studies_through_the_config(tmp_path):
@@ -136,7 +168,7 @@ def test_a_users_checkpoint_reaches_the_studies_through_the_config(tmp_path):
     rows = {m["name"]: m for m in json.loads((out / "overview" / "models.json").read_text())}
     assert rows["my_resnet"]["label_space"] == "imagenet-1k" and "sha256" in rows["my_resnet"]["weights"]
     photo = json.loads((out / "overview" / "photos.json").read_text())[0]
-    from xai.studies.saliency import load
+    from xai.studies._frame import load
 
     entry = load("my_resnet", p)
     from xai.data import images

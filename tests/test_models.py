@@ -204,11 +204,11 @@ def test_a_registered_model_takes_a_weights_file_instead_of_training(tmp_path, f
 
 def test_studies_take_images_only_for_a_label_space_they_have(tmp_path):
     from xai import profiles
-    from xai.studies import saliency
+    from xai.studies import _frame
 
     _random_timm("resnet10t", tmp_path / "w.safetensors", num_classes=3)
     entry = models.load("timm/resnet10t", weights=tmp_path / "w.safetensors", device="cpu")
     with pytest.raises(XaiError, match="no images labelled in its label space \\(3 classes\\)"):
-        saliency.batch_for(entry, profiles.get("smoke"), 1, 1)
+        _frame.batch_for(entry, profiles.get("smoke"), 1, 1)
     with pytest.raises(XaiError, match="explains imagenet-1k images"):
-        saliency.require_label_space(entry, models.IMAGENET_1K)
+        _frame.require_label_space(entry, models.IMAGENET_1K)

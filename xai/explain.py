@@ -283,8 +283,8 @@ def write(result: Result, out: str | Path) -> list[Path]:
 
 
 def comparison_figure(result: Result):
-    """The gallery's layout for one model: rows the methods, columns the images, titled by the target."""
-    from .studies.saliency import gallery_figure
+    """The gallery's layout for one model: the images down, the methods across, titled by the target."""
+    from .render.gallery import gallery_figure
 
     by_key = {(e.picture.name, e.method): e for e in result.explanations}
     columns = []

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 
+from .data.folders import FolderSource
 from .errors import UnknownNameError
 
 ALL_IMAGENET = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
@@ -44,6 +45,7 @@ class Profile:
     other_models: tuple[str, ...] = ()
     fmnist_budget: str = "full"  # training budget of the Fashion-MNIST models (see xai.models.fmnist)
     photos: tuple[str, ...] | None = None  # manifest ids; None: every photo
+    folders: tuple[FolderSource, ...] = ()  # a config's ImageNet-1k image folder sets (shown before the photos)
     fmnist_images: int = 10  # test images shown per Fashion-MNIST model
     seed: int = 0
     # Per-study knobs, so a study can grow options without widening this class: {study: {option: value}}.

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from ..data.folders import FolderSource
 from ..profiles import ModelSource, Profile
 from .loader import ConfigError
 from .schema import ReportConfig
@@ -40,9 +41,31 @@ def loaded_label_space(source: ModelSource) -> str:
     declared = declared_label_space(source)
     if declared:
         return declared
-    from ..studies.saliency import load_source
+    from ..studies._frame import load_source
 
     return load_source(source).label_space
+
+
+def folder_sources(config: ReportConfig, source: str) -> tuple[FolderSource, ...]:
+    """The config's image folder sets, each checked now (folders exist, every folder names an ImageNet-1k
+    class, images are there): a typo in a class folder is one line before any work, not a study failure.
+    Only ImageNet-1k sets: the studies have no part for a user's own label space yet (xai.data.folders)."""
+    from ..data import folders
+    from ..errors import XaiError
+    from ..models.entry import imagenet_class_names
+
+    out = []
+    for i, f in enumerate(config.images.folders):
+        src = FolderSource(f.name, str(f.root), f.per_class)
+        try:
+            folders.match(src, imagenet_class_names())
+            folders.files([src])
+        except XaiError as e:
+            raise ConfigError(source, f"images.folders[{i}]", str(e)) from e
+        out.append(src)
+    if len({s.name for s in out}) < len(out):
+        raise ConfigError(source, "images.folders", "two image folder sets have the same name")
+    return tuple(out)
 
 
 def to_profile(config: ReportConfig, source: str = "config",
@@ -50,14 +73,14 @@ def to_profile(config: ReportConfig, source: str = "config",
     """The profile ``config`` describes. ``label_space`` tells a model's label space (default: what is
     declared; a caller that may load models passes one that loads those declaring none)."""
     label_space = label_space or declared_label_space
-    if config.images.folders:
-        # Validated, but no study reads image folders yet: refused rather than silently not used.
-        raise ConfigError(source, "images.folders", "ImageFolder sets are not read by the studies of this "
-                                                      "version; remove the key (see book/reproduce.md)")
+    folder_sets = folder_sources(config, source)
     sources = tuple(ModelSource(m.name, m.spec, None if m.weights is None else str(m.weights),
                                 None if m.classes is None else str(m.classes),
                                 None if m.layers is None else tuple(m.layers)) for m in config.models)
     spaces = {s.id: label_space(s) for s in sources}
+    if folder_sets and IMAGENET_1K not in spaces.values():
+        raise ConfigError(source, "images.folders", "its images are labelled by ImageNet-1k class names, but "
+                                                      "no model of the config has that label space")
     options: dict[str, dict] = {}
     disabled, restricted = [], {}
     for study, sc in config.studies:
@@ -80,6 +103,7 @@ def to_profile(config: ReportConfig, source: str = "config",
         fmnist_budget=config.training.budget,
         photos=None if config.images.photos.ids is None else tuple(config.images.photos.ids),
         fmnist_images=config.images.fashion_mnist.images,
+        folders=folder_sets,
         seed=config.seed,
         options=options,
         sources=sources,

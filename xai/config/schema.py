@@ -113,7 +113,7 @@ class GradCAMConfig(StudyConfig):
 
 class FaithfulnessConfig(StudyConfig):
     photos: PositiveInt = 8
-    imagenet_models: list[str] | None = ["efficientnet_lite0"]
+    imagenet_models: list[str] | None = Field(None, description="null: the profile's first ImageNet model")
     fmnist_images: PositiveInt = 50
     steps: PositiveInt = 10
     imagenet_metrics: list[str] = ["deletion_zero", "insertion_blur"]

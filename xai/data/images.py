@@ -27,9 +27,12 @@ class Photo:
     label_name: str | None
     note: str
     credit: str
+    root: str | None = None  # a config's image folder set: ``file`` is relative to it
 
     @property
     def path(self) -> Path:
+        if self.root is not None:
+            return Path(self.root) / self.file
         if self.source in DEBIAN_SOURCES:
             return DEBIAN_SOURCES[self.source].path(self.file)
         p = python_package_dir(self.source) / self.file
@@ -45,11 +48,30 @@ def manifest() -> dict[str, Photo]:
     return {r["id"]: Photo(**r) for r in rows}
 
 
+# Photos of a config's image folder sets (xai.data.folders), added by :func:`register`.
+_REGISTERED: dict[str, Photo] = {}
+
+
+def register(photos) -> list[str]:
+    """Make folder-set photos known to :func:`photo` and :func:`load`; returns their ids. An id that
+    names a manifest photo, or another file under the same id, is refused."""
+    for p in photos:
+        if p.id in manifest():
+            raise XaiError(f"{p.path}: its id {p.id!r} is a manifest photo's; rename the file or the set")
+        old = _REGISTERED.get(p.id)
+        if old is not None and old.path != p.path:
+            raise XaiError(f"{p.path}: its id {p.id!r} is already {old.path}'s; rename one")
+        _REGISTERED[p.id] = p
+    return [p.id for p in photos]
+
+
 def photo(photo_id: str) -> Photo:
     photos = manifest()
-    if photo_id not in photos:
-        raise UnknownNameError("image", photo_id, photos)
-    return photos[photo_id]
+    if photo_id in photos:
+        return photos[photo_id]
+    if photo_id in _REGISTERED:
+        return _REGISTERED[photo_id]
+    raise UnknownNameError("image", photo_id, {**photos, **_REGISTERED})
 
 
 def verify(photo_id: str) -> Path:

@@ -99,7 +99,7 @@ class RayExecutor:
             cpus = int((self.workers or os.cpu_count() or 1) * self.cpus_per_task) if local else None
             ray.init(address=self.address, num_cpus=cpus, include_dashboard=False, log_to_driver=True)
         try:
-            studies.record_build(store)
+            studies.record_build(store, profile)
             return self._schedule(ray, order, profile, store, log)
         finally:
             if started_here:

@@ -50,10 +50,12 @@ def selected(names: list[str] | None) -> list[str]:
     return [s for s in STUDIES if s in names]
 
 
-def record_build(store: Store) -> None:
+def record_build(store: Store, profile: Profile) -> None:
     # The book reads the registry from here (a study missing from it shows as "not computed"), not from
-    # this package: its extension imports neither torch nor xai.
-    store.record_build({"registered_studies": list(STUDIES), "profiles": profiles.table()})
+    # this package: its extension imports neither torch nor xai. ``published`` false puts a notice on
+    # every page (a test build with stand-in weights must say it is not the report).
+    store.record_build({"registered_studies": list(STUDIES), "profiles": profiles.table(),
+                        "published": profile.published})
 
 
 def enabled(names: list[str] | None, profile: Profile, *, log=print) -> list[str]:
@@ -96,5 +98,5 @@ def run_study(name: str, profile: Profile, store: Store, *, log=print) -> dict:
 def run(names: list[str] | None, profile: Profile, store: Store, *, log=print) -> dict[str, dict]:
     """Run the named studies (all when None) in registry order; returns their summaries."""
     order = enabled(names, profile, log=log)
-    record_build(store)
+    record_build(store, profile)
     return {n: run_study(n, profile, store, log=log) for n in order}

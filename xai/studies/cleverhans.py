@@ -66,6 +66,7 @@ from ..render.store import Store, cache_key
 from ..shortcuts import adjusted_rand_index, detect_shortcut, spray
 from ..shortcuts import detector as D
 from ..shortcuts import poisoned as P
+from . import _frame as frame
 from . import cleverhans_calibration as CAL
 from .misclassification import num
 
@@ -91,8 +92,7 @@ DEFAULTS = {
 }
 
 
-def option(profile: Profile, key: str):
-    return profile.option(STUDY, key, DEFAULTS[key])
+option = frame.options(STUDY, DEFAULTS)
 
 
 def _report_row(report) -> dict:

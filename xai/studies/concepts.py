@@ -60,9 +60,9 @@ from ..profiles import Profile
 from ..render import maps as R
 from ..render.store import Store, cache_key
 from . import concepts_marker as MK
+from . import _frame as frame
+from ._frame import load, model_id, photo_ids
 from .featvis import png
-from .overview import photo_ids
-from .saliency import load, model_id
 
 STUDY = "concepts"
 CODE_VERSION = 1
@@ -94,8 +94,7 @@ DEFAULTS = {
 }
 
 
-def option(profile: Profile, key: str):
-    return profile.option(STUDY, key, DEFAULTS[key])
+option = frame.options(STUDY, DEFAULTS)
 
 
 class Jobs:

@@ -42,9 +42,10 @@ from ..metrics import spearman
 from ..profiles import Profile
 from ..render import maps as R
 from ..render.store import Store, cache_key
+from . import _frame as frame
 from . import saliency as S
+from ._frame import photo_ids
 from .misclassification import confusion_matrix, num, test_probabilities, top_confusions
-from .overview import photo_ids
 
 STUDY = "counterfactual"
 CODE_VERSION = 1
@@ -66,8 +67,7 @@ DEFAULTS = {
 }
 
 
-def option(profile: Profile, key: str):
-    return profile.option(STUDY, key, DEFAULTS[key])
+option = frame.options(STUDY, DEFAULTS)
 
 
 def compare(entry: models.ModelEntry, x: torch.Tensor, true: torch.Tensor, pred: torch.Tensor, delta: torch.Tensor,
@@ -143,10 +143,10 @@ def _fresh(store: Store, rel: str, key: str, fig: str) -> dict | None:
 
 def fmnist_part(profile: Profile, store: Store, methods) -> dict:
     name = option(profile, "fmnist_model") or profile.fmnist_models[0]
-    entry = S.require_label_space(S.load(name, profile), models.FASHION_MNIST)
+    entry = frame.require_label_space(frame.load(name, profile), models.FASHION_MNIST)
     settings, variant = option(profile, "fmnist"), option(profile, "fmnist_l2")
     n = option(profile, "fmnist_cases")
-    key = cache_key(STUDY, CODE_VERSION, "fmnist", S.model_id(entry), settings, variant, n,
+    key = cache_key(STUDY, CODE_VERSION, "fmnist", frame.model_id(entry), settings, variant, n,
                     option(profile, "test_images"), methods, {m: S.method_options(profile, m) for m in methods})
     rel, fig_rel = f"{STUDY}/fmnist.json", f"{STUDY}/fmnist.webp"
     cached = _fresh(store, rel, key, fig_rel)
@@ -194,13 +194,13 @@ def photos_part(profile: Profile, store: Store, methods) -> dict:
     for name in profile.imagenet_models:
         if len(picked) >= want:
             break
-        entry = entries[name] = S.require_label_space(S.load(name, profile), models.IMAGENET_1K)
-        batch = S.photo_batch(entry, labelled)
+        entry = entries[name] = frame.require_label_space(frame.load(name, profile), models.IMAGENET_1K)
+        batch = frame.photo_batch(entry, labelled)
         seen = {p for _, p in picked}
         for i, pid in enumerate(labelled):
             if len(picked) < want and pid not in seen and int(batch.targets[i]) != images.photo(pid).label:
                 picked.append((name, pid))
-    key = cache_key(STUDY, CODE_VERSION, "photos", picked, {m: S.model_id(entries[m]) for m, _ in picked},
+    key = cache_key(STUDY, CODE_VERSION, "photos", picked, {m: frame.model_id(entries[m]) for m, _ in picked},
                     [images.photo(p).sha256 for _, p in picked], settings, methods,
                     {m: S.method_options(profile, m) for m in methods})
     rel, fig_rel = f"{STUDY}/photos.json", f"{STUDY}/photos.webp"
@@ -235,11 +235,12 @@ def run(profile: Profile, store: Store) -> dict:
     methods = list(option(profile, "compare_methods"))
     for m in methods:
         attribution.get(m)
-    fm = fmnist_part(profile, store, methods) if profile.fmnist_models else {"cases": []}
-    ph = photos_part(profile, store, methods) if profile.imagenet_models else {"cases": []}
+    fm = fmnist_part(profile, store, methods) if profile.fmnist_models else frame.skipped(frame.NO_FMNIST)
+    ph = photos_part(profile, store, methods) if profile.imagenet_models else frame.skipped(frame.NO_IMAGENET)
     results = {"settings": {k: option(profile, k) for k in ("fmnist", "fmnist_l2", "photos")},
                "compare_methods": methods, "fmnist": fm, "photos": ph,
-               "summary": {"fmnist": summary(fm["cases"], methods), "photos": summary(ph["cases"], methods)}}
+               "summary": {k: frame.skipped(part["skipped"]) if "skipped" in part else summary(part["cases"], methods)
+                           for k, part in (("fmnist", fm), ("photos", ph))}}
     store.write_json(f"{STUDY}/results.json", results)
-    return {"fmnist_cases": len(fm["cases"]), "photo_cases": len(ph["cases"]),
-            "success_rate": {k: v["success_rate"] for k, v in results["summary"].items()}}
+    return {"fmnist_cases": len(fm.get("cases", [])), "photo_cases": len(ph.get("cases", [])),
+            "success_rate": {k: v.get("success_rate") for k, v in results["summary"].items()}}

@@ -50,7 +50,9 @@ from ..profiles import Profile
 from ..render import maps as R
 from ..render.store import Store, cache_key
 from . import saliency
-from .saliency import Batch, all_maps, fmnist_batch, fmnist_indices, model_id, photo_batch
+from . import _frame as frame
+from ._frame import Batch, fmnist_batch, fmnist_indices, model_id, photo_batch
+from .saliency import all_maps
 
 STUDY = "faithfulness"
 CODE_VERSION = 3
@@ -59,7 +61,7 @@ BASELINE_ROWS = ("random", "centre")
 
 DEFAULTS = {
     "photos": 8,  # ImageNet photos (first N of the profile's)
-    "imagenet_models": ["efficientnet_lite0"],  # None: the profile's. One keeps the full build in budget
+    "imagenet_models": None,  # None: the profile's first (one keeps the full build in budget); else these
     "fmnist_images": 50,
     "steps": 10,
     # Petsiuk et al.'s pairing (delete to black, insert from blur) on the 224+ px models, all four on 28 px:
@@ -81,8 +83,7 @@ DEFAULTS = {
 }
 
 
-def option(profile: Profile, key: str):
-    return profile.option(STUDY, key, DEFAULTS[key])
+option = frame.options(STUDY, DEFAULTS)
 
 
 def ci95(values: np.ndarray) -> dict:
@@ -103,16 +104,18 @@ def _metrics(profile: Profile, entry: models.ModelEntry) -> list[str]:
 
 
 def _ibs(profile: Profile, entry: models.ModelEntry) -> int:
-    return option(profile, "fmnist_internal_batch_size" if saliency.small_inputs(entry) else "internal_batch_size")
+    return option(profile, "fmnist_internal_batch_size" if frame.small_inputs(entry) else "internal_batch_size")
 
 
 def _imagenet_models(profile: Profile) -> list[str]:
     chosen = option(profile, "imagenet_models")
-    return list(profile.imagenet_models if chosen is None else [m for m in chosen if m in profile.imagenet_models])
+    if chosen is None:
+        return list(profile.imagenet_models[:1])
+    return [m for m in chosen if m in profile.imagenet_models]
 
 
 def _batch(entry: models.ModelEntry, profile: Profile, n_photos: int, n_fmnist: int) -> Batch:
-    return saliency.batch_for(entry, profile, n_photos, n_fmnist)
+    return frame.batch_for(entry, profile, n_photos, n_fmnist)
 
 
 # -- deletion / insertion -------------------------------------------------------------------------------------------
@@ -293,7 +296,7 @@ def curves_figure(results: dict, model: str, store: Store) -> str:
 def run(profile: Profile, store: Store) -> dict:
     names = saliency.method_names(profile)
     n_photos, n_fmnist = option(profile, "photos"), option(profile, "fmnist_images")
-    entries = {n: saliency.load(n, profile) for n in [*_imagenet_models(profile), *profile.fmnist_models]}
+    entries = {n: frame.load(n, profile) for n in [*_imagenet_models(profile), *profile.fmnist_models]}
     results: dict = {"metrics": list(METRICS), "steps": option(profile, "steps"), "rows": names + list(BASELINE_ROWS),
                      "computed": {}, "images": {}, "table": {}, "curves": {}, "best": {}, "beats_random": {},
                      "completeness": {"models": {}}, "sanity": {}, "timings": {}}
@@ -332,22 +335,26 @@ def run(profile: Profile, store: Store) -> dict:
                         saliency.method_options(profile, "integrated_gradients", e))
         results["completeness"]["sweep"] = store.cached_json(f"{STUDY}/parts/sweep.json", key,
                                                              lambda: completeness_sweep(e, b, steps, profile))
+    else:
+        results["completeness"]["sweep"] = frame.skipped(frame.NO_FMNIST)
     im = [n for n in entries if entries[n].label_space == models.IMAGENET_1K]
     if im:
         e = entries[im[0]]
-        b = photo_batch(e, saliency.photo_ids(profile)[:1])
+        b = photo_batch(e, frame.photo_ids(profile)[:1])
         steps = option(profile, "completeness_imagenet_steps")
         key = cache_key(STUDY, CODE_VERSION, "sweep", model_id(e), b.keys, steps,
                         saliency.method_options(profile, "integrated_gradients", e))
         results["completeness"]["sweep_imagenet"] = store.cached_json(
             f"{STUDY}/parts/sweep_imagenet.json", key, lambda: completeness_sweep(e, b, steps, profile))
+    else:
+        results["completeness"]["sweep_imagenet"] = frame.skipped(frame.NO_IMAGENET)
 
     sanity_models = option(profile, "sanity_models")
     if sanity_models is None:
         sanity_models = list(profile.imagenet_models[:1]) + list(profile.fmnist_models)
     sanity_methods = [n for n in option(profile, "sanity_methods") if n in names]
     for i, name in enumerate(m for m in sanity_models if m in entries or m in profile.imagenet_models):
-        entry = entries.get(name) or saliency.load(name, profile)
+        entry = entries.get(name) or frame.load(name, profile)
         b = _batch(entry, profile, option(profile, "sanity_photos"), option(profile, "sanity_fmnist_images"))
         key = cache_key(STUDY, CODE_VERSION, "sanity", model_id(entry), b.keys, sanity_methods,
                         {n: _sanity_options(profile, n, entry) for n in sanity_methods}, profile.seed, i == 0)

@@ -90,8 +90,8 @@ from ..featvis.schedule import DEFAULT_SCHEDULE, schedule_named
 from ..errors import XaiError
 from ..profiles import Profile
 from ..render.store import Store, cache_key
-from .overview import book_group, photo_ids
-from .saliency import load, model_id, require_label_space
+from . import _frame as frame
+from ._frame import book_group, load, model_id, photo_ids, require_label_space
 
 STUDY = "featvis"
 ROOT = "featvis"
@@ -137,8 +137,7 @@ LADDER_PENALTIES = {"l2": 1e4, "tv": 1e3, "blur": 1e4}
 MONTAGE_COLUMNS = 8
 
 
-def option(profile: Profile, key: str):
-    return profile.option(STUDY, key, DEFAULTS[key])
+option = frame.options(STUDY, DEFAULTS)
 
 
 # -- images in and out ------------------------------------------------------------------------------

@@ -37,8 +37,9 @@ from ..profiles import Profile
 from ..render import figures
 from ..render import maps as R
 from ..render.store import Store, cache_key
-from .overview import photo_ids
-from .saliency import Batch, batch_for, cam_layer, load, model_id, photo_batch
+from . import _frame as frame
+from ._frame import Batch, batch_for, load, model_id, photo_batch, photo_ids
+from .saliency import cam_layer
 
 STUDY = "gradcam"
 CODE_VERSION = 2
@@ -55,8 +56,7 @@ DEFAULTS = {
 }
 
 
-def option(profile: Profile, key: str):
-    return profile.option(STUDY, key, DEFAULTS[key])
+option = frame.options(STUDY, DEFAULTS)
 
 
 def _photos(profile: Profile, n: int | None) -> list[str]:

@@ -49,6 +49,7 @@ from ..profiles import Profile
 from ..render import leaderboard as RL
 from ..render.store import Store, cache_key
 from ..shortcuts import poisoned as P
+from . import _frame as frame
 from . import cleverhans as CH
 from .misclassification import num
 
@@ -87,8 +88,7 @@ DEFAULTS = {
 }
 
 
-def option(profile: Profile, key: str):
-    return profile.option(STUDY, key, DEFAULTS[key])
+option = frame.options(STUDY, DEFAULTS)
 
 
 def method_options(profile: Profile) -> dict[str, dict]:

@@ -50,8 +50,9 @@ from ..metrics import spearman
 from ..profiles import Profile
 from ..render import maps as R
 from ..render.store import Store, cache_key
+from . import _frame as frame
 from . import saliency as S
-from .overview import photo_ids
+from ._frame import photo_ids
 
 STUDY = "misclassification"
 CODE_VERSION = 1  # bump when what is computed or drawn changes meaning
@@ -70,8 +71,7 @@ DEFAULTS = {
 LINEAR = ("gradient", "gradient_x_input", "integrated_gradients", "smoothgrad")
 
 
-def option(profile: Profile, key: str):
-    return profile.option(STUDY, key, DEFAULTS[key])
+option = frame.options(STUDY, DEFAULTS)
 
 
 def num(v: float | None, digits: int = 4) -> float | None:
@@ -114,7 +114,7 @@ def _method_options(profile: Profile, methods) -> dict:
 
 # -- photos -----------------------------------------------------------------------------------------------------
 
-def photo_case(entry: models.ModelEntry, batch: S.Batch, i: int, true: int, layer: str, methods, opts: dict,
+def photo_case(entry: models.ModelEntry, batch: frame.Batch, i: int, true: int, layer: str, methods, opts: dict,
                store: Store, key: str) -> dict:
     pid, x = batch.ids[i], batch.x[i:i + 1]
     pred = int(batch.targets[i])
@@ -173,8 +173,8 @@ def photos_part(profile: Profile, store: Store, methods, opts: dict) -> tuple[li
     labelled = [p for p in photo_ids(profile) if images.photo(p).label is not None]
     records, counts = [], {}
     for name in profile.imagenet_models:
-        entry = S.require_label_space(S.load(name, profile), models.IMAGENET_1K)
-        batch = S.photo_batch(entry, labelled)
+        entry = frame.require_label_space(frame.load(name, profile), models.IMAGENET_1K)
+        batch = frame.photo_batch(entry, labelled)
         wrong = [i for i, p in enumerate(labelled) if int(batch.targets[i]) != images.photo(p).label]
         counts[name] = {"labelled": len(labelled), "misclassified": len(wrong)}
         if not wrong:
@@ -182,7 +182,7 @@ def photos_part(profile: Profile, store: Store, methods, opts: dict) -> tuple[li
         layer = S.cam_layer(entry, batch.x)
         for i in wrong:
             pid, true = labelled[i], images.photo(labelled[i]).label
-            key = cache_key(STUDY, CODE_VERSION, "photo", S.model_id(entry), batch.keys[i], true, layer,
+            key = cache_key(STUDY, CODE_VERSION, "photo", frame.model_id(entry), batch.keys[i], true, layer,
                             {m: attribution.get(m).version for m in [*methods, "grad_cam"]}, opts)
             rel_json = f"{STUDY}/photos/{name}/{pid}.json"
             if store.fresh(rel_json, key) and store.fresh(f"{STUDY}/photos/{name}/{pid}.webp", key):
@@ -262,8 +262,8 @@ def _slug(name: str) -> str:
 def fmnist_part(profile: Profile, store: Store, methods, opts: dict) -> dict:
     out = {}
     for name in profile.fmnist_models:
-        entry = S.require_label_space(S.load(name, profile), models.FASHION_MNIST)
-        key = cache_key(STUDY, CODE_VERSION, "fmnist", S.model_id(entry), opts,
+        entry = frame.require_label_space(frame.load(name, profile), models.FASHION_MNIST)
+        key = cache_key(STUDY, CODE_VERSION, "fmnist", frame.model_id(entry), opts,
                         {m: attribution.get(m).version for m in [*methods, "grad_cam"]},
                         {k: option(profile, k) for k in DEFAULTS if k != "methods"})
         rel = f"{STUDY}/fmnist/{name}.json"
@@ -349,10 +349,11 @@ def run(profile: Profile, store: Store) -> dict:
         raise XaiError(f"the chapter compares at least 3 contrastive methods, got {len(methods)}")
     opts = _method_options(profile, [*methods, "grad_cam"])
     photos, counts = photos_part(profile, store, methods, opts) if profile.imagenet_models else ([], {})
-    fm = fmnist_part(profile, store, methods, opts) if profile.fmnist_models else {}
+    fm = fmnist_part(profile, store, methods, opts) if profile.fmnist_models else frame.skipped(frame.NO_FMNIST)
     results = {"methods": methods, "cam_method": "grad_cam", "options": opts, "photos": photos,
                "photo_counts": counts, "fmnist": fm}
     store.write_json(f"{STUDY}/results.json", results)
+    fm = fm if profile.fmnist_models else {}
     return {"misclassified_photos": {m: c["misclassified"] for m, c in counts.items()},
             "fmnist_accuracy": {m: r["accuracy"] for m, r in fm.items()},
             "top_confusion": {m: f"{r['top_confusions'][0]['true_name']} -> {r['top_confusions'][0]['pred_name']}"

@@ -8,15 +8,7 @@ from ..data import fashion_mnist, images
 from ..errors import XaiError
 from ..profiles import Profile
 from ..render.store import Store, cache_key
-
-
-def book_group(entry: models.ModelEntry) -> str:
-    """The word the book's pages group models by ("imagenet", "fmnist"), from the entry's label space."""
-    return {models.IMAGENET_1K: "imagenet", models.FASHION_MNIST: "fmnist"}.get(entry.label_space, entry.label_space)
-
-
-def photo_ids(profile: Profile) -> list[str]:
-    return list(profile.photos) if profile.photos is not None else list(images.manifest())
+from ._frame import book_group, load, photo_ids
 
 
 def run(profile: Profile, store: Store) -> dict:
@@ -36,7 +28,6 @@ def run(profile: Profile, store: Store) -> dict:
                      "size": list(img.shape[1:]), "predictions": {}})
 
     model_rows = []
-    from .saliency import load  # saliency reads this module's photo ids: imported here, not at the top
 
     for name in profile.imagenet_models:
         entry = load(name, profile)

@@ -33,6 +33,7 @@ from pathlib import Path
 from types import ModuleType
 
 from .. import models
+from ..data import folders
 from ..profiles import Profile
 from ..render.store import Store, cache_key
 
@@ -88,6 +89,7 @@ def external_inputs(profile: Profile, module: ModuleType) -> list:
         specs.add(source.spec)
     for spec in sorted(specs):
         files += models.definition_files(spec)
+    files += folders.files(profile.folders)
     return [file_fingerprint(f) for f in files]
 
 

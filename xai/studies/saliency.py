@@ -41,7 +41,6 @@ Artifacts (under ``saliency/``):
 """
 from __future__ import annotations
 
-import textwrap
 import time
 import weakref
 from collections.abc import Sequence
@@ -57,8 +56,11 @@ from ..io import atomic_write
 from ..paths import cache_dir
 from ..profiles import GALLERY_METHODS, Profile
 from ..render import maps as R
+from ..render.gallery import gallery_figure
 from ..render.store import Store, cache_key
-from .overview import photo_ids
+from . import _frame as frame
+from ._frame import (Batch, fmnist_batch, fmnist_indices, load, model_id, photo_batch, photo_ids, require_label_space,
+                     small_inputs)
 
 STUDY = "saliency"
 NOISE_METHODS = ("smoothgrad", "smoothgrad_sq", "vargrad")
@@ -85,8 +87,7 @@ DEFAULTS = {
 }
 
 
-def option(profile: Profile, key: str):
-    return profile.option(STUDY, key, DEFAULTS[key])
+option = frame.options(STUDY, DEFAULTS)
 
 
 def method_names(profile: Profile) -> list[str]:
@@ -94,11 +95,6 @@ def method_names(profile: Profile) -> list[str]:
     for n in names:
         attribution.get(n)
     return list(names)
-
-
-def small_inputs(entry: models.ModelEntry | None) -> bool:
-    """Whether an entry's images are small (Fashion-MNIST's 28 px), which wants larger internal batches."""
-    return entry is not None and entry.input_size[1] * entry.input_size[2] <= 64 * 64
 
 
 def method_options(profile: Profile, name: str, entry: models.ModelEntry | None = None) -> dict:
@@ -118,111 +114,6 @@ def method_options(profile: Profile, name: str, entry: models.ModelEntry | None 
     if name == "score_cam":
         return {"max_channels": option(profile, "score_cam_channels"), "internal_batch_size": ibs}
     return {}
-
-
-def load(name: str, profile: Profile) -> models.ModelEntry:
-    """A model of the profile by its id (a config's spec, weights, classes and layers; else the id is the
-    spec), its convolutions in channels-last layout: on CPU that runs EfficientNet's depthwise
-    convolutions about 1.8x faster (measured), with the same results up to rounding."""
-    entry = load_source(profile.source(name), **loader_kwargs(profile.source(name).spec, profile))
-    if entry.device.type == "cpu":
-        entry.model.to(memory_format=torch.channels_last)
-    return entry
-
-
-def load_source(src, **options) -> models.ModelEntry:
-    """A :class:`~xai.profiles.ModelSource` loaded, named by its id, with its layers of interest."""
-    entry = models.load(src.spec, weights=src.weights, classes=src.classes, **options)
-    entry.name = src.id
-    if src.layers is not None:
-        from ..layers import resolve
-
-        for layer in src.layers:
-            resolve(entry.model, layer)  # an unknown layer: close matches, before any work
-        entry.layers = list(src.layers)
-    return entry
-
-
-def loader_kwargs(name: str, profile: Profile) -> dict:
-    """The profile's options that the model's own loader takes (a training budget for the models
-    trained here), and no others. ``name``: a spec."""
-    wanted = {"budget": profile.fmnist_budget, "progress": False}
-    return {k: v for k, v in wanted.items() if k in models.loader_options(name)}
-
-
-# -- images and targets ---------------------------------------------------------------------------------
-
-@dataclass
-class Batch:
-    """Images prepared for one model, with their ids, cache identities and the explained targets."""
-
-    ids: list[str]
-    keys: list[str]  # content identity of each image (sha256 or dataset hash + index)
-    x: torch.Tensor
-    targets: torch.Tensor
-    probs: torch.Tensor  # softmax probability of the target
-
-    def subset(self, n: int) -> "Batch":
-        return Batch(self.ids[:n], self.keys[:n], self.x[:n], self.targets[:n], self.probs[:n])
-
-
-def model_id(entry: models.ModelEntry) -> str:
-    """What identifies the weights: the checkpoint key of a trained model, the weights' source otherwise."""
-    return f"{entry.name}:{entry.info.get('key') or entry.info.get('weights')}"
-
-
-@torch.no_grad()
-def top1(entry: models.ModelEntry, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    p = entry.model(x.to(entry.device)).softmax(-1).cpu()
-    conf, idx = p.max(-1)
-    return idx, conf
-
-
-def photo_batch(entry: models.ModelEntry, photos: Sequence[str]) -> Batch:
-    x = torch.stack([entry.prepare(images.load(pid)) for pid in photos])
-    idx, conf = top1(entry, x)
-    return Batch(list(photos), [images.photo(p).sha256 for p in photos], x, idx, conf)
-
-
-def fmnist_indices(n: int) -> list[int]:
-    """Test-set indices: the first image of each class in turn, so ten images show ten classes."""
-    _, y = fashion_mnist.load("test")
-    per_class = [(y == c).nonzero().flatten().tolist() for c in range(len(fashion_mnist.CLASSES))]
-    out, depth = [], 0
-    while len(out) < n:
-        for c in range(len(per_class)):
-            if len(out) < n and depth < len(per_class[c]):
-                out.append(per_class[c][depth])
-        depth += 1
-    return out
-
-
-def fmnist_batch(entry: models.ModelEntry, indices: Sequence[int]) -> Batch:
-    x, _ = fashion_mnist.load("test")
-    xb = torch.stack([entry.prepare(img) for img in x[list(indices)]])  # the model's own channels and size
-    idx, conf = top1(entry, xb)
-    data = fashion_mnist.data_hash()
-    return Batch([str(i) for i in indices], [f"{data}:{i}" for i in indices], xb, idx, conf)
-
-
-def batch_for(entry: models.ModelEntry, profile: Profile, n_photos: int | None, n_fmnist: int) -> Batch:
-    """The report's images for an entry's label space: the first ``n_photos`` photos (None: all) for
-    ImageNet-1k, ``n_fmnist`` test images for Fashion-MNIST. No other label space has images here."""
-    if entry.label_space == models.IMAGENET_1K:
-        ids = photo_ids(profile)
-        return photo_batch(entry, ids[:n_photos] if n_photos else ids)
-    if entry.label_space == models.FASHION_MNIST:
-        return fmnist_batch(entry, fmnist_indices(n_fmnist))
-    raise XaiError(f"{entry.name}: the report has no images labelled in its label space ({entry.label_space})")
-
-
-def require_label_space(entry: models.ModelEntry, label_space: str) -> models.ModelEntry:
-    """The entry, if its classes are ``label_space``: a study that feeds it that label space's images
-    would otherwise explain classes the images do not have."""
-    if entry.label_space != label_space:
-        raise XaiError(f"{entry.name} has the label space {entry.label_space}, but this part of the report "
-                       f"explains {label_space} images")
-    return entry
 
 
 # -- maps, computed once and cached -------------------------------------------------------------------------
@@ -348,43 +239,6 @@ def timing_row(entry: models.ModelEntry, maps: Maps, n: int) -> dict:
 
 
 # -- figures ---------------------------------------------------------------------------------------------------
-
-def short_reason(refusal: dict | None) -> str:
-    """A panel-sized version of why a method gave no map, from its refusal's fields (the full text is
-    in the JSON)."""
-    if refusal is None:
-        return "failed"
-    if refusal.get("activation"):
-        return f"not applicable:\n{refusal['activation']} activations"
-    if refusal.get("layer"):
-        return f"not applicable\nat {refusal['layer']}"
-    return "not applicable"
-
-
-def gallery_figure(columns: list[tuple[str, torch.Tensor, str]], rows: list[str],
-                   cells: dict[tuple[int, int], tuple[np.ndarray | None, dict | None]], panel: float = 1.6,
-                   fontsize: float = 7):
-    """rows: method names; columns: (title, image, subtitle); cells[(r, c)] = (2-D map or None, refusal)."""
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(len(rows) + 1, len(columns), figsize=(panel * len(columns), panel * (len(rows) + 1)),
-                             squeeze=False)
-    for c, (title, img, sub) in enumerate(columns):
-        R.show_image(axes[0, c], img, f"{title}\n{sub}", fontsize=fontsize)
-    for r, name in enumerate(rows, start=1):
-        m = attribution.get(name)
-        for c in range(len(columns)):
-            ax = axes[r, c]
-            data, reason = cells[(r - 1, c)]
-            if data is None:
-                R.blank(ax, short_reason(reason), fontsize=fontsize - 1)
-            else:
-                R.draw(ax, data, signed=R.is_signed(m.kind), image=columns[c][1], fontsize=fontsize)
-            if c == 0:
-                ax.set_ylabel("\n".join(textwrap.wrap(m.label, 14)), fontsize=fontsize + 1)
-    fig.subplots_adjust(wspace=0.04, hspace=0.12)
-    return fig
-
 
 def imagenet_part(profile: Profile, store: Store, names: list[str], timings: dict) -> dict:
     photos = photo_ids(profile)
@@ -636,12 +490,14 @@ def run(profile: Profile, store: Store) -> dict:
     results: dict = {"methods": {n: {"label": attribution.get(n).label, "kind": attribution.get(n).kind,
                                      "family": attribution.get(n).family, "cite": attribution.get(n).cite,
                                      "options": method_options(profile, n)} for n in names}}
-    results["imagenet"] = imagenet_part(profile, store, names, timings) if profile.imagenet_models else {}
-    if results["imagenet"]:
+    results["imagenet"] = (imagenet_part(profile, store, names, timings) if profile.imagenet_models
+                           else frame.skipped(frame.NO_IMAGENET))
+    if profile.imagenet_models:
         results["logit_vs_softmax"] = results["imagenet"].pop("logit_vs_softmax")
         results["choices"] = results["imagenet"].pop("choices")
         results["sensitivity"] = results["imagenet"].pop("sensitivity")
-    results["fmnist"] = fmnist_part(profile, store, names, timings) if profile.fmnist_models else {}
+    results["fmnist"] = (fmnist_part(profile, store, names, timings) if profile.fmnist_models
+                         else frame.skipped(frame.NO_FMNIST))
     results["timings"] = timings
     store.write_json(f"{STUDY}/results.json", results)
     return {"methods": len(names), "imagenet_photos": len(results["imagenet"].get("photos", [])),

@@ -92,12 +92,17 @@ def provenance(env, expr: str) -> str:
     return expr + (" where " + "; ".join(used) if used else "")
 
 
-def not_computed_admonition(study: str, what: str) -> nodes.admonition:
+def not_computed_admonition(study: str, what: str, reason: str | None = None) -> nodes.admonition:
     node = nodes.admonition(classes=["xai-not-computed", "note"])
     node += nodes.title(text="Not computed in this build")
     para = nodes.paragraph()
     para += nodes.Text(f"{what} comes from the ")
     para += nodes.literal(text=study)
+    if reason:
+        # The study's own words (text, never markup): it ran, but this part had nothing to run on.
+        para += nodes.Text(f" study, which skipped this part: {reason}.")
+        node += para
+        return node
     # The registry is the one the precompute recorded in the manifest: the book cannot ask the package.
     para += nodes.Text(" study, which the precompute of this build did not have (it was not registered in ")
     para += nodes.literal(text="xai.studies.STUDIES")
@@ -293,7 +298,7 @@ class GeneratedDirective(SphinxDirective):
         try:
             path = gen.path(rel)
         except NotComputed as nc:
-            return [not_computed_admonition(nc.study, "This table")]
+            return [not_computed_admonition(nc.study, "This table", nc.reason)]
         except BookDataError as err:
             fail(self.env, err, self.get_location())
             return []

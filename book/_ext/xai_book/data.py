@@ -39,11 +39,52 @@ class BookDataError(Exception):
 
 
 class NotComputed(Exception):
-    """The study behind a reference is not part of this build (not registered): render a notice."""
+    """The study behind a reference is not part of this build (not registered), or the part of its
+    results it points into was skipped (``reason``, the study's own words): render a notice."""
 
-    def __init__(self, study: str):
+    def __init__(self, study: str, reason: str | None = None):
         super().__init__(study)
+        self.study, self.reason = study, reason
+
+
+class Part(dict):
+    """A JSON object of a study's results. A study that had nothing to run a part on writes the part as
+    ``{"skipped": "<why>"}``; asking such a part for a key is NotComputed with that reason, so the
+    passages, figures and tables built on it give way to the reason, and a key missing from any other
+    object is still an error."""
+
+    def __init__(self, data: dict, study: str):
+        super().__init__(data)
         self.study = study
+
+    def _refuse_if_skipped(self) -> None:
+        reason = dict.get(self, "skipped")
+        if isinstance(reason, str) and len(self) == 1:
+            raise NotComputed(self.study, reason)
+
+    def __missing__(self, key):
+        self._refuse_if_skipped()
+        raise KeyError(key)
+
+    # Walking a skipped part (``for m, v in items(part)``) is asking it for its contents, too.
+    def __iter__(self):
+        self._refuse_if_skipped()
+        return dict.__iter__(self)
+
+    def keys(self):
+        self._refuse_if_skipped()
+        return dict.keys(self)
+
+    def values(self):
+        self._refuse_if_skipped()
+        return dict.values(self)
+
+    def items(self):
+        self._refuse_if_skipped()
+        return dict.items(self)
+
+    def __reduce__(self):
+        return Part, ({k: dict.__getitem__(self, k) for k in dict.keys(self)}, self.study)
 
 
 def generated_root(srcdir: str | Path) -> Path:
@@ -168,7 +209,8 @@ class Generated:
         p = self.path(rel)
         if rel not in self._cache:
             try:
-                self._cache[rel] = json.loads(p.read_text())
+                study = Path(rel).parts[0]
+                self._cache[rel] = json.loads(p.read_text(), object_hook=lambda d: Part(d, study))
             except json.JSONDecodeError as e:
                 raise BookDataError(f"{p} is not valid JSON: {e}") from e
         return self._cache[rel]
@@ -271,10 +313,11 @@ def names_in(text: str) -> set[str]:
 
 
 class Absent:
-    """The value of a name bound to a study this checkout does not have: using it is NotComputed."""
+    """The value of a name bound to a study this checkout does not have, or to a skipped part of one:
+    using it is NotComputed."""
 
-    def __init__(self, study: str):
-        self.study = study
+    def __init__(self, study: str, reason: str | None = None):
+        self.study, self.reason = study, reason
 
 
 def evaluate(text: str, names: dict[str, Any]) -> Any:
@@ -286,11 +329,11 @@ def evaluate(text: str, names: dict[str, Any]) -> Any:
                             f"(bound here: {', '.join(sorted(names)) or 'none'})")
     for n in sorted(used):
         if isinstance(names.get(n), Absent):
-            raise NotComputed(names[n].study)
+            raise NotComputed(names[n].study, names[n].reason)
     try:
         # One namespace as globals: comprehensions and lambdas look names up there, not in locals.
         return eval(code, {"__builtins__": {}, **SAFE_FUNCTIONS, **names})  # noqa: S307 - AST-checked above
-    except BookDataError:
+    except (BookDataError, NotComputed):
         raise
     except Exception as e:  # the expression is the author's; report it with its values
         raise BookDataError(f"expression {text!r} failed: {type(e).__name__}: {e}") from None
@@ -322,7 +365,7 @@ def bind(gen: Generated, lets: list[tuple[str, str]], outer: dict[str, Any] | No
         except NotComputed as nc:
             if not keep_absent:
                 raise
-            names[name] = Absent(nc.study)
+            names[name] = Absent(nc.study, nc.reason)
     return names
 
 
@@ -340,6 +383,8 @@ def format_value(value: Any, fmt: str | None) -> str:
         return yes if value else no
     if fmt == "list":
         items = [str(v) for v in value]
+        if not items:
+            return "none"
         return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
     if fmt == "count":
         return f"{len(value):,}"

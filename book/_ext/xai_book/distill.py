@@ -153,7 +153,27 @@ def visit_math_block(self, node) -> None:
     raise nodes.SkipNode
 
 
+UNPUBLISHED = ('<div class="admonition warning xai-unpublished" role="note"><p class="admonition-title">'
+               'Not for publication</p><p>This build comes from a config marked <code>published: false</code>: '
+               'a test of the report on stand-in models (random weights, or a config under development). '
+               'Its figures and numbers do not describe trained models and must not be read or shared as '
+               'the report.</p></div>')
+
+
+def _unpublished_notice(app, pagename, templatename, context, doctree) -> None:
+    """Every page of a build whose manifest says ``published: false`` opens with the notice."""
+    if doctree is None or "body" not in context:
+        return
+    try:
+        published = app.xai_generated.manifest.get("published", True)
+    except Exception:  # no manifest: the pages already fail on it where they use it
+        return
+    if published is False:
+        context["body"] = UNPUBLISHED + context["body"]
+
+
 def setup(app) -> None:
+    app.connect("html-page-context", _unpublished_notice)
     app.add_node(xai_byline, html=(visit_byline, None))
     app.add_directive("byline", BylineDirective)
     app.add_directive("profiles-table", ProfilesTable)

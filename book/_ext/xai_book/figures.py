@@ -136,11 +136,11 @@ class GeneratedFigure(SphinxDirective):
                 pushed = True
                 absent = [names[n] for n, _ in lets if isinstance(names[n], Absent)]
                 if absent:
-                    raise NotComputed(absent[0].study)
+                    raise NotComputed(absent[0].study, absent[0].reason)
             return self._run()
         except NotComputed as nc:
             self.env.xai_not_computed.setdefault(self.env.docname, set()).add(nc.study)
-            return [self._placeholder(nc.study)]
+            return [self._placeholder(nc.study, nc.reason)]
         except BookDataError as err:
             fail(self.env, err, self.get_location())
             # Keep the number and label, so that references to the figure add no errors of their own.
@@ -151,10 +151,10 @@ class GeneratedFigure(SphinxDirective):
                 self.env.temp_data[SCOPE].pop()
                 self.env.temp_data[SOURCES].pop()
 
-    def _placeholder(self, study: str) -> nodes.figure:
+    def _placeholder(self, study: str, reason: str | None = None) -> nodes.figure:
         """The figure's number, label and caption, holding the notice instead of the widget, so that
         cross-references to it still resolve."""
-        return self._figure(not_computed_admonition(study, self.what))
+        return self._figure(not_computed_admonition(study, self.what, reason))
 
     def _run(self):
         return [self._figure(nodes.raw("", self.widget(), format="html"))]

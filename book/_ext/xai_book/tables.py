@@ -246,7 +246,7 @@ class StudyTableDirective(SphinxDirective):
             return [build(generated(self.env), name, self.options)]
         except NotComputed as nc:
             self.env.xai_not_computed.setdefault(self.env.docname, set()).add(nc.study)
-            return [not_computed_admonition(nc.study, "This table")]
+            return [not_computed_admonition(nc.study, "This table", nc.reason)]
         except BookDataError as err:
             fail(self.env, err, self.get_location())
             return []

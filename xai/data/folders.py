@@ -1,0 +1,94 @@
+"""A user's labelled images in the ImageFolder layout (``root/<class>/<file>``), as photos of the report.
+
+A folder set is matched to a label space by its folder names: each must name one of the space's
+classes (case, ``_``, ``-`` and spaces ignored), so ``tabby``, ``Tabby`` and ``tabby_cat``-free
+spellings of ImageNet's "tabby" all match, and a folder that names no class is an error with close
+matches, before any work. Its images then join the photo manifest's for every model of that label
+space (:func:`register`), with ids ``<set>-<class>-<file stem>`` and their sha256, so every study that
+explains photos explains them too, cached by content like the manifest's photos.
+
+Only ImageNet-1k folder sets are read by the studies of this version: the attribution studies have an
+ImageNet part and a Fashion-MNIST part, and no part for a user's own label space yet.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import MissingDataError, UnknownNameError, XaiError
+from .sources import sha256
+
+SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm"}
+
+
+@dataclass(frozen=True)
+class FolderSource:
+    name: str
+    root: str
+    per_class: int | None = None  # first N files (by name) of each class; None: all
+
+
+def normalise(name: str) -> str:
+    return re.sub(r"[\s_\-]+", " ", name).strip().lower()
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_") or "x"
+
+
+def class_folders(src: FolderSource) -> list[Path]:
+    root = Path(src.root).expanduser()
+    if not root.is_dir():
+        raise MissingDataError(f"image folder set {src.name!r}: no such folder {root}")
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not folders:
+        raise XaiError(f"image folder set {src.name!r}: {root} has no class folders (expected root/<class>/<file>)")
+    return folders
+
+
+def match(src: FolderSource, class_names: list[str]) -> dict[str, int]:
+    """``{folder name: class index}``; a folder that names no class raises with close matches."""
+    index = {}
+    for i, c in enumerate(class_names):
+        index.setdefault(normalise(c), i)
+    out = {}
+    for folder in class_folders(src):
+        key = normalise(folder.name)
+        if key not in index:
+            raise UnknownNameError(f"class (folder {folder} of image set {src.name!r})", folder.name, class_names)
+        out[folder.name] = index[key]
+    return out
+
+
+def scan(src: FolderSource, class_names: list[str]):
+    """The set's images as :class:`~xai.data.images.Photo` rows, labelled by ``class_names``."""
+    from .images import Photo
+
+    labels = match(src, class_names)
+    photos, seen = [], set()
+    for folder in class_folders(src):
+        for f in _images(src, folder):
+            pid = f"{_slug(src.name)}-{_slug(folder.name)}-{_slug(f.stem)}"
+            if pid in seen:
+                raise XaiError(f"image folder set {src.name!r}: two files give the id {pid!r} ({f}); rename one")
+            seen.add(pid)
+            label = labels[folder.name]
+            photos.append(Photo(id=pid, source=f"folder:{src.name}", file=f"{folder.name}/{f.name}",
+                                root=str(Path(src.root).expanduser().resolve()), sha256=sha256(f),
+                                label=label, label_name=class_names[label],
+                                note=f"From the image folder set {src.name!r} ({folder.name}/{f.name}).",
+                                credit=f"the report config's image set {src.name!r}"))
+    return photos
+
+
+def _images(src: FolderSource, folder: Path) -> list[Path]:
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in SUFFIXES)
+    if not files:
+        raise XaiError(f"image folder set {src.name!r}: {folder} has no image files ({', '.join(sorted(SUFFIXES))})")
+    return files[:src.per_class] if src.per_class is not None else files
+
+
+def files(sources) -> list[Path]:
+    """Every image file the sets read (for cache keys); a class folder without images raises."""
+    return [f for src in sources for folder in class_folders(src) for f in _images(src, folder)]
