@@ -164,5 +164,5 @@ def skipped(reason: str) -> dict:
     return {"skipped": reason}
 
 
-NO_IMAGENET = "the report's config has no ImageNet-1k model"
-NO_FMNIST = "the report's config has no Fashion-MNIST model"
+NO_IMAGENET = "the config of this report has no ImageNet-1k model"
+NO_FMNIST = "the config of this report has no Fashion-MNIST model"

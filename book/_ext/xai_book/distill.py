@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import html
+import json
 
 from docutils import nodes
 from sphinx.util.docutils import SphinxDirective
@@ -164,11 +165,14 @@ def _unpublished_notice(app, pagename, templatename, context, doctree) -> None:
     """Every page of a build whose manifest says ``published: false`` opens with the notice."""
     if doctree is None or "body" not in context:
         return
-    try:
-        published = app.xai_generated.manifest.get("published", True)
-    except Exception:  # no manifest: the pages already fail on it where they use it
-        return
-    if published is False:
+    if not hasattr(app, "xai_published"):
+        # Read here, not through Generated: writing pages is past the phase that records dependencies.
+        try:
+            manifest = json.loads((app.xai_generated.root / "manifest.json").read_text())
+            app.xai_published = manifest.get("published", True) is not False
+        except (OSError, ValueError):  # no manifest: the pages already fail on it where they use it
+            app.xai_published = True
+    if not app.xai_published:
         context["body"] = UNPUBLISHED + context["body"]
 
 
