@@ -11,15 +11,12 @@ carries the config's "not for publication" notice.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from test_site import (ROOT, copy_book, jupyter_book, test_every_internal_link_and_anchor_resolves,  # noqa: F401
+from test_site import (ROOT, precompute_and_build, test_every_internal_link_and_anchor_resolves,  # noqa: F401
                        test_every_page_loads_cleanly_with_decoded_images_and_alt_text,
                        test_site_is_self_contained_small_and_optimised)
 
@@ -66,15 +63,7 @@ def write_inputs(root: Path) -> Path:
 @pytest.fixture(scope="module")
 def acceptance(tmp_path_factory):
     src = tmp_path_factory.mktemp("acceptance-site")
-    config = write_inputs(src)
-    copy_book(src)
-    generated = src / "book" / "_generated"
-    env = {**os.environ, "XAI_GENERATED": str(generated)}
-    pre = subprocess.run([sys.executable, "-m", "xai", "precompute", "--config", str(config)], env=env,
-                         capture_output=True, text=True, timeout=1800, cwd=ROOT)
-    if pre.returncode != 0:
-        pytest.fail(f"acceptance precompute failed:\n{pre.stdout[-3000:]}\n{pre.stderr[-5000:]}")
-    return {"html": src / "_build" / "html", "build": jupyter_book(src, generated), "generated": generated}
+    return precompute_and_build(src, "acceptance", "--config", str(write_inputs(src)))
 
 
 @pytest.fixture(scope="module")

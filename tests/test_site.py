@@ -50,6 +50,20 @@ def jupyter_book(src: Path, generated: Path) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=600)
 
 
+def precompute_and_build(src: Path, what: str, *args: str) -> dict:
+    """``xai precompute ARGS`` into ``src``'s copy of the book, then ``jupyter-book build -W -n``; a failed
+    precompute fails the calling test with its output (``what`` names the build)."""
+    copy_book(src)
+    generated = src / "book" / "_generated"
+    env = {**os.environ, "XAI_GENERATED": str(generated)}
+    pre = subprocess.run([sys.executable, "-m", "xai", "precompute", *args], env=env,
+                         capture_output=True, text=True, timeout=1800, cwd=ROOT)
+    if pre.returncode != 0:
+        pytest.fail(f"{what} precompute failed:\n{pre.stdout[-3000:]}\n{pre.stderr[-5000:]}")
+    build = jupyter_book(src, generated)
+    return {"src": src, "html": src / "_build" / "html", "build": build, "generated": generated}
+
+
 @pytest.fixture(scope="session")
 def smoke_build(tmp_path_factory):
     """``xai precompute --profile smoke`` into the copy, then ``jupyter-book build -W -n``.
@@ -61,16 +75,7 @@ def smoke_build(tmp_path_factory):
         html = Path(os.environ["XAI_TEST_SITE"]).resolve()
         done = subprocess.CompletedProcess([], 0, stdout="build succeeded (XAI_TEST_SITE)", stderr="")
         return {"src": html.parent.parent, "html": html, "build": done, "generated": None}
-    src = tmp_path_factory.mktemp("smoke-site")
-    copy_book(src)
-    generated = src / "book" / "_generated"
-    env = {**os.environ, "XAI_GENERATED": str(generated)}
-    pre = subprocess.run([sys.executable, "-m", "xai", "precompute", "--profile", "smoke"], env=env,
-                         capture_output=True, text=True, timeout=1800, cwd=ROOT)
-    if pre.returncode != 0:
-        pytest.fail(f"smoke precompute failed:\n{pre.stdout[-3000:]}\n{pre.stderr[-5000:]}")
-    build = jupyter_book(src, generated)
-    return {"src": src, "html": src / "_build" / "html", "build": build, "generated": generated}
+    return precompute_and_build(tmp_path_factory.mktemp("smoke-site"), "smoke", "--profile", "smoke")
 
 
 @pytest.fixture(scope="session")

@@ -29,6 +29,19 @@ class FolderSource:
     per_class: int | None = None  # first N files (by name) of each class; None: all
 
 
+_DIGESTS: dict[tuple, str] = {}
+
+
+def digest(path: Path) -> str:
+    """The file's sha256, computed once per process while its size and modification time stay the same:
+    every study's key and the photos' registration read all of a set's images."""
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    if key not in _DIGESTS:
+        _DIGESTS[key] = sha256(path)
+    return _DIGESTS[key]
+
+
 def normalise(name: str) -> str:
     return re.sub(r"[\s_\-]+", " ", name).strip().lower()
 
@@ -66,6 +79,7 @@ def scan(src: FolderSource, class_names: list[str]):
     from .images import Photo
 
     labels = match(src, class_names)
+    root = str(Path(src.root).expanduser().resolve())
     photos, seen = [], set()
     for folder in class_folders(src):
         for f in _images(src, folder):
@@ -75,7 +89,7 @@ def scan(src: FolderSource, class_names: list[str]):
             seen.add(pid)
             label = labels[folder.name]
             photos.append(Photo(id=pid, source=f"folder:{src.name}", file=f"{folder.name}/{f.name}",
-                                root=str(Path(src.root).expanduser().resolve()), sha256=sha256(f),
+                                root=root, sha256=digest(f),
                                 label=label, label_name=class_names[label],
                                 note=f"From the image folder set {src.name!r} ({folder.name}/{f.name}).",
                                 credit=f"the report config's image set {src.name!r}"))

@@ -7,7 +7,6 @@ space (the photos, and a config's image folder sets, for ImageNet-1k; the test s
 """
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -40,9 +39,9 @@ def photo_ids(profile: Profile) -> list[str]:
     return [pid for src in profile.folders for pid in folder_photos(src)] + ids
 
 
-@functools.cache
 def folder_photos(src) -> list[str]:
-    """A folder set's photo ids, registered with :mod:`xai.data.images` (scanned and hashed once per process)."""
+    """A folder set's photo ids, registered with :mod:`xai.data.images` (each file hashed once per process
+    while it is unchanged, :func:`xai.data.folders.digest`)."""
     from ..data import folders
 
     return images.register(folders.scan(src, models.imagenet_class_names()))

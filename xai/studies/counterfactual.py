@@ -239,7 +239,7 @@ def run(profile: Profile, store: Store) -> dict:
     ph = photos_part(profile, store, methods) if profile.imagenet_models else frame.skipped(frame.NO_IMAGENET)
     results = {"settings": {k: option(profile, k) for k in ("fmnist", "fmnist_l2", "photos")},
                "compare_methods": methods, "fmnist": fm, "photos": ph,
-               "summary": {k: frame.skipped(part["skipped"]) if "skipped" in part else summary(part["cases"], methods)
+               "summary": {k: part if "skipped" in part else summary(part["cases"], methods)
                            for k, part in (("fmnist", fm), ("photos", ph))}}
     store.write_json(f"{STUDY}/results.json", results)
     return {"fmnist_cases": len(fm.get("cases", [])), "photo_cases": len(ph.get("cases", [])),

@@ -89,8 +89,7 @@ def external_inputs(profile: Profile, module: ModuleType) -> list:
         specs.add(source.spec)
     for spec in sorted(specs):
         files += models.definition_files(spec)
-    files += folders.files(profile.folders)
-    return [file_fingerprint(f) for f in files]
+    return [file_fingerprint(f) for f in files] + [[str(f), folders.digest(f)] for f in folders.files(profile.folders)]
 
 
 def key(name: str, profile: Profile, module: ModuleType) -> str:
