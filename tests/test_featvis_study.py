@@ -96,8 +96,24 @@ def test_rerun_reads_the_cache_and_a_changed_knob_reruns_only_its_jobs(smoke):
     third = featvis.run(changed, store)
     jobs = store.read_json("featvis/results.json")["timing"]["jobs"]
     rerun = sorted(j["name"] for j in jobs if not j["cached"])
-    assert rerun == ["featvis/ladder/static", "featvis/ladder/transforms"]
-    assert third["jobs"] - third["cached_jobs"] == 2
+    # the ladder's steps are also the optimizer comparison's: its four runs rerun with it, nothing else
+    optimizer_jobs = sorted(f"featvis/optimizers/{o}_{lr:g}" for o, lr in featvis.DEFAULTS["optimizer_runs"])
+    assert rerun == sorted(["featvis/ladder/static", "featvis/ladder/transforms", *optimizer_jobs])
+    assert third["jobs"] - third["cached_jobs"] == 2 + len(optimizer_jobs)
+
+
+def test_optimizer_comparison_runs_every_optimizer_with_both_validity_rules(smoke):
+    profile, store, _ = smoke
+    op = store.read_json("featvis/results.json")["optimizers"]
+    runs = [(o, lr) for o, lr in featvis.DEFAULTS["optimizer_runs"]]
+    assert [(r["optimizer"], r["lr"], r["valid"]) for r in op["rows"]] == [
+        (o, lr, v) for o, lr in runs for v in ("clip", "sigmoid")]
+    n = len(op["classes"])
+    for r in op["rows"]:
+        assert len(r["images"]) == len(r["values"]) == n and len(r["history_mean"]) == op["steps"]
+        assert r["mean_value"] == pytest.approx(sum(r["values"]) / n, abs=1e-3)
+        assert 0 <= r["own_top1_rate"] <= 1 and all(store.path(p).exists() for p in r["images"])
+    assert store.path(op["figure"]).exists()
 
 
 def _strings(obj):

@@ -68,8 +68,20 @@ def test_saliency_results(built):
         assert set(r["timings"][model]) == set(profiles.GALLERY_METHODS)
         assert all(t["seconds_per_image"] >= 0 for t in r["timings"][model].values())
     vit_na = r["fmnist"]["not_applicable"]["fmnist_vit"]
-    assert set(vit_na) == {"guided_backprop", "deconvolution", "guided_grad_cam"} and "GELU" in vit_na["guided_backprop"]
-    assert r["imagenet"]["not_applicable"]["efficientnet_lite0"] == {}
+    assert {"guided_backprop", "deconvolution", "guided_grad_cam"} <= set(vit_na) and "GELU" in vit_na["guided_backprop"]
+    # captum's DeepLIFT has no rule for ReLU6: the Lite models refuse it, by name of the activation, and only it
+    lite_na = r["imagenet"]["not_applicable"]["efficientnet_lite0"]
+    assert set(lite_na) == {"deeplift", "deeplift_shap"} and all("ReLU6" in v for v in lite_na.values())
+    assert "deeplift" not in r["fmnist"]["not_applicable"]["fmnist_cnn"]  # plain ReLU: DeepLIFT applies
+    # LRP's accounts: the canonized pass balances (input + biases = logit), the plain one does not
+    acc = r["lrp"]["models"]["efficientnet_lite0"]["epsilon_plus_flat"]
+    for i in range(len(r["lrp"]["photos"])):
+        c = acc["canonized"]
+        assert c["input"][i] + c["biases"][i] + c["unaccounted"][i] == pytest.approx(1, abs=2e-4)  # 4 digits each
+        assert abs(c["unaccounted"][i]) < 1e-3 < abs(acc["plain"]["unaccounted"][i])
+    agree = r["imagenet"]["cam_agreement"]["efficientnet_lite0"]
+    assert "grad_cam" not in agree and {"hires_cam", "xgrad_cam", "eigen_cam", "ablation_cam"} <= set(agree)
+    assert all(v is None or -1 <= v <= 1 for v in agree.values())
     lvs = r["logit_vs_softmax"]["efficientnet_lite0"]["chelsea"]
     assert -1 <= lvs["spearman_softmax"] <= 1 and 0 < lvs["p"] <= 1
     assert r["choices"]["photo"] == "chelsea"
@@ -126,6 +138,13 @@ def test_faithfulness_results(built):
     assert r["completeness"]["sweep"]["steps"] == [8, 32]
     gaps = r["completeness"]["sweep"]["gap_mean"]
     assert gaps[1] < gaps[0]  # more steps, smaller quadrature error
+    auto = r["completeness"]["auto"]
+    assert auto["start_steps"] == 4 and auto["max_steps"] == 16 and len(auto["steps"]) == 2
+    for steps, gap, reached in zip(auto["steps"], auto["gap"], auto["reached"]):
+        # doubled from the gallery's 4 until the 1 % target or the budget, and never past the budget
+        assert steps in (4, 8, 16) and (reached == (gap is None or gap <= auto["target"]))
+        assert reached or steps == 16
+    assert auto["fixed_steps"] == max(auto["steps"]) and store.path(auto["figure"]).exists()
     san = r["sanity"]["fmnist_cnn"]
     assert san["units"][0] == "fc" and len(san["methods"]["gradient"]["spearman_abs"]) == len(san["units"])
     # The book's table names the method rows by their labels, and only the baseline rows go without one.

@@ -13,14 +13,17 @@ from .errors import UnknownNameError
 
 ALL_IMAGENET = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 ALL_FMNIST = ("fmnist_cnn", "fmnist_vgg", "fmnist_resnet18", "fmnist_mobilenetv3", "fmnist_vit")
-# The methods the saliency gallery and the faithfulness table compute (their ``methods`` option). The
-# methods added since (LRP, the rest of the CAM zoo, DeepLIFT, the SHAP family, LIME, RISE) are in
-# xai.attribution.METHODS but join the studies only with options sized for each profile: at their
-# defaults (4000 RISE masks, 512 KernelSHAP coalitions, an Ablation-CAM pass per channel) they would
-# multiply the build's time.
+# The methods the saliency gallery and the faithfulness table compute (their ``methods`` option): every
+# method of xai.attribution.METHODS, grouped by family so that a gallery row reads as one. The costly
+# ones (RISE's masks, KernelSHAP's and LIME's coalitions, Ablation-CAM's passes) run at the sizes of the
+# saliency study's options, which each profile sets.
 GALLERY_METHODS = ("gradient", "gradient_x_input", "smoothgrad", "smoothgrad_sq", "vargrad", "integrated_gradients",
-                   "guided_backprop", "deconvolution", "occlusion", "grad_cam", "grad_cam_pp", "score_cam", "layer_cam",
-                   "guided_grad_cam", "counterfactual_grad_cam")
+                   "gradient_shap", "fullgrad",
+                   "guided_backprop", "deconvolution", "lrp_epsilon_plus_flat", "lrp_epsilon_gamma_box", "deeplift",
+                   "deeplift_shap",
+                   "occlusion", "feature_ablation", "kernel_shap", "lime", "rise",
+                   "grad_cam", "grad_cam_pp", "hires_cam", "xgrad_cam", "layer_cam", "score_cam", "ablation_cam",
+                   "eigen_cam", "guided_grad_cam", "counterfactual_grad_cam")
 
 
 @dataclass(frozen=True)

@@ -69,6 +69,9 @@ class BenchConfig:
     image_size: int = 224
     batch: int = 16
     ig_steps: int = 64
+    # IG with steps="auto" (from ig_steps, doubling per image) against one fixed count as high as the worst
+    ig_auto_target: float = 0.01
+    ig_auto_max_steps: int = 512
     smoothgrad_samples: int = 32
     # Score-CAM costs one forward pass per channel and image: blocks.5 (192 channels) keeps the full
     # benchmark within reach of a 2-core CPU, where the last layer (1280 channels) would take hours.
@@ -112,7 +115,7 @@ CONFIGS: dict[str, BenchConfig] = {
     "full": BenchConfig(),
     "quick": BenchConfig(batch=4, ig_steps=16, smoothgrad_samples=8, occlusion_stride=28, featvis_channels=4,
                          featvis_steps=32, metrics_budget="smoke", metrics_batch=8, metrics_samples=8),
-    "smoke": BenchConfig(image_size=64, batch=2, ig_steps=4, smoothgrad_samples=4, cam_layer="blocks.1",
+    "smoke": BenchConfig(image_size=64, batch=2, ig_steps=4, ig_auto_max_steps=16, smoothgrad_samples=4, cam_layer="blocks.1",
                          occlusion_window=32, occlusion_stride=32, internal_batch_size=8, repeats=3,
                          featvis_layers=("blocks.1", "blocks.3"), featvis_channels=2, featvis_size=32,
                          featvis_model_size=64, featvis_steps=4, matmul_size=512, metrics_budget="smoke",

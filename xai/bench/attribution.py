@@ -151,6 +151,32 @@ def comparisons(module: nn.Module, x: torch.Tensor, t: torch.Tensor, cfg) -> lis
             "flops_saved_counted": 1 - row["ours"]["flops"] / anchor if anchor else None,
             "against_full": agreement(*forced)}}
 
+    def ig_auto(row: dict, ours: torch.Tensor) -> dict:
+        """``steps="auto"`` (1 % gap, from the row's step count) against one fixed step count that gives
+        every image as many steps as the worst one needed: timed side by side, with the steps and gaps."""
+        from ..attribution import integrated_gradients_refined
+        from ..metrics import completeness_gap
+
+        opts = {k: v for k, v in row["options"].items() if k != "steps"}
+        start, budget = row["options"]["steps"], max(cfg.ig_auto_max_steps, row["options"]["steps"])
+        refined = integrated_gradients_refined(module, x, t, completeness=cfg.ig_auto_target, start_steps=start,
+                                               max_steps=budget, **opts)
+        worst = max(refined.steps)
+        timings, outputs = time_sides(
+            {"auto": lambda: integrated_gradients_refined(module, x, t, completeness=cfg.ig_auto_target,
+                                                          start_steps=start, max_steps=budget, **opts).attributions,
+             "fixed": lambda: attribute("integrated_gradients", module, x, t, **{**opts, "steps": worst})},
+            cfg.repeats, x.device)
+        ref = torch.zeros_like(x)
+        fixed_gap = completeness_gap(module, x, t, outputs["fixed"], ref).tolist()
+        return {"auto": {"target": cfg.ig_auto_target, "start_steps": start, "max_steps": budget,
+                         "steps": refined.steps, "gap": [None if g != g else round(g, 5) for g in refined.gap],
+                         "reached": refined.reached, "fixed_steps": worst,
+                         "fixed_gap": [None if g != g else round(g, 5) for g in fixed_gap],
+                         "auto_s": timings["auto"].summary(b, 0)["median_s"],
+                         "fixed_s": timings["fixed"].summary(b, 0)["median_s"],
+                         "speedup": timings["fixed"].median / timings["auto"].median}}
+
     def score_cam_passes(row: dict, ours: torch.Tensor) -> dict:
         """The passes Score-CAM skipped exactly, and its approximations' time and agreement."""
         from .scorecam import approximations
@@ -166,7 +192,8 @@ def comparisons(module: nn.Module, x: torch.Tensor, t: torch.Tensor, cfg) -> lis
             "captum", f"IntegratedGradients(model).attribute(x, baselines=0, target, n_steps={cfg.ig_steps}, "
                       f"internal_batch_size={ibs})",
             lambda: IntegratedGradients(module).attribute(x, baselines=torch.zeros_like(x), target=t,
-                                                          n_steps=cfg.ig_steps, internal_batch_size=ibs))]),
+                                                          n_steps=cfg.ig_steps, internal_batch_size=ibs))],
+                   extra=ig_auto),
         Comparison("smoothgrad", {"samples": cfg.smoothgrad_samples, "noise": SMOOTHGRAD_NOISE,
                                   "internal_batch_size": ibs, "seed": cfg.seed}, [Anchor(
             "captum", f"NoiseTunnel(Saliency(model)).attribute(x, nt_type='smoothgrad', "

@@ -148,6 +148,18 @@ def markdown(results: dict) -> str:
                               f"{_rho(r.get('self_map_agreement'))} on 2-D maps: the most any other "
                               f"implementation can be expected to reach."]
         for r in att["rows"]:
+            au = r.get("auto")
+            if au:
+                gaps = [g for g in au["gap"] if g is not None]
+                met = sum(bool(x) for x in au["reached"])
+                lines += ["", f"**Integrated Gradients to a completeness target.** `steps=\"auto\"` (gap ≤ "
+                              f"{au['target']:.0%}, from {au['start_steps']} steps, doubling up to {au['max_steps']}) "
+                              f"used {', '.join(map(str, au['steps']))} steps on the {len(au['steps'])} images; {met} "
+                              f"reached the target (largest gap {max(gaps) if gaps else float('nan'):.2%}). One fixed "
+                              f"count as high as the worst image's ({au['fixed_steps']}) takes {au['fixed_s']:.2f} s "
+                              f"against {au['auto_s']:.2f} s for the refinement: "
+                              f"{au['speedup']:.2f}x."]
+        for r in att["rows"]:
             if r.get("passes"):
                 lines += _score_cam_passes(r["passes"], att.get("cam_layer"))
         for r in att["rows"]:

@@ -98,6 +98,11 @@ class SaliencyConfig(StudyConfig):
     occlusion_window: Size | None = 1 / 7
     occlusion_stride: Size | None = 1 / 7
     score_cam_channels: PositiveInt | None = 32
+    gradient_shap_samples: PositiveInt = 16
+    superpixels: PositiveInt = 50
+    shap_samples: PositiveInt = 128
+    rise_masks: PositiveInt = 256
+    ablation_cam_batch: PositiveInt = 256
     sensitivity_noise: list[PositiveFloat] = [0.05, 0.15, 0.3]
     internal_batch_size: PositiveInt = 8
     fmnist_internal_batch_size: PositiveInt = 256
@@ -122,6 +127,9 @@ class FaithfulnessConfig(StudyConfig):
     fmnist_internal_batch_size: PositiveInt = 256
     completeness_steps: list[PositiveInt] = [8, 16, 32, 64, 128, 256]
     completeness_imagenet_steps: list[PositiveInt] = [16, 32, 64, 128]
+    completeness_target: PositiveFloat = Field(0.01, lt=1, description="relative gap steps='auto' must reach")
+    completeness_max_steps: PositiveInt = 512
+    completeness_auto_photos: PositiveInt = 8
     sanity_models: list[str] | None = None
     sanity_photos: PositiveInt = 2
     sanity_fmnist_images: PositiveInt = 8
@@ -217,6 +225,19 @@ class FeatvisConfig(StudyConfig):
     unregularized: bool = True
     ladder_classes: PositiveInt = 3
     ladder_steps: PositiveInt = 128
+    optimizer_runs: list[tuple[str, PositiveFloat]] = [("adam", 0.05), ("normalized_sgd", 0.05), ("sgd", 10.0),
+                                                        ("sgd", 100.0)]
+
+    @field_validator("optimizer_runs")
+    @classmethod
+    def _known_optimizers(cls, runs):
+        from ..errors import UnknownNameError
+        from ..featvis.optimize import OPTIMIZERS
+
+        for name, _ in runs:
+            if name not in OPTIMIZERS:
+                raise ValueError(str(UnknownNameError("optimizer", name, OPTIMIZERS)).strip('"'))
+        return runs
     progress_steps: list[int] = [0, 16, 64, 256, 512]
     photo_count: PositiveInt = 3
     photo_steps: PositiveInt = 128

@@ -40,3 +40,24 @@ def fmnist_samples(x: torch.Tensor, y: torch.Tensor, classes: list[str], per_cla
                 ax.set_ylabel(name, rotation=0, ha="right", va="center", fontsize=8)
     fig.subplots_adjust(wspace=0.05, hspace=0.05)
     return fig
+
+
+def optimizer_curves(rows: list[dict], model: str):
+    """The objective over the steps, mean over the classes, one line per (optimizer, lr) and validity
+    rule (solid: clipped, dashed: sigmoid), for the feature-visualization chapter's optimizer figure."""
+    import matplotlib.pyplot as plt
+
+    runs = list(dict.fromkeys((r["optimizer"], r["lr"]) for r in rows))
+    colours = plt.get_cmap("tab10")
+    fig, ax = plt.subplots(figsize=(6.4, 3.4))
+    for r in rows:
+        k = runs.index((r["optimizer"], r["lr"]))
+        ax.plot(range(len(r["history_mean"])), r["history_mean"], color=colours(k % 10),
+                ls="-" if r["valid"] == "clip" else "--", lw=1.2, label=f"{r['optimizer']} (lr {r['lr']:g}), {r['valid']}")
+    ax.set_xlabel("step", fontsize=8)
+    ax.set_ylabel("class logit (mean over classes)", fontsize=8)
+    ax.set_title(f"{model}: raw pixels, no transforms, constant learning rate", fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.legend(fontsize=6.5, ncol=2, frameon=False)
+    fig.tight_layout()
+    return fig

@@ -25,7 +25,11 @@ Artifacts (under ``faithfulness/``):
     of the gallery's Integrated Gradients (logit). The mean is fragile: an image whose score barely
     differs from the baseline's has a tiny denominator; read the median. ``completeness.sweep``: ``model``, ``steps``,
     ``gap_mean``, ``gap_max`` (same images, more and more steps); ``completeness.sweep_imagenet`` likewise on
-    one photo of the first ImageNet model.
+    one photo of the first ImageNet model. ``completeness.auto``: IG with ``steps="auto"`` on the first
+    ImageNet model's first ``completeness_auto_photos`` photos: ``model``, ``images``, ``baseline``,
+    ``target`` (relative gap), ``start_steps``, ``max_steps``, per photo ``steps``, ``gap`` and
+    ``reached``; ``seconds`` (the refinement, all photos), ``fixed_steps`` (the most any photo needed)
+    and ``fixed_seconds`` (one fixed-step run at that count), ``figure``.
     ``sanity.<model>``: ``units`` (randomized top to bottom, cumulatively), ``images``, ``layer`` (CAM),
     ``figure``, ``not_applicable.<method>``, ``seconds``, ``methods.<method>``: ``spearman_abs``,
     ``spearman_signed``, ``ssim`` (mean over images per depth; None where undefined), ``errors``
@@ -33,7 +37,7 @@ Artifacts (under ``faithfulness/``):
     ``timings.<model>``: ``maps_seconds_per_image.<method>``, ``perturbation_seconds`` (all curves),
     ``sanity_seconds``.
 ``labels.<method>``: display names of the rows that are methods (the book's table is built from this JSON).
-``curves.webp``, ``sanity/<model>.webp``, ``sanity_maps.webp``, ``parts/*.json`` (cached pieces).
+``curves.webp``, ``completeness_auto.webp``, ``sanity/<model>.webp``, ``sanity_maps.webp``, ``parts/*.json`` (cached pieces).
 """
 from __future__ import annotations
 
@@ -47,6 +51,7 @@ from .. import attribution, models
 from ..errors import NotApplicableError, XaiError
 from ..metrics import auc, centre_map, completeness_gap, perturbation_curves, random_map, sanity_curves
 from ..profiles import Profile
+from ..render import faithfulness as RF
 from ..render import maps as R
 from ..render.store import Store, cache_key
 from . import saliency
@@ -73,6 +78,10 @@ DEFAULTS = {
     "fmnist_internal_batch_size": 256,
     "completeness_steps": [8, 16, 32, 64, 128, 256],
     "completeness_imagenet_steps": [16, 32, 64, 128],
+    # steps="auto" on the first ImageNet model's photos: the gap each must reach, and the step budget
+    "completeness_target": 0.01,
+    "completeness_max_steps": 512,
+    "completeness_auto_photos": 8,
     "sanity_models": None,  # None: the first ImageNet model and every Fashion-MNIST model
     "sanity_photos": 2,
     "sanity_fmnist_images": 8,
@@ -174,6 +183,27 @@ def completeness_sweep(entry: models.ModelEntry, b: Batch, steps: list[int], pro
         maxes.append(round(float(np.nanmax(gap)), 5))
     return {"model": entry.name, "images": b.ids, "baseline": opts["baseline_kind"], "steps": list(steps),
             "gap_mean": means, "gap_max": maxes}
+
+
+def completeness_auto(entry: models.ModelEntry, b: Batch, profile: Profile) -> dict:
+    """IG with ``steps="auto"``: the steps each photo needed to reach the target gap (or the budget), and
+    the cost against one fixed step count that would give every photo as many steps as the worst one."""
+    opts = saliency.method_options(profile, "integrated_gradients", entry)
+    gallery_steps = opts.pop("steps")
+    target, budget = option(profile, "completeness_target"), option(profile, "completeness_max_steps")
+    start = min(gallery_steps, budget)  # from the gallery's count: what refining it would cost
+    t0 = time.perf_counter()
+    r = attribution.integrated_gradients_refined(entry, b.x, b.targets, completeness=target, start_steps=start,
+                                                 max_steps=budget, **opts)
+    auto_seconds = time.perf_counter() - t0
+    worst = max(r.steps)
+    t0 = time.perf_counter()
+    attribution.integrated_gradients(entry, b.x, b.targets, steps=worst, **opts)
+    fixed_seconds = time.perf_counter() - t0
+    return {"model": entry.name, "images": b.ids, "baseline": opts["baseline_kind"], "target": target,
+            "start_steps": start, "max_steps": budget, "steps": list(r.steps),
+            "gap": [None if math.isnan(g) else round(float(g), 5) for g in r.gap], "reached": list(r.reached),
+            "seconds": round(auto_seconds, 3), "fixed_steps": worst, "fixed_seconds": round(fixed_seconds, 3)}
 
 
 # -- sanity checks --------------------------------------------------------------------------------------------
@@ -346,8 +376,20 @@ def run(profile: Profile, store: Store) -> dict:
                         saliency.method_options(profile, "integrated_gradients", e))
         results["completeness"]["sweep_imagenet"] = store.cached_json(
             f"{STUDY}/parts/sweep_imagenet.json", key, lambda: completeness_sweep(e, b, steps, profile))
+        b = photo_batch(e, frame.photo_ids(profile)[:option(profile, "completeness_auto_photos")])
+        key = cache_key(STUDY, CODE_VERSION, "auto", model_id(e), b.keys, option(profile, "completeness_target"),
+                        option(profile, "completeness_max_steps"),
+                        saliency.method_options(profile, "integrated_gradients", e))
+
+        def auto():
+            res = completeness_auto(e, b, profile)
+            res["figure"] = f"{STUDY}/completeness_auto.webp"
+            store.write_figure(res["figure"], RF.auto_steps_figure(res))
+            return res
+        results["completeness"]["auto"] = store.cached_json(f"{STUDY}/parts/auto.json", key, auto)
     else:
         results["completeness"]["sweep_imagenet"] = frame.skipped(frame.NO_IMAGENET)
+        results["completeness"]["auto"] = frame.skipped(frame.NO_IMAGENET)
 
     sanity_models = option(profile, "sanity_models")
     if sanity_models is None:

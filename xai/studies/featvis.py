@@ -43,6 +43,11 @@ Artifacts (under ``featvis/``; ``<m>`` a model, ``<layer>`` a dotted layer name,
     section) and ``maco``; each with ``id``, ``label``, ``param`` (pixel | fft | maco), ``transforms``
     (bool), ``penalties`` (weights), ``objective``, ``images`` (one per class), ``values``,
     ``own_top1_rate``, ``own_target_p`` (list), ``mean_logit``, ``transfer_top1_rate.<m>``).
+    ``optimizers``: ``render_model``, ``classes``, ``steps``, ``size``, ``seeds`` (the ladder's), ``figure``
+    (the objective over the steps), ``rows`` (list, per (optimizer, lr) of the ``optimizer_runs`` option
+    and validity rule ``clip`` | ``sigmoid``: ``optimizer``, ``lr``, ``valid``, ``images``, ``values``,
+    ``mean_value``, ``history_mean`` (the objective before each step, mean over classes),
+    ``own_top1_rate``, ``own_target_p``).
     ``progress``: ``render_model``, ``steps`` (snapshot steps), ``units`` (list of ``class``, ``name``,
     ``frames``: list of ``step``, ``path``, ``value`` (objective), ``target_p``).
     ``photo_start``: ``render_model``, ``steps``, ``snapshot_steps``, ``dream_layers``, ``photos`` (list of
@@ -90,7 +95,7 @@ from ._frame import book_group, load, model_id, photo_ids, require_label_space
 from .featvis_base import (CODE_VERSION, DEFAULTS, LADDER_PENALTIES, MONTAGE_COLUMNS, QUALITY_BAR, ROOT, STUDY,  # noqa: F401
                            Jobs, _floats, _pngs, _rate, classify, colourfulness, default_transforms, montage,
                            option, pattern_wavelength, png, probabilities, read_png, square_crop)
-from .featvis_ladder import _top1_rate, ladder, photo_start, progress
+from .featvis_ladder import _top1_rate, ladder, optimizers, photo_start, progress
 
 # -- the study ----------------------------------------------------------------------------------------
 def run(profile: Profile, store: Store) -> dict:
@@ -113,6 +118,7 @@ def run(profile: Profile, store: Store) -> dict:
     results["classes"] = class_visualizations(imagenet, render_models, class_list, profile, jobs)
     results["transfer"] = transfer(imagenet, results["classes"], store)
     results["ladder"], results["objective"] = ladder(primary, imagenet, class_list, profile, jobs, store)
+    results["optimizers"] = optimizers(primary, class_list, profile, jobs, store)
     results["progress"] = progress(primary, class_list, profile, jobs, store)
     results["photo_start"] = photo_start(primary, profile, jobs, store)
 

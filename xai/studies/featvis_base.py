@@ -44,6 +44,10 @@ DEFAULTS = {
     "unregularized": True,  # also render every class once without any regularization (the contrast)
     "ladder_classes": 3,
     "ladder_steps": 128,
+    # The assignments' loop against Adam: raw pixels kept valid by clipping or by a sigmoid, each moved by
+    # these optimizers (name, learning rate) on the ladder's classes and seeds, without transforms.
+    # Plain SGD's step is lr x the gradient, so it gets two rates a factor of 10 apart.
+    "optimizer_runs": [["adam", 0.05], ["normalized_sgd", 0.05], ["sgd", 10.0], ["sgd", 100.0]],
     "progress_steps": [0, 16, 64, 256, 512],
     "photo_count": 3,  # labelled photos (of the profile) for the noise-vs-photo start
     "photo_steps": 128,
@@ -143,7 +147,7 @@ class Jobs:
 
     def run(self, name: str, spec: dict, paths: list[str], compute: Callable[[], Rendering], *,
             model=None, objective: O.Objective | None = None,
-            snapshot_path: Callable[[int, int], str] | None = None) -> dict:
+            snapshot_path: Callable[[int, int], str] | None = None, history: bool = False) -> dict:
         rel = f"{ROOT}/jobs/{name.replace('/', '__')}.json"
         # The engine's default schedule moves every rendering, so a change of it is a change of the key.
         key = cache_key(STUDY, CODE_VERSION, repr(schedule_named(DEFAULT_SCHEDULE)), name, spec)
@@ -170,6 +174,8 @@ class Jobs:
         rec = {"name": name, "images": paths, "values": _floats(r.values), "snapshots": snaps,
                "snapshot_values": snap_values, "steps": r.steps, "n": n, "seconds": round(r.seconds, 3),
                "ms_per_image_step": round(1000 * r.seconds / max(1, n * r.steps), 3), "spec": spec}
+        if history:  # the objective before each update, per image: [N][steps]
+            rec["history"] = [_floats(col) for col in r.history.T]
         self.store.write_json(rel, rec, key)
         self.log.append(self._entry(name, rec, cached=False))
         return rec

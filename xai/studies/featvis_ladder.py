@@ -107,6 +107,47 @@ def ladder(entry: models.ModelEntry, imagenet: dict, class_list: list[dict], pro
     return ladder_out, objective_out
 
 
+# -- (3b) keeping pixels valid, and what the optimizer contributes ------------------------------------------
+def optimizers(entry: models.ModelEntry, class_list: list[dict], profile: Profile, jobs: Jobs, store: Store) -> dict:
+    """Raw pixels (no transforms, no penalties, a constant learning rate: the assignments' loop), kept
+    in [0, 1] by clipping after each step or by a sigmoid, for each (optimizer, lr) of ``optimizer_runs``:
+    one job per run, both validity rules in it, the ladder's classes and seeds."""
+    size, steps = option(profile, "size"), option(profile, "ladder_steps")
+    classes = [c["index"] for c in class_list[:option(profile, "ladder_classes")]]
+    seeds = [profile.seed + 7 * c + 3 for c in classes]
+    valids = ("clip", "sigmoid")
+    cls = classes * len(valids)
+    objective = O.class_logit(cls)
+    rows = []
+    for opt, lr in option(profile, "optimizer_runs"):
+        run_id = f"{opt}_{lr:g}"
+        paths = [f"{ROOT}/optimizers/{run_id}/{v}/{c}.png" for v in valids for c in classes]
+        spec = {"model": model_id(entry), "optimizer": opt, "lr": lr, "valid": valids, "classes": classes,
+                "seeds": seeds, "size": size, "steps": steps, "schedule": "constant"}
+
+        def compute(opt=opt, lr=lr):
+            param = P.Stack([P.PixelParam(len(classes), 3, size, valid=v, seed=seeds) for v in valids])
+            return featvis.render(entry.model, objective, param, (), steps, optimizer=opt, lr=lr,
+                                  schedule="constant", seed=seeds * len(valids))
+
+        rec = jobs.run(f"{ROOT}/optimizers/{run_id}", spec, paths, compute, history=True)
+        x = _pngs(store, paths)
+        for vi, v in enumerate(valids):
+            sl = slice(vi * len(classes), (vi + 1) * len(classes))
+            hist = rec["history"][sl]
+            rows.append({"optimizer": opt, "lr": lr, "valid": v, "images": paths[sl], "values": rec["values"][sl],
+                         "mean_value": round(sum(rec["values"][sl]) / len(classes), 4),
+                         "history_mean": [round(sum(h[k] for h in hist) / len(hist), 4) for k in range(len(hist[0]))],
+                         "own_top1_rate": _top1_rate(entry, x[sl], classes),
+                         "own_target_p": _target_p(entry, x[sl], classes)})
+    figure = f"{ROOT}/optimizers.webp"
+    from ..render.figures import optimizer_curves
+
+    store.write_figure(figure, optimizer_curves(rows, entry.name))
+    return {"render_model": entry.name, "classes": [{"index": c, "name": entry.class_names[c]} for c in classes],
+            "steps": steps, "size": size, "seeds": seeds, "rows": rows, "figure": figure}
+
+
 # -- (4) progress over steps ---------------------------------------------------------------------------------
 def progress(entry: models.ModelEntry, class_list: list[dict], profile: Profile, jobs: Jobs, store: Store) -> dict:
     size = option(profile, "size")

@@ -18,6 +18,8 @@ Artifacts (under ``saliency/``):
     ``correct`` (null for a photo without an ImageNet label).
     ``imagenet.gallery.<photo>``: figure path (rows: methods, columns: models).
     ``imagenet.not_applicable.<model>.<method>``: the reason a method gave no map (absent if it did).
+    ``imagenet.cam_agreement.<model>.<method>``: mean Spearman ρ of a CAM-family method's maps with
+    Grad-CAM's over the photos (same layer), None where they are constant.
     ``fmnist.models``, ``fmnist.images`` (test-set indices), ``fmnist.labels``, ``fmnist.cam_layer.<model>``,
     ``fmnist.targets.<model>`` (list of ``index``, ``name``, ``p``, ``correct``), ``fmnist.gallery.<model>``,
     ``fmnist.not_applicable.<model>.<method>``, ``fmnist.non_rectifiers.<model>`` (its activation types
@@ -36,6 +38,10 @@ Artifacts (under ``saliency/``):
     with the reference's, null where a map is constant); IG variants also have ``score_difference``
     (f(x) - f(x'), the target's logit) and ``attribution_sum`` per photo, occlusion variants ``stride``
     (px); ``steps`` (IG), ``samples`` (SmoothGrad), ``side`` (occlusion, px).
+    ``lrp``: where LRP's relevance goes, on the first two photos: ``photos``, ``models.<model>.<composite>``
+    (``epsilon_plus_flat``, ``epsilon_gamma_box``) ``.canonized`` (the gallery's pass) and ``.plain`` (no
+    canonizer, unchecked): ``logit``, and ``input``, ``biases``, ``unaccounted`` as shares of the logit,
+    lists over the photos (they add up to 1); ``not_applicable`` (reason) where the package refuses.
 ``gallery/<photo>.webp``, ``fmnist/<model>.webp``, ``logit_vs_softmax.webp``, ``choices.webp``, ``sensitivity.webp``,
 ``parts/*.json`` (cached pieces).
 """
@@ -64,7 +70,7 @@ from ._frame import (Batch, fmnist_batch, fmnist_indices, load, model_id, photo_
 
 STUDY = "saliency"
 NOISE_METHODS = ("smoothgrad", "smoothgrad_sq", "vargrad")
-CODE_VERSION = 4  # bump when what the study draws or records changes meaning
+CODE_VERSION = 5  # bump when what the study draws or records changes meaning
 MAPS_VERSION = 1  # bump when how maps are computed or cached changes meaning (invalidates .cache/attributions)
 
 # Per-study knobs; the defaults are the full profile's, sized so that the attribution studies fit the
@@ -79,6 +85,13 @@ DEFAULTS = {
     "occlusion_window": 1 / 7,  # fraction of the side (or px); None: the method's default (a seventh)
     "occlusion_stride": 1 / 7,  # fraction of the side (or px); None: half the window (4x the cost)
     "score_cam_channels": 32,  # the most varying channels; None: every channel (1280 at EfficientNet's head)
+    "gradient_shap_samples": 16,  # GradientSHAP's (reference, noise, point) draws per image
+    "superpixels": 50,  # SLIC segments of superpixel ablation, KernelSHAP and LIME
+    # KernelSHAP's and LIME's coalitions per image: 128 of the 2^50 keep lite0 near a second per photo
+    # and leave the maps visibly noisy (the gallery shows what a budget buys; the defaults are 512)
+    "shap_samples": 128,
+    "rise_masks": 256,  # the paper uses 4000-8000; 256 cost lite0 1.9 s per photo here, lite2 3.7 s
+    "ablation_cam_batch": 256,  # ablated copies of the CAM layer per pass (lite0's head has 1280 channels)
     "sensitivity_noise": [0.05, 0.15, 0.3],  # SmoothGrad noise levels of the sensitivity figure
     # images per forward pass inside a method (ImageNet models). 8, not 32: at 224 px this CPU runs a
     # forward + input-gradient pass of lite0 at 14.9 ms per image with 8 per pass and 23.6 ms with 32
@@ -113,6 +126,19 @@ def method_options(profile: Profile, name: str, entry: models.ModelEntry | None 
                 "internal_batch_size": ibs}
     if name == "score_cam":
         return {"max_channels": option(profile, "score_cam_channels"), "internal_batch_size": ibs}
+    if name == "gradient_shap":
+        return {"samples": option(profile, "gradient_shap_samples"), "internal_batch_size": ibs, "seed": profile.seed}
+    if name == "feature_ablation":
+        return {"segments": option(profile, "superpixels"), "internal_batch_size": ibs}
+    if name in ("kernel_shap", "lime"):
+        return {"segments": option(profile, "superpixels"), "samples": option(profile, "shap_samples"),
+                "internal_batch_size": ibs, "seed": profile.seed}
+    if name == "rise":
+        return {"masks": option(profile, "rise_masks"), "internal_batch_size": ibs, "seed": profile.seed}
+    if name == "ablation_cam":
+        return {"internal_batch_size": option(profile, "ablation_cam_batch")}
+    if name == "deeplift_shap":
+        return {"seed": profile.seed}
     return {}
 
 
@@ -234,6 +260,26 @@ def all_maps(entry: models.ModelEntry, batch: Batch, profile: Profile, names: Se
     return out, layer
 
 
+def cam_agreement(maps: dict) -> dict:
+    """``{model: {method: mean Spearman ρ with Grad-CAM's map}}`` for every other CAM-family method with
+    maps (None where every map was constant), over the photos: how much the variants differ on a layer."""
+    from ..metrics import spearman
+
+    out = {}
+    for model, by_method in maps.items():
+        ref = by_method.get("grad_cam")
+        if ref is None or ref.maps is None:
+            continue
+        row = {}
+        for name, mp in by_method.items():
+            if name == "grad_cam" or attribution.get(name).family != "cam" or mp.maps is None:
+                continue
+            rho = spearman(ref.maps, mp.maps)
+            row[name] = None if np.isnan(rho).all() else round(float(np.nanmean(rho)), 4)
+        out[model] = row
+    return out
+
+
 def timing_row(entry: models.ModelEntry, maps: Maps, n: int) -> dict:
     return {"seconds_per_image": round(maps.seconds_per_image, 4), "images": n, "device": str(entry.device)}
 
@@ -258,6 +304,7 @@ def imagenet_part(profile: Profile, store: Store, names: list[str], timings: dic
             for pid, t, p in zip(b.ids, b.targets, b.probs)}
         timings[name] = {m: timing_row(entry, mp, len(photos)) for m, mp in maps[name].items()}
         results["not_applicable"][name] = {m: mp.error for m, mp in maps[name].items() if mp.error}
+    results["cam_agreement"] = cam_agreement(maps)
     for i, pid in enumerate(photos):
         rel = f"{STUDY}/gallery/{pid}.webp"
         key = cache_key(STUDY, CODE_VERSION, "gallery", pid, names,
@@ -272,11 +319,15 @@ def imagenet_part(profile: Profile, store: Store, names: list[str], timings: dic
             store.write_figure(rel, gallery_figure(columns, names, cells), key, dpi=110)
         results["gallery"][pid] = rel
     # The figures about the choices behind a map: saliency_choices, on this part's models and photos.
-    from .saliency_choices import choices, logit_vs_softmax, sensitivity
+    from .saliency_choices import choices, logit_vs_softmax, lrp_accounts, sensitivity
 
     key = cache_key(STUDY, CODE_VERSION, "logit_vs_softmax", [model_id(e) for e in entries.values()], photos[:2])
     results["logit_vs_softmax"] = store.cached_json(f"{STUDY}/parts/logit_vs_softmax.json", key,
                                                     lambda: logit_vs_softmax(entries, batches, store, photos[:2]))
+    key = cache_key(STUDY, CODE_VERSION, "lrp_accounts", [model_id(e) for e in entries.values()], photos[:2],
+                    attribution.get("lrp_epsilon_plus_flat").version)
+    results["lrp"] = store.cached_json(f"{STUDY}/parts/lrp.json", key,
+                                       lambda: lrp_accounts(entries, batches, photos[:2]))
     first = next(iter(entries))
     key = cache_key(STUDY, CODE_VERSION, "choices", model_id(entries[first]), photos[0],
                     method_options(profile, "integrated_gradients"), method_options(profile, "smoothgrad"))
@@ -334,6 +385,7 @@ def run(profile: Profile, store: Store) -> dict:
         results["logit_vs_softmax"] = results["imagenet"].pop("logit_vs_softmax")
         results["choices"] = results["imagenet"].pop("choices")
         results["sensitivity"] = results["imagenet"].pop("sensitivity")
+        results["lrp"] = results["imagenet"].pop("lrp")
     results["fmnist"] = (fmnist_part(profile, store, names, timings) if profile.fmnist_models
                          else frame.skipped(frame.NO_FMNIST))
     results["timings"] = timings

@@ -184,3 +184,39 @@ def sensitivity(entry: models.ModelEntry, batch: Batch, store: Store, profile: P
             "seconds": round(time.perf_counter() - start, 2)}
 
 
+
+
+def lrp_accounts(entries: dict, batches: dict, photos: list[str]) -> dict:
+    """Where LRP's relevance goes, per model and composite, with the model's canonizers and without
+    any: the shares of the explained logit that reach the input, that the biases absorb, and that
+    appear or vanish outside every rule (``unaccounted``), as lists over ``photos``. The canonized pass
+    is the gallery's; one that the package refuses has ``not_applicable`` (the reason) instead."""
+    from ..attribution.lrp import COMPOSITES, propagate
+    from ..errors import NotApplicableError
+
+    def shares(p) -> dict:
+        logit = p.logit.double()
+        def sig(t):  # four significant digits: the unaccounted share is of order 1e-7 where the books balance
+            return [float(f"{float(v):.4g}") for v in t]
+
+        return {"logit": sig(logit), "input": sig(p.relevance.flatten(1).sum(1).double() / logit),
+                "biases": sig(p.total_absorbed.double() / logit), "unaccounted": sig(p.unaccounted.double() / logit)}
+
+    out: dict = {"photos": list(photos), "models": {}}
+    for name, entry in entries.items():
+        b = batches[name].subset(len(photos))
+        rows = {}
+        for composite in COMPOSITES:
+            row = {}
+            try:
+                row["canonized"] = shares(propagate(entry, b.x, b.targets, composite=composite))
+            except NotApplicableError as e:
+                row["canonized"] = {"not_applicable": e.reason}
+            try:  # unchecked: this pass exists to measure what a missing rule does
+                row["plain"] = shares(propagate(entry, b.x, b.targets, composite=composite, canonizers=(),
+                                                    check=False))
+            except NotApplicableError as e:
+                row["plain"] = {"not_applicable": e.reason}
+            rows[composite] = row
+        out["models"][name] = rows
+    return out

@@ -274,7 +274,7 @@ SAFE_FUNCTIONS = {
     "set": set, "range": range, "zip": zip, "enumerate": enumerate, "mean": _mean, "median": _median,
     "isclose": math.isclose, "log10": math.log10, "sqrt": math.sqrt, "True": True, "False": False,
     "None": None, "keys": lambda d: list(d.keys()), "values": lambda d: list(d.values()),
-    "items": lambda d: list(d.items()),
+    "items": lambda d: list(d.items()), "join": lambda sep, xs: sep.join(str(x) for x in xs),
     "argmax": lambda d: max(d, key=d.get), "argmin": lambda d: min(d, key=d.get),
 }
 
