@@ -12,7 +12,7 @@ from xai import profiles, studies
 from xai.render.store import Store
 from xai.studies import concepts
 
-KEYS = {"settings", "blocks", "grids", "groups", "discovery", "marker", "timing"}
+KEYS = {"settings", "blocks", "grids", "groups", "discovery", "imagenet", "marker", "timing"}
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +65,31 @@ def test_results_have_every_part_and_every_file_they_name(built):
     assert len(r["discovery"]["concepts"]) == smoke["concept_k"]
     files = _files(r)
     assert len(files) > 20 and all(store.path(f).is_file() for f in files)
+
+
+def test_human_concepts_are_tested_for_every_class_at_every_layer(built):
+    _, _, r = built
+    hi = r["imagenet"]
+    smoke = profiles.get("smoke").options["concepts"]
+    assert len(hi["layers"]) == len(smoke["imagenet_tcav_layers"]) >= 2
+    assert len(hi["classes"]) == smoke["imagenet_tcav_classes"]
+    kinds = {c["kind"] for c in hi["concepts"]}
+    assert kinds == {"texture", "colour", "crop"}
+    assert hi["tested"] == len(hi["concepts"]) * len(hi["classes"]) * len(hi["layers"])
+    passed = {(x["photo"], x["layer"], x["concept"]) for x in hi["significant"]}
+    for c in hi["classes"]:
+        for layer in hi["layers"]:
+            for concept, t in hi["tests"][c["photo"]][layer].items():
+                assert 0 <= t["mean"] <= 1 and len(t["scores"]) == hi["runs"]
+                # the verdict is the corrected test's, and the list of passes is exactly the passing tests
+                if t["p_value"] != t["alpha"]:  # both are rounded to 3 digits in the JSON
+                    assert t["significant"] == (t["p_value"] < t["alpha"])
+                assert t["significant"] == ((c["photo"], layer, concept) in passed)
+    # a crop cut from a class's own photo is marked circular for that class only
+    by_photo = {c["photo"]: c for c in hi["classes"]}
+    if "chelsea" in by_photo:
+        assert "fur" in by_photo["chelsea"]["circular"]
+    assert all("fur" not in c["circular"] for c in hi["classes"] if c["photo"] not in ("chelsea", "pekinese", "baboon"))
 
 
 def test_the_marker_concept_separates_the_poisoned_model_from_its_control(built):

@@ -148,3 +148,24 @@ def test_pattern_wavelength_and_colourfulness_measure_what_they_say():
     c = colourfulness(torch.stack([grey, red]))
     # The values are stored rounded to 4 decimals; rg 1, yb 0.5 for pure red.
     assert c[0] == 0 and c[1] == pytest.approx(0.3 * math.sqrt(1.25), abs=5e-5)
+
+
+def test_dream_depth_dreams_at_every_layer_of_every_imagenet_model(smoke):
+    profile, store, _ = smoke
+    dd = store.read_json("featvis/results.json")["dream_depth"]
+    assert set(dd["models"]) == set(profile.imagenet_models)
+    for name, m in dd["models"].items():
+        assert len(m["layers"]) >= 2  # every layer of interest of the model
+        for start in ("photo", "noise"):
+            rows = m[start]
+            assert [r["layer"] for r in rows] == m["layers"]
+            for r in rows:
+                assert store.path(r["path"]).exists() and math.isfinite(r["wavelength"]) and r["wavelength"] > 0
+                assert 0 <= r["target_p"] <= 1 and r["colourfulness"] >= 0 and r["change"] >= 0
+        # a dream from noise ends far from the photo; from the photo, nearer to it
+        assert mean(r["change"] for r in m["photo"]) < mean(r["change"] for r in m["noise"])
+
+
+def mean(xs):
+    xs = list(xs)
+    return sum(xs) / len(xs)

@@ -242,6 +242,7 @@ class FeatvisConfig(StudyConfig):
     photo_count: PositiveInt = 3
     photo_steps: PositiveInt = 128
     dream_layers: list[int] = [2, 3]
+    dream_depth_steps: PositiveInt = 96
     fmnist_steps: PositiveInt = 128
     fmnist_channels: PositiveInt = 16
     fmnist_class_samples: PositiveInt = 3
@@ -281,6 +282,11 @@ class ConceptsConfig(StudyConfig):
     dissection_images: PositiveInt = 500
     dissected_units: PositiveInt = 4
     unit_steps: PositiveInt = 64
+    imagenet_tcav_classes: PositiveInt = Field(6, description="labelled photos whose classes TCAV tests")
+    imagenet_tcav_layers: list[int] = Field([2, 3, 4], description="positions in the model's layers of interest")
+    imagenet_tcav_concept_images: int = Field(30, ge=2)
+    imagenet_tcav_random_images: int = Field(200, ge=2)
+    imagenet_tcav_class_images: PositiveInt = 24
 
 
 class SpeedConfig(StudyConfig):

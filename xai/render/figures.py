@@ -61,3 +61,53 @@ def optimizer_curves(rows: list[dict], model: str):
     ax.legend(fontsize=6.5, ncol=2, frameon=False)
     fig.tight_layout()
     return fig
+
+
+def tcav_grid(result: dict):
+    """TCAV scores of every concept (rows, grouped by kind) for every class (columns), one panel per
+    layer: colour the mean score over runs, a dot where the test passed, a ring on circular concepts."""
+    import matplotlib.pyplot as plt
+
+    concepts = [c["name"] for c in result["concepts"]]
+    classes = result["classes"]
+    layers = result["layers"]
+    fig, axes = plt.subplots(1, len(layers), figsize=(1.2 + 0.55 * len(classes) * len(layers) + 0.6 * len(layers),
+                                                      0.24 * len(concepts) + 1.6), squeeze=False)
+    im = None
+    for ax, layer in zip(axes[0], layers):
+        grid = np.array([[result["tests"][c["photo"]][layer][k]["mean"] for c in classes] for k in concepts])
+        im = ax.imshow(grid, cmap="RdBu_r", vmin=0, vmax=1, aspect="auto")
+        for i, k in enumerate(concepts):
+            for j, c in enumerate(classes):
+                t = result["tests"][c["photo"]][layer][k]
+                if t["significant"]:
+                    ax.plot(j, i, "o", ms=3.2, color="black")
+                if k in c["circular"]:
+                    ax.plot(j, i, "o", ms=7, mfc="none", mec="0.35", mew=0.8)
+        ax.set_xticks(range(len(classes)), [c["name"] for c in classes], rotation=40, ha="right", fontsize=6.5)
+        ax.set_yticks(range(len(concepts)), concepts if ax is axes[0][0] else [""] * len(concepts), fontsize=6.5)
+        ax.set_title(layer, fontsize=8)
+    cbar = fig.colorbar(im, ax=axes[0].tolist(), fraction=0.03, pad=0.02)
+    cbar.set_label("TCAV score (mean over runs)", fontsize=7)
+    cbar.ax.tick_params(labelsize=6)
+    fig.suptitle(f"{result['model']}: dots pass the corrected test; rings mark concepts cut from the class's own photo",
+                 fontsize=8)
+    return fig
+
+
+def concept_examples(sets: dict, kinds: dict):
+    """Three images of every concept set, in rows of concepts grouped by kind."""
+    import matplotlib.pyplot as plt
+
+    names = list(sets)
+    cols = 4
+    rows = -(-len(names) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 2.1, rows * 0.85), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, name in zip(axes.flat, names):
+        strip = torch.cat([im for im in sets[name]], dim=-1)
+        ax.imshow(to_hwc(strip))
+        ax.set_title(f"{name} ({kinds[name]})", fontsize=6.5, pad=2)
+    fig.subplots_adjust(wspace=0.05, hspace=0.35, left=0.01, right=0.99, top=0.95, bottom=0.01)
+    return fig

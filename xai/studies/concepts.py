@@ -36,7 +36,8 @@ Artifacts (under ``concepts/``):
     of the presence map over the photo), ``attribution_map`` (PNG, signed), ``image`` (its rendering)),
     ``discovery`` (``photo``, ``class``, ``name``, ``layer``, ``views``, ``k``, ``error``, ``concepts``:
     list of ``concept``, ``importance``, ``image``, ``heatmaps`` (PNG paths, one per shown view)),
-    ``marker`` (:mod:`.concepts_marker`), ``timing`` (``seconds`` of this run, ``cpu_seconds`` (its process CPU time), ``threads``, ``render_seconds`` of the
+    ``imagenet`` (TCAV of textures, colours and photo crops: :mod:`.concepts_imagenet`), ``marker``
+    (:mod:`.concepts_marker`), ``timing`` (``seconds`` of this run, ``cpu_seconds`` (its process CPU time), ``threads``, ``render_seconds`` of the
     renders (cached or not), ``jobs``: list of ``name``, ``images``, ``steps``, ``seconds``, ``cpu_seconds``, ``cached``).
 PNG files: ``blocks/<photo>/photo.png``, ``blocks/<photo>/<layer>/r<i>c<j>.png``,
 ``blocks/channels/<layer>/c<ch>.png``, ``groups/<photo>/g<k>{,_map,_attr}.png``,
@@ -59,6 +60,7 @@ from ..featvis.render import activations
 from ..profiles import Profile
 from ..render import maps as R
 from ..render.store import Store, cache_key
+from . import concepts_imagenet as CI
 from . import concepts_marker as MK
 from . import _frame as frame
 from ._frame import load, model_id, photo_ids
@@ -91,6 +93,7 @@ DEFAULTS = {
     "concept_shown": 4,  # views whose heatmaps are written
     "concept_steps": 64,
     **MK.DEFAULTS,
+    **CI.DEFAULTS,
 }
 
 
@@ -291,11 +294,12 @@ def run(profile: Profile, store: Store) -> dict:
     blocks = building_blocks(entry, photos, layers, profile, jobs)
     groups = neuron_groups(entry, photos, layers[-1], blocks.pop("predicted"), profile, jobs)
     found = discovered_concepts(entry, option(profile, "concept_photo") or photos[0], profile, jobs)
+    human = CI.run(entry, labelled_photos(profile, option(profile, "imagenet_tcav_classes")), profile, jobs)
     marker = MK.run(profile, store, jobs)
     settings = {k: option(profile, k) for k in DEFAULTS}
     settings.update(model=name, render_size=option(profile, "size"), seed=profile.seed)
     results = {"settings": settings, "blocks": {k: blocks[k] for k in ("photos", "layers")},
-               "grids": blocks["grids"], "groups": groups, "discovery": found, "marker": marker,
+               "grids": blocks["grids"], "groups": groups, "discovery": found, "imagenet": human, "marker": marker,
                # CPU seconds beside wall seconds: on a shared machine the wall clock measures the neighbours too.
                "timing": {"seconds": round(time.perf_counter() - start, 2),
                           "cpu_seconds": round(time.process_time() - cpu, 2), "threads": torch.get_num_threads(),

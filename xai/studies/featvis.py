@@ -48,6 +48,12 @@ Artifacts (under ``featvis/``; ``<m>`` a model, ``<layer>`` a dotted layer name,
     and validity rule ``clip`` | ``sigmoid``: ``optimizer``, ``lr``, ``valid``, ``images``, ``values``,
     ``mean_value``, ``history_mean`` (the objective before each step, mean over classes),
     ``own_top1_rate``, ``own_target_p``).
+    ``dream_depth``: DeepDream at every layer of interest of every ImageNet model, from the first
+    labelled photo and from noise (:mod:`.featvis_dream`): ``photo``, ``class``, ``start`` (PNG),
+    ``size``, ``steps``, ``start_wavelength``, ``start_colourfulness``, ``models.<m>``: ``layers``,
+    ``name`` (the class), ``photo_p`` (its probability on the start image), and ``photo``, ``noise``
+    (lists over the layers of ``layer``, ``path``, ``value``, ``wavelength``, ``colourfulness``,
+    ``target_p`` (the photo's class), ``change`` (mean absolute difference from the photo)).
     ``progress``: ``render_model``, ``steps`` (snapshot steps), ``units`` (list of ``class``, ``name``,
     ``frames``: list of ``step``, ``path``, ``value`` (objective), ``target_p``).
     ``photo_start``: ``render_model``, ``steps``, ``snapshot_steps``, ``dream_layers``, ``photos`` (list of
@@ -95,6 +101,7 @@ from ._frame import book_group, load, model_id, photo_ids, require_label_space
 from .featvis_base import (CODE_VERSION, DEFAULTS, LADDER_PENALTIES, MONTAGE_COLUMNS, QUALITY_BAR, ROOT, STUDY,  # noqa: F401
                            Jobs, _floats, _pngs, _rate, classify, colourfulness, default_transforms, montage,
                            option, pattern_wavelength, png, probabilities, read_png, square_crop)
+from .featvis_dream import dream_depth
 from .featvis_ladder import _top1_rate, ladder, optimizers, photo_start, progress
 
 # -- the study ----------------------------------------------------------------------------------------
@@ -121,6 +128,7 @@ def run(profile: Profile, store: Store) -> dict:
     results["optimizers"] = optimizers(primary, class_list, profile, jobs, store)
     results["progress"] = progress(primary, class_list, profile, jobs, store)
     results["photo_start"] = photo_start(primary, profile, jobs, store)
+    results["dream_depth"] = dream_depth(imagenet, profile, jobs, store)
 
     results["fmnist"] = {}
     if profile.fmnist_models:

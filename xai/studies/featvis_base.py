@@ -52,6 +52,7 @@ DEFAULTS = {
     "photo_count": 3,  # labelled photos (of the profile) for the noise-vs-photo start
     "photo_steps": 128,
     "dream_layers": [2, 3],  # positions in the entry's layers of interest for DeepDream
+    "dream_depth_steps": 96,  # DeepDream at every layer of every ImageNet model, from a photo and from noise
     "fmnist_steps": 128,
     "fmnist_channels": 16,
     "fmnist_class_samples": 3,
