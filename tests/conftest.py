@@ -89,3 +89,13 @@ def browser():
         b = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_FLAGS)
         yield b
         b.close()
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the marks into the node ids
+def pytest_collection_modifyitems(config, items):
+    """Under ``--dist loadgroup`` (pyproject's addopts) a test module runs on one worker, so a module's
+    fixtures are built once; modules that must not run at the same time (two local Ray clusters) name a
+    common group with ``pytestmark = pytest.mark.xdist_group(...)``."""
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))

@@ -21,6 +21,8 @@ from xai.bench.attribution import COMPARED
 from xai.errors import UnknownNameError, XaiError
 from xai.paths import REPO
 
+pytestmark = pytest.mark.xdist_group("ray")  # starts a local Ray cluster: one at a time on this machine
+
 # Pairs that run the same algorithm on both sides, with the rule of tests/tolerance.py that bounds
 # their end-to-end difference. Methods that run many passes use a copy with batch norms folded into the
 # convolutions (xai.layers.fast_model), which rounds differently from the anchor's pass (rule 3).

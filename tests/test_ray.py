@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.xdist_group("ray")  # starts a local Ray cluster: one at a time on this machine
+
 ray = pytest.importorskip("ray", reason="ray is not installed: pip install -e '.[ray]'")
 
 from tolerance import NETWORK  # noqa: E402
