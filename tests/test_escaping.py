@@ -1,6 +1,6 @@
 """Strings from the data reach the page as text: never as HTML, MyST markup or a template that walks
-into objects. The studies' tables are built by the book's extension as text nodes; the one Markdown
-snippet left (the speed section) escapes through ``xai.render.markdown``. (The site-level check, in a browser, is ``test_site.py::test_hostile_strings_stay_text``.)"""
+into objects. The studies' tables are built by the book's extension as text nodes; no study writes Markdown
+(``xai.render.markdown`` escapes what ``make bench`` writes into BENCHMARKS.md). (The site-level check, in a browser, is ``test_site.py::test_hostile_strings_stay_text``.)"""
 from __future__ import annotations
 
 import json
@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "book" / "_ext")
 
 from xai.render import markdown as md  # noqa: E402
 from xai_book.data import BookDataError  # noqa: E402
-from xai_book.text import script_json, template, unraw  # noqa: E402
+from xai_book.text import script_json, template  # noqa: E402
 
 HOSTILE = [
     "<img src=x onerror=alert(1)>",
@@ -112,39 +112,6 @@ def test_unescaped_values_would_have_become_markup():
         cells = _cells(parser, f"| {' '.join(value.split())} | x |")
         kinds |= {t.type for t in cells[0]}
     assert {"html_inline", "math_inline", "substitution_inline", "link_open"} <= kinds
-
-
-# -- raw HTML in a parsed snippet --------------------------------------------------------------------------
-
-def test_unraw_turns_html_from_a_snippet_into_text_and_keeps_mysts_own():
-    box = nodes.container()
-    para = nodes.paragraph()
-    para += nodes.Text("credit: ")
-    para += nodes.raw("", "<img src=x onerror=alert(1)>", format="html")
-    para += nodes.raw("", "<br />\n", format="html")  # a hard line break, as MyST writes it
-    box += para
-    box += nodes.raw("", "<script>alert(1)</script>", format="html")  # an HTML block
-    box += nodes.raw("", "\\begin{x}", format="latex")
-    unraw(box)
-    raws = list(box.findall(nodes.raw))
-    assert [r.astext() for r in raws] == ["<br />\n"]
-    assert para.astext() == "credit: <img src=x onerror=alert(1)><br />\n"
-    blocks = [n for n in box.children if isinstance(n, nodes.literal_block)]
-    assert [b.astext() for b in blocks] == ["<script>alert(1)</script>", "\\begin{x}"]
-
-
-def _inline_kinds(parser, markdown: str) -> tuple[set[str], list[int]]:
-    """Inline token types in a snippet, and the number of cells in each table row."""
-    tokens = parser.parse(markdown)
-    kinds = {c.type for t in tokens if t.type == "inline" for c in t.children}
-    cells, row = [], 0
-    for t in tokens:
-        if t.type in ("th_open", "td_open"):
-            row += 1
-        elif t.type == "tr_close":
-            cells.append(row)
-            row = 0
-    return kinds, cells
 
 
 def _hostile_generated(root: Path, value: str):

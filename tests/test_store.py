@@ -93,3 +93,22 @@ def test_a_cached_job_is_fresh_only_while_every_file_it_wrote_exists(tmp_path):
     assert store.job("study/job.json", "other key", compute) == {"n": 3}
     (tmp_path / "study" / "job.json").write_text("{broken")  # a damaged record is recomputed, not trusted
     assert store.job("study/job.json", "other key", compute) == {"n": 4}
+
+
+def test_a_cached_json_part_declares_the_files_its_helpers_wrote_through_the_store(tmp_path):
+    from xai.render.store import Store
+
+    store = Store(tmp_path)
+    runs = []
+
+    def part():  # a helper handed the store, as the studies' figure functions are
+        runs.append(1)
+        store.write_text("study/figure.txt", "drawn")
+        return {"figure": "study/figure.txt"}
+
+    assert store.cached_json("study/part.json", "k", part) == {"figure": "study/figure.txt"}
+    assert store.read_json("study/part.json")["files"] == ["study/figure.txt"]
+    assert store.cached_json("study/part.json", "k", part) and len(runs) == 1
+    (tmp_path / "study" / "figure.txt").unlink()  # the figure's part reruns; the cache never says "fresh"
+    store.cached_json("study/part.json", "k", part)
+    assert len(runs) == 2 and (tmp_path / "study" / "figure.txt").exists()

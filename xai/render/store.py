@@ -154,8 +154,8 @@ class Store:
         try:
             yield files
         finally:
-            with self._lock:
-                self._recorders.remove(files)
+            with self._lock:  # by identity: nested recorders may hold equal sets
+                self._recorders[:] = [r for r in self._recorders if r is not files]
 
     def forget(self, rel: str) -> None:
         """Drop ``rel``'s key: from now on it is fresh under no key (its file stays)."""
@@ -192,7 +192,8 @@ class Store:
         return json.loads(self.path(rel).read_text())
 
     def cached_json(self, rel: str, key: str, compute: Callable[[], Any]) -> Any:
-        """``compute()`` once per key; later runs with the same key read the stored result."""
+        """``compute()`` once per key; later runs with the same key read the stored result, while every
+        file it wrote through this store still exists (it is a :meth:`job`)."""
         return self.job(rel, key, lambda _out: compute())
 
     # -- cached jobs ---------------------------------------------------------------------------
@@ -208,8 +209,11 @@ class Store:
         if done is not None:
             return done["result"]
         out = JobOutput(self, key)
-        result = compute(out)
-        self.write_json(record, {"key": key, "files": sorted(out.files), "result": result}, key)
+        # Also what the job writes through the store itself (a part's figure written by a helper that
+        # was handed the store): every file written while it runs is one of its files.
+        with self.recording() as written:
+            result = compute(out)
+        self.write_json(record, {"key": key, "files": sorted(out.files | written), "result": result}, key)
         return result
 
     def job_record(self, record: str, key: str) -> dict | None:

@@ -140,7 +140,8 @@ def square_crop(img: torch.Tensor, size: int) -> torch.Tensor:
 
 # -- rendering jobs ---------------------------------------------------------------------------------
 class Jobs:
-    """Runs rendering jobs through the store: a job whose key is unchanged is read back, not rerun."""
+    """Rendering jobs as the store's cached jobs (:meth:`Store.job`): a job whose key is unchanged and whose
+    images all exist is read back, not rerun; the log says what each cost."""
 
     def __init__(self, store: Store):
         self.store = store
@@ -152,33 +153,33 @@ class Jobs:
         rel = f"{ROOT}/jobs/{name.replace('/', '__')}.json"
         # The engine's default schedule moves every rendering, so a change of it is a change of the key.
         key = cache_key(STUDY, CODE_VERSION, repr(schedule_named(DEFAULT_SCHEDULE)), name, spec)
-        if self.store.fresh(rel, key):
-            rec = self.store.read_json(rel)
-            wanted = rec["images"] + [p for ps in rec["snapshots"].values() for p in ps]
-            if all(self.store.path(p).exists() for p in wanted):
-                self.log.append(self._entry(name, rec, cached=True))
-                return rec
-        r = compute()
-        if len(paths) != r.images.shape[0]:
-            raise AssertionError(f"job {name}: {len(paths)} paths for {r.images.shape[0]} images")
-        for img, p in zip(r.images, paths):
-            self.store.write_bytes(p, png(img))
-        snaps, snap_values = {}, {}
-        for step, imgs in sorted(r.snapshots.items()):
-            sp = [snapshot_path(step, i) for i in range(imgs.shape[0])] if snapshot_path else []
-            for img, p in zip(imgs, sp):
-                self.store.write_bytes(p, png(img))
-            snaps[str(step)] = sp
-            if model is not None and objective is not None:
-                snap_values[str(step)] = _floats(featvis.evaluate(model, objective, imgs))
-        n = r.images.shape[0]
-        rec = {"name": name, "images": paths, "values": _floats(r.values), "snapshots": snaps,
-               "snapshot_values": snap_values, "steps": r.steps, "n": n, "seconds": round(r.seconds, 3),
-               "ms_per_image_step": round(1000 * r.seconds / max(1, n * r.steps), 3), "spec": spec}
-        if history:  # the objective before each update, per image: [N][steps]
-            rec["history"] = [_floats(col) for col in r.history.T]
-        self.store.write_json(rel, rec, key)
-        self.log.append(self._entry(name, rec, cached=False))
+        ran = []
+
+        def job(out) -> dict:  # the store's cached-job protocol: fresh while every image it wrote exists
+            ran.append(True)
+            r = compute()
+            if len(paths) != r.images.shape[0]:
+                raise AssertionError(f"job {name}: {len(paths)} paths for {r.images.shape[0]} images")
+            for img, p in zip(r.images, paths):
+                out.write_bytes(p, png(img))
+            snaps, snap_values = {}, {}
+            for step, imgs in sorted(r.snapshots.items()):
+                sp = [snapshot_path(step, i) for i in range(imgs.shape[0])] if snapshot_path else []
+                for img, p in zip(imgs, sp):
+                    out.write_bytes(p, png(img))
+                snaps[str(step)] = sp
+                if model is not None and objective is not None:
+                    snap_values[str(step)] = _floats(featvis.evaluate(model, objective, imgs))
+            n = r.images.shape[0]
+            rec = {"name": name, "images": paths, "values": _floats(r.values), "snapshots": snaps,
+                   "snapshot_values": snap_values, "steps": r.steps, "n": n, "seconds": round(r.seconds, 3),
+                   "ms_per_image_step": round(1000 * r.seconds / max(1, n * r.steps), 3), "spec": spec}
+            if history:  # the objective before each update, per image: [N][steps]
+                rec["history"] = [_floats(col) for col in r.history.T]
+            return rec
+
+        rec = self.store.job(rel, key, job)
+        self.log.append(self._entry(name, rec, cached=not ran))
         return rec
 
     @staticmethod

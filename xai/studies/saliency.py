@@ -18,8 +18,8 @@ Artifacts (under ``saliency/``):
     ``correct`` (null for a photo without an ImageNet label).
     ``imagenet.gallery.<photo>``: figure path (rows: methods, columns: models).
     ``imagenet.not_applicable.<model>.<method>``: the reason a method gave no map (absent if it did).
-    ``imagenet.cam_agreement.<model>.<method>``: mean Spearman ρ of a CAM-family method's maps with
-    Grad-CAM's over the photos (same layer), None where they are constant.
+    ``imagenet.cam_agreement.<model>.<method>``: mean Spearman ρ of a CAM variant's maps with Grad-CAM's
+    over the photos (same layer; not the counterfactual and guided maps), None where they are constant.
     ``fmnist.models``, ``fmnist.images`` (test-set indices), ``fmnist.labels``, ``fmnist.cam_layer.<model>``,
     ``fmnist.targets.<model>`` (list of ``index``, ``name``, ``p``, ``correct``), ``fmnist.gallery.<model>``,
     ``fmnist.not_applicable.<model>.<method>``, ``fmnist.non_rectifiers.<model>`` (its activation types
@@ -272,7 +272,10 @@ def cam_agreement(maps: dict) -> dict:
             continue
         row = {}
         for name, mp in by_method.items():
-            if name == "grad_cam" or attribution.get(name).family != "cam" or mp.maps is None:
+            # Variants of the same map only: Counterfactual Grad-CAM explains the other classes, and
+            # Guided Grad-CAM is a pixel map (Grad-CAM times Guided Backprop).
+            if (name in ("grad_cam", "counterfactual_grad_cam", "guided_grad_cam")
+                    or attribution.get(name).family != "cam" or mp.maps is None):
                 continue
             rho = spearman(ref.maps, mp.maps)
             row[name] = None if np.isnan(rho).all() else round(float(np.nanmean(rho)), 4)
@@ -318,12 +321,13 @@ def imagenet_part(profile: Profile, store: Store, names: list[str], timings: dic
                      for r, meth in enumerate(names) for c, m in enumerate(entries)}
             store.write_figure(rel, gallery_figure(columns, names, cells), key, dpi=110)
         results["gallery"][pid] = rel
-    # The figures about the choices behind a map: saliency_choices, on this part's models and photos.
+    # The figures about the choices behind a map: saliency_choices, on this part's models and photos, each a
+    # cached job of the store whose figure is one of its files (a deleted figure reruns its part).
     from .saliency_choices import choices, logit_vs_softmax, lrp_accounts, sensitivity
 
     key = cache_key(STUDY, CODE_VERSION, "logit_vs_softmax", [model_id(e) for e in entries.values()], photos[:2])
-    results["logit_vs_softmax"] = store.cached_json(f"{STUDY}/parts/logit_vs_softmax.json", key,
-                                                    lambda: logit_vs_softmax(entries, batches, store, photos[:2]))
+    results["logit_vs_softmax"] = store.job(f"{STUDY}/parts/logit_vs_softmax.json", key,
+                                            lambda out: logit_vs_softmax(entries, batches, out, photos[:2]))
     key = cache_key(STUDY, CODE_VERSION, "lrp_accounts", [model_id(e) for e in entries.values()], photos[:2],
                     attribution.get("lrp_epsilon_plus_flat").version)
     results["lrp"] = store.cached_json(f"{STUDY}/parts/lrp.json", key,
@@ -331,14 +335,14 @@ def imagenet_part(profile: Profile, store: Store, names: list[str], timings: dic
     first = next(iter(entries))
     key = cache_key(STUDY, CODE_VERSION, "choices", model_id(entries[first]), photos[0],
                     method_options(profile, "integrated_gradients"), method_options(profile, "smoothgrad"))
-    results["choices"] = store.cached_json(f"{STUDY}/parts/choices.json", key,
-                                           lambda: choices(entries[first], batches[first], store, profile))
+    results["choices"] = store.job(f"{STUDY}/parts/choices.json", key,
+                                   lambda out: choices(entries[first], batches[first], out, profile))
     key = cache_key(STUDY, CODE_VERSION, "sensitivity", model_id(entries[first]), photos[:1],
                     {n_: method_options(profile, n_) for n_ in ("integrated_gradients", "smoothgrad", "occlusion")},
                     option(profile, "sensitivity_noise"))
-    results["sensitivity"] = store.cached_json(
+    results["sensitivity"] = store.job(
         f"{STUDY}/parts/sensitivity.json", key,
-        lambda: sensitivity(entries[first], batches[first].subset(1), store, profile))
+        lambda out: sensitivity(entries[first], batches[first].subset(1), out, profile))
     return results
 
 

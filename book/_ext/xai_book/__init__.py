@@ -45,13 +45,12 @@ Authoring reference (MyST)::
                                  (:data: grid records, :select:, :photo:, :alt:, :entry-alt:, :note:)
     ```{xai-table}               :data: records, :columns: key=Header|fmt, expr=Header|fmt
     ```{study-table} overview/models             a study's result table, built from its JSON (tables.py)
-    ```{generated} speed/section.md              a Markdown snippet a study wrote (only the speed section)
     ```{study} saliency          provenance note (or "not computed" when the study is not registered)
     ```{byline}  ```{profiles-table}  ```{environment-table}
 
 Formats after ``|``: any Python format spec (``.3f``, ``.1%``, ``,d``), ``list`` ("a, b and c"),
 ``count`` (length), ``?yes:no``. Expressions are Python without attribute access or dunders, with
-``len min max sum mean median sorted items keys values argmax argmin isclose round abs all any ...``.
+``len min max sum mean median sorted items keys values argmax argmin isclose round abs all any join ...``.
 Each figure, table and claim's caption is MyST, so captions can hold ``{res}`` and ``{cite:p}``.
 """
 from __future__ import annotations

@@ -16,13 +16,11 @@ from typing import Any
 
 from docutils import nodes
 from docutils.parsers.rst import directives
-from docutils.statemachine import StringList
 from sphinx.util import logging
 from sphinx.util.docutils import SphinxDirective, SphinxRole
 
 from .data import (Absent, BookDataError, NotComputed, bind, evaluate, format_value, is_ref, names_in, parse_lets,
                    split_format)
-from .text import unraw
 
 logger = logging.getLogger(__name__)
 
@@ -284,31 +282,6 @@ class BindDirective(SphinxDirective):
         return []
 
 
-# -- {generated} ------------------------------------------------------------------------------------------
-
-class GeneratedDirective(SphinxDirective):
-    """Include a Markdown snippet that a study wrote (``{generated} speed/section.md``)."""
-
-    required_arguments = 1
-    has_content = False
-
-    def run(self):
-        rel = self.arguments[0]
-        gen = generated(self.env)
-        try:
-            path = gen.path(rel)
-        except NotComputed as nc:
-            return [not_computed_admonition(nc.study, "This table", nc.reason)]
-        except BookDataError as err:
-            fail(self.env, err, self.get_location())
-            return []
-        container = nodes.container(classes=["xai-generated"])
-        lines = path.read_text().splitlines()
-        self.state.nested_parse(StringList(lines, source=str(path)), 0, container)
-        unraw(container)  # HTML in a snippet shows as text: its strings come from the data
-        return container.children
-
-
 # -- {study} ----------------------------------------------------------------------------------------------
 
 class StudyDirective(SphinxDirective):
@@ -355,5 +328,4 @@ def setup(app) -> None:
     app.add_directive("cases", CasesDirective)
     app.add_directive("case", CaseDirective)
     app.add_directive("bind", BindDirective)
-    app.add_directive("generated", GeneratedDirective)
     app.add_directive("study", StudyDirective)

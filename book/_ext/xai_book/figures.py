@@ -503,7 +503,9 @@ class TableDirective(GeneratedFigure):
             names = {**current_names(self.env), **_identifiers(r)}
             for expr, _, fmt in columns:
                 value = r[expr] if expr in r else evaluate(expr, names)
-                row += nodes.entry("", nodes.paragraph(text=format_value(value, fmt)))
+                # A cell with no value (a metric a record lacks) is a dash, not a formatting error.
+                text = "–" if value is None and not (fmt or "").startswith("?") else format_value(value, fmt)
+                row += nodes.entry("", nodes.paragraph(text=text))
             body += row
         if "name" in self.options:
             self.add_name(table)

@@ -58,19 +58,3 @@ def script_json(obj: Any) -> str:
     text = json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
     return text.replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e")
 
-
-# What MyST itself emits as raw output for Markdown syntax (hard line breaks, strikethrough): harmless.
-_OWN_RAW = {("html", "<br />\n"), ("latex", "\\\\\n"), ("html", "<s>"), ("html", "</s>")}
-
-
-def unraw(node: nodes.Element) -> None:
-    """Turn every raw-HTML node under ``node`` (inline or block HTML in the Markdown, a ``raw``
-    directive) into text, so a parsed snippet shows such HTML rather than running it."""
-    for raw in list(node.findall(nodes.raw)):
-        if (raw.get("format"), raw.astext()) in _OWN_RAW:
-            continue
-        text = raw.astext()
-        if isinstance(raw.parent, nodes.TextElement):
-            raw.replace_self(nodes.Text(text))
-        else:
-            raw.replace_self(nodes.literal_block(text, text))
