@@ -15,9 +15,18 @@ import threading
 from pathlib import Path
 
 import pytest
-import torch
 
-torch.set_num_threads(int(os.environ.get("XAI_TEST_THREADS") or max(1, min(2, os.cpu_count() or 1))))
+# Under xdist's workers (pyproject's addopts) the cores are shared out: one thread per worker, and one
+# for the builds a test starts (they inherit OMP_NUM_THREADS). Two workers of two OpenMP threads each
+# on two cores spin against each other: the suite ran at a quarter of its speed.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)
+_THREADS = max(1, min(2, os.cpu_count() or 1) // _WORKERS)
+if _WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(_THREADS))
+
+import torch  # noqa: E402
+
+torch.set_num_threads(int(os.environ.get("XAI_TEST_THREADS") or _THREADS))
 if os.environ.get("XAI_TEST_FLUSH_DENORMAL"):
     torch.set_flush_denormal(True)
 
