@@ -210,7 +210,10 @@ def test_integrated_gradients_to_a_completeness_target(fmnist_cnn_smoke):
     for i, s in enumerate(r.steps):
         alone = A.integrated_gradients(fmnist_cnn_smoke, x[i:i + 1], 3, steps=s, baseline_kind="blur",
                                        internal_batch_size=256)
-        assert tol.network_close(r.attributions[i:i + 1], alone), ("refined IG vs fixed-step IG", i, s)
+        # Another batch size (the refinement runs only the images still pending): rule 4, the kinks of
+        # the ReLUs along the path. On this Xeon (AVX-512) one image of four moved 7 pixels by 2.6e-4 of
+        # the maximum against its run alone, a gate flip, so the elementwise bound of rule 3 cannot hold.
+        assert tol.ranks_agree(r.attributions[i:i + 1], alone), ("refined IG vs fixed-step IG", i, s)
     auto = A.integrated_gradients(fmnist_cnn_smoke, x, 3, steps="auto", completeness=0.005, baseline_kind="blur",
                                   internal_batch_size=256)
     assert torch.equal(auto, r.attributions)
