@@ -209,11 +209,11 @@ class Store:
         if done is not None:
             return done["result"]
         out = JobOutput(self, key)
-        # Also what the job writes through the store itself (a part's figure written by a helper that
-        # was handed the store): every file written while it runs is one of its files.
+        # Every file written through the store while the job runs is one of its files, whether through
+        # ``out`` or by a helper that was handed the store.
         with self.recording() as written:
             result = compute(out)
-        self.write_json(record, {"key": key, "files": sorted(out.files | written), "result": result}, key)
+        self.write_json(record, {"key": key, "files": sorted(written | out.kept), "result": result}, key)
         return result
 
     def job_record(self, record: str, key: str) -> dict | None:
@@ -266,30 +266,27 @@ class Store:
 
 
 class JobOutput:
-    """The writers a cached job uses; every path written is listed in the job's record."""
+    """The writers a cached job uses (the store's: the job's record lists every path written while it
+    runs), and :meth:`keep` for files written by other means."""
 
     def __init__(self, store: Store, key: str):
-        self.store, self.key, self.files = store, key, set()
-
-    def _noted(self, rel: str, p: Path) -> Path:
-        self.files.add(rel)
-        return p
+        self.store, self.key, self.kept = store, key, set()
 
     def write_json(self, rel: str, obj: Any) -> Path:
-        return self._noted(rel, self.store.write_json(rel, obj))
+        return self.store.write_json(rel, obj)
 
     def write_text(self, rel: str, text: str) -> Path:
-        return self._noted(rel, self.store.write_text(rel, text))
+        return self.store.write_text(rel, text)
 
     def write_bytes(self, rel: str, data: bytes) -> Path:
-        return self._noted(rel, self.store.write_bytes(rel, data))
+        return self.store.write_bytes(rel, data)
 
     def write_figure(self, rel: str, fig, dpi: int = 110) -> Path:
-        return self._noted(rel, self.store.write_figure(rel, fig, dpi=dpi))
+        return self.store.write_figure(rel, fig, dpi=dpi)
 
     def keep(self, rel: str) -> None:
         """A file written by other means (an image saved by a library) that the job's freshness depends on."""
         if not self.store.path(rel).exists():
             raise FileNotFoundError(f"job output {rel} was not written")
-        self.files.add(rel)
+        self.kept.add(rel)
 

@@ -13,15 +13,14 @@ crop concept cut from a class's own photo is marked ``circular`` for that class.
 
 ``results.json:imagenet``: ``model``, ``layers``, ``runs``, ``set_size``, ``random_images``,
 ``class_images``, ``concepts`` (list of ``name``, ``kind`` (texture | colour | crop), ``sources``
-(photos, crops only), ``example`` (PNG)), ``classes`` (list of ``photo``, ``class``, ``name``,
+(photos, crops only)), ``classes`` (list of ``photo``, ``class``, ``name``,
 ``circular`` (concepts cut from this photo)), ``tests.<photo>.<layer>.<concept>`` (as the marker's:
 ``mean``, ``std``, ``p_value``, ``alpha``, ``significant``, ``reported``, ``scores``, ``null_mean``,
 ``accuracy``), ``significant`` (list of ``photo``, ``name``, ``layer``, ``concept``, ``mean``,
-``p_value``, ``circular``), ``tested`` (count of tests), ``figure``, ``seconds``.
+``p_value``, ``circular``), ``tested`` (count of tests), ``figure`` (the scores), ``examples_figure``
+(three images of each concept), ``seconds``.
 """
 from __future__ import annotations
-
-import time
 
 import torch
 
@@ -62,25 +61,24 @@ def concept_sets(n: int, size: int, seed: int) -> tuple[dict[str, torch.Tensor],
 
 
 def run(entry, photos: list[str], profile: Profile, jobs) -> dict:
-    """The part, as one cached job of the concepts study (``jobs``: its :class:`~.concepts.Jobs`)."""
+    """The part, as one cached job of the concepts study (``jobs``: its :class:`~.concepts.Jobs`), for the
+    classes of ``photos`` (labelled ones)."""
     positions = _opt(profile, "imagenet_tcav_layers")
     bad = [p for p in positions if not 0 <= p < len(entry.layers)]
     if bad:
         raise XaiError(f"imagenet_tcav_layers {bad} lie outside {entry.name}'s {len(entry.layers)} layers of interest")
     layers = [entry.layers[p] for p in positions]
-    chosen = photos[:_opt(profile, "imagenet_tcav_classes")]
     n, n_rand, n_cls = (_opt(profile, k) for k in ("imagenet_tcav_concept_images", "imagenet_tcav_random_images",
                                                      "imagenet_tcav_class_images"))
     runs, alpha = profile.option("concepts", "tcav_runs", 20), profile.option("concepts", "alpha", 0.05)
     size = entry.input_size[-1]
 
     def compute(out):
-        start = time.perf_counter()
         sets, meta = concept_sets(n, size, profile.seed)
         randoms = sources.random_photo_crops(n_rand, size, seed=profile.seed + 3000)
         bank = T.train_cavs(entry.model, sets, randoms, layers, runs=runs, seed=profile.seed)
         classes, tests, significant = [], {}, []
-        for pid in chosen:
+        for pid in photos:
             label = images.photo(pid).label
             circular = [m["name"] for m in meta if pid in m["sources"]]
             views = sources.photo_views(pid, n_cls, size, seed=profile.seed + 4000)
@@ -94,9 +92,6 @@ def run(entry, photos: list[str], profile: Profile, jobs) -> dict:
                                         "concept": t.concept, "mean": row["mean"], "p_value": row["p_value"],
                                         "circular": t.concept in circular})
             classes.append({"photo": pid, "class": label, "name": entry.class_names[label], "circular": circular})
-        for m in meta:
-            m["example"] = f"concepts/imagenet/{m['name']}.png"
-            out.write_bytes(m["example"], _png(sets[m["name"]][0]))
         result = {"model": entry.name, "layers": layers, "runs": runs, "set_size": bank.set_size,
                   "random_images": n_rand, "class_images": n_cls, "concepts": meta, "classes": classes,
                   "tests": tests, "significant": significant,
@@ -107,17 +102,10 @@ def run(entry, photos: list[str], profile: Profile, jobs) -> dict:
         result["examples_figure"] = "concepts/imagenet/examples.webp"
         out.write_figure(result["examples_figure"], concept_examples({m["name"]: sets[m["name"]][:3] for m in meta},
                                                                      {m["name"]: m["kind"] for m in meta}))
-        result["tcav_seconds"] = round(time.perf_counter() - start, 2)
         return result
 
-    spec = {"photos": [images.photo(p).sha256 for p in chosen], "layers": layers, "n": n, "random": n_rand,
+    spec = {"photos": [images.photo(p).sha256 for p in photos], "layers": layers, "n": n, "random": n_rand,
             "class_images": n_cls, "runs": runs, "alpha": alpha, "crops": sources.PHOTO_CROPS,
             "textures": sources.TEXTURES, "colours": sources.COLOURS}
     r = jobs.run("imagenet_tcav", spec, compute)
-    return {k: v for k, v in r.items() if k not in ("seconds", "cpu_seconds")} | {"seconds": r["seconds"]}
-
-
-def _png(img: torch.Tensor) -> bytes:
-    from .featvis import png
-
-    return png(img)
+    return {k: v for k, v in r.items() if k != "cpu_seconds"}

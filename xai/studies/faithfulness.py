@@ -381,12 +381,12 @@ def run(profile: Profile, store: Store) -> dict:
                         option(profile, "completeness_max_steps"),
                         saliency.method_options(profile, "integrated_gradients", e))
 
-        def auto(out):  # a cached job: its figure is one of its files
+        def auto():
             res = completeness_auto(e, b, profile)
             res["figure"] = f"{STUDY}/completeness_auto.webp"
-            out.write_figure(res["figure"], RF.auto_steps_figure(res))
+            store.write_figure(res["figure"], RF.auto_steps_figure(res))
             return res
-        results["completeness"]["auto"] = store.job(f"{STUDY}/parts/auto.json", key, auto)
+        results["completeness"]["auto"] = store.cached_json(f"{STUDY}/parts/auto.json", key, auto)
     else:
         results["completeness"]["sweep_imagenet"] = frame.skipped(frame.NO_IMAGENET)
         results["completeness"]["auto"] = frame.skipped(frame.NO_IMAGENET)

@@ -321,13 +321,12 @@ def imagenet_part(profile: Profile, store: Store, names: list[str], timings: dic
                      for r, meth in enumerate(names) for c, m in enumerate(entries)}
             store.write_figure(rel, gallery_figure(columns, names, cells), key, dpi=110)
         results["gallery"][pid] = rel
-    # The figures about the choices behind a map: saliency_choices, on this part's models and photos, each a
-    # cached job of the store whose figure is one of its files (a deleted figure reruns its part).
+    # The figures about the choices behind a map: saliency_choices, on this part's models and photos.
     from .saliency_choices import choices, logit_vs_softmax, lrp_accounts, sensitivity
 
     key = cache_key(STUDY, CODE_VERSION, "logit_vs_softmax", [model_id(e) for e in entries.values()], photos[:2])
-    results["logit_vs_softmax"] = store.job(f"{STUDY}/parts/logit_vs_softmax.json", key,
-                                            lambda out: logit_vs_softmax(entries, batches, out, photos[:2]))
+    results["logit_vs_softmax"] = store.cached_json(f"{STUDY}/parts/logit_vs_softmax.json", key,
+                                                    lambda: logit_vs_softmax(entries, batches, store, photos[:2]))
     key = cache_key(STUDY, CODE_VERSION, "lrp_accounts", [model_id(e) for e in entries.values()], photos[:2],
                     attribution.get("lrp_epsilon_plus_flat").version)
     results["lrp"] = store.cached_json(f"{STUDY}/parts/lrp.json", key,
@@ -335,14 +334,14 @@ def imagenet_part(profile: Profile, store: Store, names: list[str], timings: dic
     first = next(iter(entries))
     key = cache_key(STUDY, CODE_VERSION, "choices", model_id(entries[first]), photos[0],
                     method_options(profile, "integrated_gradients"), method_options(profile, "smoothgrad"))
-    results["choices"] = store.job(f"{STUDY}/parts/choices.json", key,
-                                   lambda out: choices(entries[first], batches[first], out, profile))
+    results["choices"] = store.cached_json(f"{STUDY}/parts/choices.json", key,
+                                           lambda: choices(entries[first], batches[first], store, profile))
     key = cache_key(STUDY, CODE_VERSION, "sensitivity", model_id(entries[first]), photos[:1],
                     {n_: method_options(profile, n_) for n_ in ("integrated_gradients", "smoothgrad", "occlusion")},
                     option(profile, "sensitivity_noise"))
-    results["sensitivity"] = store.job(
+    results["sensitivity"] = store.cached_json(
         f"{STUDY}/parts/sensitivity.json", key,
-        lambda out: sensitivity(entries[first], batches[first].subset(1), out, profile))
+        lambda: sensitivity(entries[first], batches[first].subset(1), store, profile))
     return results
 
 

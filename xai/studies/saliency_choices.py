@@ -14,12 +14,12 @@ from .. import attribution, models
 from ..errors import XaiError
 from ..profiles import Profile
 from ..render import maps as R
-from ..render.store import JobOutput
+from ..render.store import Store
 from ._frame import Batch
 from .saliency import STUDY, compute_maps, method_options, option
 
 
-def logit_vs_softmax(entries: dict, batches: dict, store: JobOutput, photos: list[str]) -> dict:
+def logit_vs_softmax(entries: dict, batches: dict, store: Store, photos: list[str]) -> dict:
     """Gradients of the logit and of the softmax probability, side by side. (The log-probability's
     gradient is the softmax's divided by p: the same map, so it is not drawn.)"""
     import matplotlib.pyplot as plt
@@ -49,7 +49,7 @@ def logit_vs_softmax(entries: dict, batches: dict, store: JobOutput, photos: lis
     return out
 
 
-def choices(entry: models.ModelEntry, batch: Batch, store: JobOutput, profile: Profile) -> dict:
+def choices(entry: models.ModelEntry, batch: Batch, store: Store, profile: Profile) -> dict:
     """Sign, channel aggregation and smoothing of one photo's maps, side by side."""
     import matplotlib.pyplot as plt
 
@@ -90,7 +90,7 @@ def choices(entry: models.ModelEntry, batch: Batch, store: JobOutput, profile: P
     return {"figure": rel, "model": entry.name, "photo": b.ids[0], "target": entry.class_names[int(b.targets[0])]}
 
 
-def sensitivity(entry: models.ModelEntry, batch: Batch, store: JobOutput, profile: Profile) -> dict:
+def sensitivity(entry: models.ModelEntry, batch: Batch, store: Store, profile: Profile) -> dict:
     """How much a map depends on a free parameter of its method, on the same photos: the baseline of
     Integrated Gradients, the noise level of SmoothGrad and the window of occlusion. Each variant's 2-D
     map (as drawn and as the metrics rank it) is compared with a reference by Spearman's rank
