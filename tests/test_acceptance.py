@@ -53,7 +53,7 @@ def write_inputs(root: Path) -> Path:
                   images={"photos": {"ids": []}, "folders": [{"name": "mine", "root": "images"}]})
     config["studies"]["faithfulness"].pop("sanity_models")  # names the smoke profile's own model
     # The VGG (7.6 GFLOPs a photo) in the studies that compare architectures' maps; the ResNet everywhere.
-    for study in ("faithfulness", "misclassification", "counterfactual", "featvis", "concepts"):
+    for study in ("faithfulness", "misclassification", "counterfactual", "featvis", "concepts", "microscope"):
         config["studies"][study]["models"] = ["my_resnet"]
     path = root / "acceptance.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))

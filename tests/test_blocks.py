@@ -201,6 +201,30 @@ def test_exemplar_boxes_are_the_receptive_fields_of_the_maxima(lite0):
         M.top_exemplars(lite0.model, photos, ["blocks.3"], k=4)
 
 
+def test_fields_larger_than_the_photo_become_the_photo_with_the_cell_marked(lite0):
+    from xai.data import images
+
+    # A box reaching past the image keeps its side (capped at the image) and slides inside it.
+    assert M.inside((-10, -10, 20, 20), 224, 224) == (0, 0, 30, 30)
+    assert M.inside((200, 100, 260, 160), 224, 224) == (163, 100, 223, 160)
+    assert M.inside((-300, -300, 550, 550), 224, 224) == (0, 0, 223, 223)
+    photos = torch.stack([lite0.prepare(images.load(p)) for p in ("chelsea", "coffee")])
+    ex = M.top_exemplars(lite0.model, photos, ["blocks.6"], k=1)["blocks.6"]
+    assert ex.field.size[0] > 224  # the deep layer's field is larger than the input
+    c = 3
+    plain = M.exemplar_crops(photos, ex, 224, channels=[c], within=True)[0, 0]
+    assert torch.allclose(plain, photos[ex.indices[c, 0]], atol=1e-5)  # the whole photo, no grey frame
+    marked = M.exemplar_crops(photos, ex, 224, channels=[c], within=True, mark=True)[0, 0]
+    yellow = (marked[0] == 1) & (marked[2] == 0) & ((marked[1] - 0.85).abs() < 1e-6)
+    rows, cols = yellow.nonzero(as_tuple=True)
+    cy, cx = ex.field.centre(*ex.positions[c, 0].tolist())
+    # The outline is one stride of the layer (32 px) around the position's centre.
+    assert abs((int(rows.min()) + int(rows.max())) / 2 - min(max(cy, 16), 208)) <= 2
+    assert abs((int(cols.min()) + int(cols.max())) / 2 - min(max(cx, 16), 208)) <= 2
+    assert 28 <= int(rows.max()) - int(rows.min()) <= 34
+    assert torch.equal(marked[:, ~yellow], plain[:, ~yellow])  # nothing else changed
+
+
 def test_render_channels_in_chunks_is_one_rendering(cnn):
     whole = M.render_channels(cnn.model, "relu1", size=28, steps=3, channels_in=1, batch=None)
     parts = M.render_channels(cnn.model, "relu1", size=28, steps=3, channels_in=1, batch=5)

@@ -70,7 +70,7 @@ def test_the_hub_models_are_the_assignments_architectures_in_the_compared_studie
     for study in COMPARED:
         seen = p.for_study(study)
         assert set(swapped["hub"]) <= set(seen.imagenet_models), study
-    for study in ("featvis", "concepts", "counterfactual"):
+    for study in ("featvis", "concepts", "microscope", "counterfactual"):
         assert not set(swapped["hub"]) & set(p.for_study(study).imagenet_models), study
 
 

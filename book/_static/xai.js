@@ -175,11 +175,16 @@
     var big = detail.querySelector(".xai-channel-big");
     var note = detail.querySelector(".xai-note");
     var exemplars = detail.querySelector(".xai-exemplars");
+    var link = detail.querySelector(".xai-channel-link");
 
     function show(i) {
       var rec = data.records[i];
       setImage(big, rec);
       note.textContent = rec.note;
+      if (link) {
+        link.parentNode.hidden = !rec.link;
+        if (rec.link) link.href = rec.link;
+      }
       exemplars.textContent = "";
       rec.exemplars.forEach(function (e) {
         var img = document.createElement("img");
@@ -323,6 +328,112 @@
     el.addEventListener("blur", hideCard);
   }
 
+  /* The Microscope: a link per unit over its sprite sheet. The unit a hash names (on load and on every
+   * hash change), or one clicked, focused or asked for by layer and channel, opens in the detail: the
+   * sheet as a background moved to its tile, and its exemplars, whose sheet is fetched only now. */
+  function initMicroscope(root) {
+    var data = readData(root);
+    if (!data) return;
+    var detail = root.querySelector(".xai-microscope-detail");
+    var big = detail.querySelector(".xai-unit-big");
+    var note = detail.querySelector(".xai-unit-note");
+    var hint = detail.querySelector(".xai-unit-hint");
+    var strip = detail.querySelector(".xai-unit-exemplars");
+    var sources = detail.querySelector(".xai-unit-sources");
+    var link = detail.querySelector(".xai-unit-link");
+    var form = root.querySelector(".xai-microscope-search");
+    var layerSelect = form.querySelector("select[name=layer]");
+    var channelInput = form.querySelector("input[name=channel]");
+    var status = form.querySelector(".xai-microscope-status");
+    var byAnchor = {};
+    data.layers.forEach(function (L, l) {
+      L.anchors.forEach(function (a, c) { byAnchor[a] = [l, c]; });
+    });
+
+    function pct(i, n) { return n <= 1 ? "0%" : (100 * i / (n - 1)) + "%"; }
+
+    function tile(el, src, cols, rows, q, r) {
+      el.style.backgroundImage = "url('" + src.replace(/'/g, "%27") + "')";
+      el.style.backgroundSize = (cols * 100) + "% " + (rows * 100) + "%";
+      el.style.backgroundPosition = pct(q, cols) + " " + pct(r, rows);
+    }
+
+    function open(l, c) {
+      var L = data.layers[l];
+      var s = null;
+      L.sheets.forEach(function (x) { if (c >= x.first && c < x.first + x.count) s = x; });
+      if (!s) return;
+      var j = c - s.first;
+      var unit = document.getElementById(L.anchors[c]);
+      var label = unit ? unit.getAttribute("aria-label") : L.layer + " channel " + c;
+      tile(big, s.src, L.cols, s.rows, j % L.cols, Math.floor(j / L.cols));
+      big.classList.toggle("xai-pixel", !!s.pixel);
+      big.setAttribute("aria-label", label);
+      note.textContent = label + ": final objective " + L.values[c].toPrecision(3);
+      tile(strip, s.ex, 1, s.count, 0, j);
+      strip.classList.toggle("xai-pixel", !!s.pixel);
+      strip.style.setProperty("--xai-k", L.k);
+      strip.hidden = false;
+      hint.hidden = true;
+      sources.textContent = "";
+      var said = [];
+      L.sources[c].forEach(function (src, i) {
+        var li = document.createElement("li");
+        var lab = L.labels[c][i];
+        li.textContent = src + (lab ? " (" + lab + ")" : "") + ": " + L.exvalues[c][i].toPrecision(3);
+        sources.appendChild(li);
+        said.push(src + (lab ? " (" + lab + ")" : ""));
+      });
+      strip.setAttribute("aria-label", "The " + L.k + " dataset exemplars that excite " + label +
+        " most, strongest first: " + said.join(", "));
+      link.href = "#" + L.anchors[c];
+      link.textContent = "Link to this unit: #" + L.anchors[c];
+      root.querySelectorAll(".xai-unit.xai-active").forEach(function (a) {
+        a.classList.remove("xai-active");
+        a.removeAttribute("aria-current");
+      });
+      if (unit) {
+        unit.classList.add("xai-active");
+        unit.setAttribute("aria-current", "true");
+      }
+      layerSelect.value = String(l);
+      channelInput.max = L.units - 1;
+      channelInput.value = c;
+      status.textContent = "";
+      root.setAttribute("data-open", L.anchors[c]);
+    }
+
+    function fromHash() {
+      var id = decodeURIComponent(location.hash.slice(1));
+      if (Object.prototype.hasOwnProperty.call(byAnchor, id)) open(byAnchor[id][0], byAnchor[id][1]);
+    }
+
+    root.querySelectorAll(".xai-unit").forEach(function (a) {
+      var l = +a.getAttribute("data-l"), c = +a.getAttribute("data-c");
+      a.addEventListener("click", function () { open(l, c); });
+      a.addEventListener("focus", function () { open(l, c); });
+    });
+    layerSelect.addEventListener("change", function () {
+      channelInput.max = data.layers[+layerSelect.value].units - 1;
+    });
+    form.addEventListener("submit", function (ev) {
+      ev.preventDefault();
+      var L = data.layers[+layerSelect.value];
+      var c = Number(channelInput.value);
+      if (channelInput.value === "" || !Number.isInteger(c) || c < 0 || c >= L.units) {
+        status.textContent = L.layer + " has channels 0 to " + (L.units - 1) + ".";
+        return;
+      }
+      var anchor = L.anchors[c];
+      if (decodeURIComponent(location.hash.slice(1)) === anchor) open(+layerSelect.value, c);
+      else location.hash = anchor;  // hashchange opens it; the browser scrolls to it
+      var unit = document.getElementById(anchor);
+      if (unit) unit.scrollIntoView({ block: "center" });
+    });
+    window.addEventListener("hashchange", fromHash);
+    fromHash();
+  }
+
   function initCitations() {
     document.querySelectorAll("a[title]").forEach(function (a) {
       var label = a.closest(".citation-ref, span[id^='id']");
@@ -356,6 +467,7 @@
     document.querySelectorAll("[data-xai=explorer]").forEach(initExplorer);
     document.querySelectorAll("[data-xai=channels]").forEach(initChannels);
     document.querySelectorAll("[data-xai=blocks]").forEach(initBlocks);
+    document.querySelectorAll("[data-xai=microscope]").forEach(initMicroscope);
     initCitations();
     initValues();
     fitScreenFigures();

@@ -289,6 +289,25 @@ class ConceptsConfig(StudyConfig):
     imagenet_tcav_class_images: PositiveInt = 24
 
 
+class MicroscopeConfig(StudyConfig):
+    """Every channel of a few layers with its visualization and top exemplars (xai.studies.microscope)."""
+
+    model: str | None = Field(None, description="ImageNet model id; null: the first")
+    layers: list[int] | None = Field(None, description="positions in the model's layers of interest; null: "
+                                     "the three before the last")
+    size: PositiveInt = Field(64, description="render size (px)")
+    steps: PositiveInt = 128
+    fmnist_model: str | None = Field(None, description="Fashion-MNIST model id; null: the first")
+    fmnist_layers: list[int] | None = Field(None, description="positions; null: every layer of interest")
+    fmnist_steps: PositiveInt = 128
+    fmnist_images: PositiveInt | None = Field(None, description="test images scanned; null: all")
+    batch: PositiveInt = Field(64, description="units in one optimization")
+    exemplars: PositiveInt = 6
+    exemplar_size: PositiveInt = Field(64, description="px of an ImageNet exemplar crop")
+    sheet_units: PositiveInt = Field(32, description="units per sprite sheet")
+    columns: PositiveInt = 8
+
+
 class SpeedConfig(StudyConfig):
     pass
 
@@ -306,6 +325,7 @@ class Studies(Strict):
     leaderboard: LeaderboardConfig = LeaderboardConfig()
     featvis: FeatvisConfig = FeatvisConfig()
     concepts: ConceptsConfig = ConceptsConfig()
+    microscope: MicroscopeConfig = MicroscopeConfig()
     speed: SpeedConfig = SpeedConfig()
 
 

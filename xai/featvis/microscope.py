@@ -110,10 +110,26 @@ def top_exemplars(model: nn.Module, images: torch.Tensor, layers: Sequence[str],
     return out
 
 
+def inside(box: tuple[int, int, int, int], h: int, w: int) -> tuple[int, int, int, int]:
+    """The square of ``box``'s side (at most the image's shorter side) centred on it and moved inside the
+    ``h`` x ``w`` image: a deep layer's field, larger than the photo, becomes the whole photo rather than a
+    small photo in a grey frame."""
+    top, left, bottom, right = box
+    side = min(bottom - top + 1, right - left + 1, h, w)
+    cy, cx = (top + bottom) / 2, (left + right) / 2
+    t = int(min(max(round(cy - (side - 1) / 2), 0), h - side))
+    l_ = int(min(max(round(cx - (side - 1) / 2), 0), w - side))
+    return t, l_, t + side - 1, l_ + side - 1
+
+
 def exemplar_crops(images: torch.Tensor, exemplars: Exemplars, size: int, channels: Sequence[int] | None = None,
-                   fill: float = 0.5) -> torch.Tensor:
+                   fill: float = 0.5, *, within: bool = False, mark: bool = False) -> torch.Tensor:
     """``[len(channels), k, C, size, size]``: each exemplar's receptive-field box cut from its image
-    (``reduce="max"``); for ``"mean"`` exemplars, the whole images resized."""
+    (``reduce="max"``); for ``"mean"`` exemplars, the whole images resized.
+
+    ``within``: the box squared inside the image (:func:`inside`) instead of padded with ``fill``.
+    ``mark``: the cell of the maximum (one stride of the layer, ``jump`` pixels, around the position's
+    centre) outlined in yellow, so that a crop as large as the photo still says where the unit fired."""
     chans = list(range(exemplars.channels)) if channels is None else list(channels)
     idx = exemplars.indices[chans]  # [n, k]
     if exemplars.boxes is None:
@@ -121,8 +137,26 @@ def exemplar_crops(images: torch.Tensor, exemplars: Exemplars, size: int, channe
         flat = torch.nn.functional.interpolate(flat.float(), size=(size, size), mode="bilinear", antialias=True,
                                                align_corners=False) if tuple(flat.shape[2:]) != (size, size) else flat
         return flat.view(len(chans), idx.shape[1], *flat.shape[1:])
+    h, w = images.shape[2:]
     boxes = exemplars.boxes[chans].reshape(-1, 4)
+    if within:
+        boxes = torch.tensor([inside(tuple(b), h, w) for b in boxes.tolist()]).reshape(-1, 4)
     tiles = crop(images[idx.flatten()], boxes, size, fill=fill)
+    if mark:
+        f = exemplars.field
+        for tile, box, (r, c) in zip(tiles, boxes.tolist(), exemplars.positions[chans].reshape(-1, 2).tolist()):
+            cy, cx = f.centre(r, c)
+            scale = size / (box[2] - box[0] + 1)
+            half = max(f.jump[0], 2) / 2
+            y0, y1 = (int(round((v - box[0]) * scale)) for v in (cy - half, cy + half))
+            x0, x1 = (int(round((v - box[1]) * scale)) for v in (cx - half, cx + half))
+            y0, x0 = max(0, min(size - 2, y0)), max(0, min(size - 2, x0))
+            y1, x1 = max(y0 + 1, min(size - 1, y1)), max(x0 + 1, min(size - 1, x1))
+            colour = torch.tensor([1.0, 0.85, 0.0][:tile.shape[0]] if tile.shape[0] == 3 else [1.0])[:, None]
+            tile[:, y0, x0:x1 + 1] = colour
+            tile[:, y1, x0:x1 + 1] = colour
+            tile[:, y0:y1 + 1, x0] = colour
+            tile[:, y0:y1 + 1, x1] = colour
     return tiles.view(len(chans), idx.shape[1], *tiles.shape[1:])
 
 

@@ -27,6 +27,7 @@ STUDIES: dict[str, str] = {
     "leaderboard": "xai.studies.leaderboard",  # after cleverhans: it ranks methods on its models
     "featvis": "xai.studies.featvis",
     "concepts": "xai.studies.concepts",
+    "microscope": "xai.studies.microscope",
     "speed": "xai.studies.speed",
 }
 

@@ -7,6 +7,7 @@ space (the photos, and a config's image folder sets, for ImageNet-1k; the test s
 """
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -16,6 +17,7 @@ from .. import models
 from ..data import fashion_mnist, images
 from ..errors import XaiError
 from ..profiles import Profile
+from ..render.store import Store, cache_key
 
 
 def options(study: str, defaults: dict) -> Callable[[Profile, str], object]:
@@ -25,6 +27,33 @@ def options(study: str, defaults: dict) -> Callable[[Profile, str], object]:
         return profile.option(study, key, defaults[key])
 
     return option
+
+
+class TimedJobs:
+    """A study's cached jobs (:meth:`Store.job`, records under ``<study>/jobs/``), each timed in wall and
+    process CPU seconds, with the log of what each cost (a cached job reports its first run). ``base``
+    goes into every key (the model's identity, the seed)."""
+
+    def __init__(self, store: Store, study: str, version: int, base: dict):
+        self.store, self.study, self.version, self.base, self.log = store, study, version, base, []
+
+    def run(self, name: str, spec: dict, compute: Callable) -> dict:
+        record = f"{self.study}/jobs/{name.replace('/', '__')}.json"
+        key = cache_key(self.study, self.version, name, self.base, spec)
+        ran = []
+
+        def timed(out):
+            start, cpu = time.perf_counter(), time.process_time()
+            result = compute(out)
+            ran.append(True)
+            result["seconds"] = round(time.perf_counter() - start, 2)
+            result["cpu_seconds"] = round(time.process_time() - cpu, 2)
+            return result
+
+        result = self.store.job(record, key, timed)
+        self.log.append({"name": name, "images": result.get("images", 0), "steps": result.get("steps", 0),
+                         "seconds": result["seconds"], "cpu_seconds": result.get("cpu_seconds"), "cached": not ran})
+        return result
 
 
 def book_group(entry: models.ModelEntry) -> str:

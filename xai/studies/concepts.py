@@ -59,7 +59,7 @@ from ..featvis import objectives as O
 from ..featvis.render import activations
 from ..profiles import Profile
 from ..render import maps as R
-from ..render.store import Store, cache_key
+from ..render.store import Store
 from . import concepts_imagenet as CI
 from . import concepts_marker as MK
 from . import _frame as frame
@@ -100,29 +100,9 @@ DEFAULTS = {
 option = frame.options(STUDY, DEFAULTS)
 
 
-class Jobs:
-    """The study's cached jobs, with the log of what each cost (cached ones report their first run)."""
-
+class Jobs(frame.TimedJobs):
     def __init__(self, store: Store, base: dict):
-        self.store, self.base, self.log = store, base, []
-
-    def run(self, name: str, spec: dict, compute) -> dict:
-        record = f"{STUDY}/jobs/{name.replace('/', '__')}.json"
-        key = cache_key(STUDY, CODE_VERSION, name, self.base, spec)
-        ran = []
-
-        def timed(out):
-            start, cpu = time.perf_counter(), time.process_time()
-            result = compute(out)
-            ran.append(True)
-            result["seconds"] = round(time.perf_counter() - start, 2)
-            result["cpu_seconds"] = round(time.process_time() - cpu, 2)
-            return result
-
-        result = self.store.job(record, key, timed)
-        self.log.append({"name": name, "images": result.get("images", 0), "steps": result.get("steps", 0),
-                         "seconds": result["seconds"], "cpu_seconds": result.get("cpu_seconds"), "cached": not ran})
-        return result
+        super().__init__(store, STUDY, CODE_VERSION, base)
 
 
 def _floats(t: torch.Tensor, digits: int = 5) -> list[float]:

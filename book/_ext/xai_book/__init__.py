@@ -43,6 +43,8 @@ Authoring reference (MyST)::
     ```{xai-channels}            channel grid; hover/focus enlarges with :exemplars: (list of paths)
     ```{xai-blocks}              activation grid: hover a position for its semantic dictionary entry
                                  (:data: grid records, :select:, :photo:, :alt:, :entry-alt:, :note:)
+    ```{xai-microscope}          every unit of some layers on lazy sprite sheets, one anchor per unit
+                                 (:data: layer records, :alt: sheet template, :unit: label template)
     ```{xai-table}               :data: records, :columns: key=Header|fmt, expr=Header|fmt
     ```{study-table} overview/models             a study's result table, built from its JSON (tables.py)
     ```{study} saliency          provenance note (or "not computed" when the study is not registered)
@@ -60,7 +62,7 @@ from pathlib import Path
 
 from sphinx.errors import SphinxError
 
-from . import blocks, bound, distill, figures, tables
+from . import blocks, bound, distill, figures, microscope, tables
 from .data import Generated, generated_root
 
 STATIC = Path(__file__).resolve().parent.parent.parent / "_static"
@@ -147,6 +149,7 @@ def setup(app):
     bound.setup(app)
     figures.setup(app)
     blocks.setup(app)
+    microscope.setup(app)
     distill.setup(app)
     tables.setup(app)
     app.connect("build-finished", _prune)

@@ -401,11 +401,36 @@ class ChannelsDirective(GeneratedFigure):
         "exemplar-alt": directives.unchanged,    # template; {i} is the exemplar's rank (1-based)
         "note": directives.unchanged,            # template for the enlarged channel's line
         "axis-labels": directives.unchanged,
+        "links": directives.unchanged,           # records of model, layer, anchors: units on another page
+        "link-page": directives.unchanged,       # the docname those anchors are on
+        "link-text": directives.unchanged,
     }
     what = "This figure"
 
+    def _links(self) -> dict[tuple[str, str], list[str]]:
+        """(model, layer) -> the anchors of its units on ``:link-page:``; none when the study that lists
+        them was not computed (the grid is whole without them)."""
+        text = (self.options.get("links") or "").strip()
+        if not text:
+            return {}
+        page = (self.options.get("link-page") or "").strip()
+        if page not in self.env.found_docs:
+            raise BookDataError(f"{self.name}: :link-page: {page!r} is not a page of this book")
+        try:
+            value = evaluate(text, current_names(self.env))
+        except NotComputed:
+            return {}
+        if not isinstance(value, list) or not all(isinstance(v, dict) and {"model", "layer", "anchors"} <= set(v)
+                                                   for v in value):
+            raise BookDataError(f"{self.name}: :links: must give records with model, layer and anchors")
+        builder = self.env.app.builder
+        base = relative_uri(builder.get_target_uri(self.env.docname), builder.get_target_uri(page))
+        return {(str(v["model"]), str(v["layer"])): [f"{base}#{a}" for a in v["anchors"]] for v in value}
+
     def widget(self) -> str:
         records = self.records()
+        links = self._links()
+        link_text = self.options.get("link-text") or "This unit among all of its layer's"
         selects = (self.options.get("select") or "").split()
         image_key = self.options.get("image", "image")
         ex_key = self.options.get("exemplars", "exemplars")
@@ -429,9 +454,12 @@ class ChannelsDirective(GeneratedFigure):
                 e = use_asset(self, str(rel))
                 exemplars.append({"src": e["src"], "w": e["w"], "h": e["h"], "pixel": e["pixel"],
                                   "alt": template(ex_alt_t, {**r, "i": i})})
+            anchors = links.get((str(r.get("model")), str(r.get("layer"))), [])
+            c = r.get("channel")
+            link = anchors[c] if isinstance(c, int) and 0 <= c < len(anchors) else None
             data.append({"k": {s: str(r[s]) for s in selects}, "src": a["src"], "w": a["w"], "h": a["h"],
                          "pixel": a["pixel"], "alt": template(alt_t, r), "note": template(note_t, r),
-                         "exemplars": exemplars})
+                         "exemplars": exemplars, "link": link})
         state = dict(data[0]["k"])
         shown = [d for d in data if d["k"] == state]
         eager = self.first_of_page()
@@ -450,7 +478,11 @@ class ChannelsDirective(GeneratedFigure):
         parts.append(img_tag(first, first["alt"], eager=eager, cls="xai-channel-big"))
         parts.append(f'<p class="xai-note">{html.escape(first["note"])}</p><div class="xai-exemplars">')
         parts.extend(img_tag(e, e["alt"], eager=eager) for e in first["exemplars"])
-        parts.append("</div></div></div>")
+        parts.append("</div>")
+        if links:
+            parts.append(f'<p class="xai-note"{"" if first["link"] else " hidden"}><a class="xai-channel-link" '
+                         f'href="{html.escape(first["link"] or "#")}">{html.escape(link_text)}</a></p>')
+        parts.append("</div></div>")
         payload = {"axes": selects, "records": data}
         parts.append(f'<script type="application/json" class="xai-data">{script_json(payload)}</script></div>')
         return "".join(parts)
