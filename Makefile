@@ -12,10 +12,10 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -m pip install --disable-pip-version-check -e '.[test,bench,ray]' > $(VENV)/pip.log 2>&1 \
 		|| { tail -n 30 $(VENV)/pip.log; echo "make: pip install failed (full log: $(VENV)/pip.log)"; exit 1; }
-	@# quantus and, on a Python older than zennit asks for, zennit, without their requirements (which
-	@# the set above already pins): see the notes in pyproject.toml
+	@# quantus, zennit-crp and, on a Python older than zennit asks for, zennit, without their
+	@# requirements (which the set above already pins): see the notes in pyproject.toml
 	@$(PY) -m pip install --disable-pip-version-check --no-deps --ignore-requires-python 'quantus==0.6.0' \
-		'zennit==1.0.0' >> $(VENV)/pip.log 2>&1 \
+		'zennit-crp==0.6.0' 'zennit==1.0.0' >> $(VENV)/pip.log 2>&1 \
 		|| { tail -n 30 $(VENV)/pip.log; echo "make: pip install failed (full log: $(VENV)/pip.log)"; exit 1; }
 	@touch $@
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+import tolerance as tol
 from tolerance import DIFFERENT, NETWORK, OPTIMIZED, SIGMA, network_close, ulps
 from xai.concepts import crp, discovery, dissection, sources, tcav as T
 from xai.concepts.taps import layer_activations, layer_gradients
@@ -275,17 +276,113 @@ def test_conditional_heatmaps_sum_to_gradient_x_input(smoke_pair, fmnist_test):
     poisoned, _, _ = smoke_pair
     x, _ = fmnist_test
     imgs = x[:3]
-    res = crp.conditional_heatmaps(poisoned.model, imgs, 6, "relu2", channels=list(range(32)))
+    gxa = crp.GradientTimesActivation()
+    res = crp.conditional_heatmaps(poisoned.model, imgs, 6, "relu2", channels=list(range(32)), propagation=gxa)
     whole = gradient_x_input(poisoned.model, imgs, 6)
     # Rule 3: the 32 conditioned backward passes and captum's one pass are two float32 computations
     # of the same gradient through the network.
     assert network_close(res.heatmaps.sum(1), whole)
-    top = crp.conditional_heatmaps(poisoned.model, imgs, 6, "relu2", top=3)
+    top = crp.conditional_heatmaps(poisoned.model, imgs, 6, "relu2", top=3, propagation=gxa)
     assert top.channels.shape == (3, 3) and top.heatmaps.shape == (3, 3, 1, 28, 28)
+    assert top.propagation == "gradient_x_activation"
     order = res.layer_relevance.argsort(dim=1, descending=True)[:, :3]
     assert torch.equal(top.channels, order)  # rule 1: the same relevance, the same ranking
     with pytest.raises(XaiError, match="top must be"):
         crp.conditional_heatmaps(poisoned.model, imgs, 6, "relu2", top=99)
+
+
+def _bare(entry):
+    """The entry's module without its input normalisation, and a function giving what it would see."""
+    import copy
+
+    from xai.attribution.lrp import _network_input
+
+    net = copy.deepcopy(entry.model)
+    net._forward_pre_hooks.clear()
+    return net, lambda x: _network_input(entry.model, x)
+
+
+def test_lrp_conditional_heatmaps_add_up_to_the_lrp_heatmap(smoke_pair, fmnist_test):
+    from xai.attribution.lrp import propagate
+
+    poisoned, _, _ = smoke_pair
+    x, _ = fmnist_test
+    imgs, t = x[:3], torch.tensor([6, 0, 3])
+    full = propagate(poisoned.model, imgs, t, layer="relu2")
+    every = crp.conditional_heatmaps(poisoned.model, imgs, t, "relu2", channels=list(range(32)))
+    assert every.propagation == "lrp_epsilon_plus_flat"
+    scale = float(full.relevance.abs().max())
+    assert scale > 0
+    # relu2 is a cut of the network (every path to the output runs through it), and the rules are
+    # linear in the relevance they receive: the 32 conditioned passes sum to the one unconditioned pass.
+    # Rule 3: 32 float32 passes summed against one, through the layers below relu2.
+    assert tol.network_close(every.heatmaps.sum(1), full.relevance)
+    # The relevance at the layer is the full pass's, channel by channel (rule 1: the same pass).
+    assert torch.equal(every.layer_relevance, full.layer_relevance.flatten(2).sum(2))
+    # Top channels plus the rest of them: the same whole, and the top ones ranked by their relevance.
+    top = crp.conditional_heatmaps(poisoned.model, imgs, t, "relu2", top=3, rest=True)
+    assert torch.equal(top.channels, every.layer_relevance.topk(3, dim=1).indices)
+    assert tol.network_close(top.heatmaps.sum(1) + top.rest, full.relevance)
+    # Each channel's heatmap carries that channel's relevance minus what the merged norms' biases
+    # below relu2 absorb: for a trained model, most of it, and never more than all of it.
+    got = top.heatmaps.flatten(2).sum(2)
+    assert ((got - top.channel_relevance).abs() <= top.channel_relevance.abs() + tol.NETWORK * scale).all()
+    assert not torch.allclose(top.heatmaps[:, 0], top.heatmaps[:, 1])  # conditioning changes the map
+
+
+def test_lrp_conditional_heatmaps_agree_with_zennit_crp(smoke_pair, fmnist_test):
+    """zennit-crp (Achtibat et al.'s implementation) masks the relevance at the layer's output during the
+    backward pass from the logit; we start a second pass at the layer. Same rules, same canonizer."""
+    from crp.attribution import CondAttribution
+    from zennit.canonizers import SequentialMergeBatchNorm
+    from zennit.composites import EpsilonPlusFlat
+
+    poisoned, _, _ = smoke_pair
+    net, normalise = _bare(poisoned)
+    x, _ = fmnist_test
+    xn, t = normalise(x[:2]), [6, 2]
+    ours = crp.conditional_heatmaps(net, xn, torch.tensor(t), "relu2", top=3)
+    attribution = CondAttribution(net)
+    composite = EpsilonPlusFlat(canonizers=[SequentialMergeBatchNorm()])
+    whole = attribution(xn.clone().requires_grad_(True), [{"y": [c]} for c in t], composite, record_layer=["relu2"])
+    theirs_rel = whole.relevances["relu2"].flatten(2).sum(2)
+    scale = float(theirs_rel.abs().max())
+    # Rule 5 (LRP is as well-conditioned as the gradient here: ReLU passes, max-pool routes): the same
+    # algorithm in another library's graph.
+    assert torch.allclose(ours.layer_relevance, theirs_rel, rtol=0, atol=tol.CROSS_LIBRARY * scale)
+    for i in range(2):
+        conds = [{"relu2": [int(c)], "y": [t[i]]} for c in ours.channels[i]]
+        theirs = attribution(xn[i:i + 1].expand(3, -1, -1, -1).clone().requires_grad_(True), conds, composite).heatmap
+        mine = ours.heatmaps[i].sum(1)  # their heatmap sums the input channels
+        assert tol.network_close(mine, theirs, tol.CROSS_LIBRARY), (i, (mine - theirs).abs().max())
+
+
+def test_lrp_conditional_heatmaps_on_efficientnet_lite0(lite0):
+    """A layer between two blocks of a network with residual adds and depthwise convolutions: its
+    top channels and the rest add up to LRP of the logit through the model's own canonizers."""
+    import torch.nn.functional as F
+
+    from xai.attribution.lrp import propagate
+    from xai.data import images
+
+    x = F.interpolate(lite0.prepare(images.load("chelsea"))[None], size=(128, 128), mode="bilinear", antialias=True)
+    res = crp.conditional_heatmaps(lite0.model, x, 281, "blocks.4", top=2, rest=True)
+    full = propagate(lite0.model, x, 281, layer="blocks.4")
+    assert res.layer_relevance.shape == (1, 112) and res.heatmaps.shape == (1, 2, 3, 128, 128)
+    # Rule 3, through the canonized blocks below blocks.4.
+    assert tol.network_close(res.heatmaps.sum(1) + res.rest, full.relevance)
+    assert torch.equal(res.layer_relevance, full.layer_relevance.flatten(2).sum(2))
+
+
+def test_lrp_conditioning_refuses_a_model_lrp_has_no_rules_for():
+    from xai.errors import NotApplicableError
+
+    net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.GELU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3)).eval()
+    with pytest.raises(NotApplicableError, match="GELU"):
+        crp.conditional_heatmaps(net, torch.rand(1, 1, 8, 8), 0, "1", top=2)
+    # The gradient x activation propagation still serves it, under its own name.
+    res = crp.conditional_heatmaps(net, torch.rand(1, 1, 8, 8), 0, "0", top=2, propagation=crp.GradientTimesActivation())
+    assert res.propagation == "gradient_x_activation"
 
 
 # -- the Clever Hans smoke models: a concept with known truth -------------------------------------------------

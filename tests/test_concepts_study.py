@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from tolerance import ulps
+from tolerance import NETWORK, ulps
 from xai import profiles, studies
 from xai.render.store import Store
 from xai.studies import concepts
 
-KEYS = {"settings", "blocks", "grids", "groups", "discovery", "imagenet", "marker", "timing"}
+KEYS = {"settings", "blocks", "grids", "groups", "discovery", "imagenet", "marker", "crp", "timing"}
 
 
 @pytest.fixture(scope="module")
@@ -115,6 +115,36 @@ def test_random_concepts_shares_are_consistent(built):
         assert rs["corrected_alpha"] < rs["alpha"] and rs["corrected_share"] <= rs["uncorrected_share"]
         naive = sum(abs(t["first_run"] - 0.5) > rs["naive_margin"] for t in rs["tests"]) / rs["n"]
         assert rs["naive_share"] == round(naive, 4)
+
+
+def test_conditional_heatmaps_add_up_and_name_their_channels(built):
+    store, _, r = built
+    smoke = profiles.get("smoke").options["concepts"]
+    c = r["crp"]["imagenet"]
+    assert c["propagation"] == "lrp_epsilon_plus_flat" and len(c["photos"]) == smoke["photos"]
+    for row in c["photos"]:
+        assert len(row["top"]) == smoke["crp_top"]
+        rel = [t["relevance"] for t in row["top"]]
+        assert rel == sorted(rel, reverse=True)  # most relevant first
+        # The parts (top channels and the rest) add up to the LRP heatmap of the logit. Rule 3: the
+        # conditioned passes against the whole pass through the layers below the conditioned one.
+        assert row["sum_error"] <= NETWORK
+        shares = [t["share"] for t in row["top"]] + [row["rest_share"]]
+        # Rule 2: shares of the layer's relevance magnitude, each rounded to 1e-4 in the JSON.
+        assert abs(sum(shares) - row["layer_total"] / row["layer_magnitude"]) <= len(shares) * 1e-4
+    heat = [p for p in c["panels"] if p["row"] == "heatmap"]
+    units = [p for p in c["panels"] if p["row"] == "unit"]
+    assert len(heat) == len(c["photos"]) * (smoke["crp_top"] + 2) and len(units) == len(c["photos"]) * smoke["crp_top"]
+    for row in c["photos"]:
+        shown = [p for p in units if p["photo"] == row["photo"]]
+        assert [p["note"] for p in shown] == [f"channel {t['channel']}" for t in row["top"]]
+        assert all(p["image"].endswith(f"/c{t['channel']}.png") for p, t in zip(shown, row["top"]))
+    m = r["crp"]["marker"]
+    assert m["images"] == smoke["crp_marker_images"]
+    for role in ("poisoned", "clean"):
+        assert 0 <= m[role]["whole_mass"] <= 1 and 0 <= m[role]["top_mass"] <= 1
+        assert m[role]["detectors"] == r["marker"]["dissection"][role]["relu3"]["detectors"]
+    assert store.path(m["figure"]).is_file()
 
 
 def first_summary(store: Store) -> dict:

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..errors import NotApplicableError, UnknownNameError
+from ..errors import NotApplicableError, UnknownNameError, XaiError
 from . import _audit
 from ._common import Target, finish, prepare
 
@@ -52,8 +52,10 @@ class Propagation:
     """One LRP pass: the input relevance and where the rest of the explained logit went."""
 
     relevance: torch.Tensor  # [B, C, H, W] at the network's input (after its normalisation)
-    logit: torch.Tensor  # [B] the relevance put in at the top: the target's logit
+    logit: torch.Tensor  # [B] the relevance put in: the target's logit, or the seeds' sum (propagate_from)
     absorbed: dict[str, torch.Tensor] = field(default_factory=dict)  # per ruled module: in minus out, [B]
+    layer: str | None = None
+    layer_relevance: torch.Tensor | None = None  # [B, ...] at the output of ``layer``, when one was named
 
     @property
     def total_absorbed(self) -> torch.Tensor:
@@ -184,18 +186,41 @@ def _instrument(hooks, absorbed: dict[int, torch.Tensor]) -> None:
 
 def propagate(model, inputs: torch.Tensor, target: Target, *, composite: str = "epsilon_plus_flat",
               epsilon: float = 1e-6, gamma: float = 0.25, stabilizer: float = 1e-6,
-              canonizers: str | Sequence = "auto", check: bool = True) -> Propagation:
+              canonizers: str | Sequence = "auto", check: bool = True, layer: str | None = None) -> Propagation:
     """LRP with the relevance accounted for at every rule. ``epsilon`` is LRP-epsilon's (dense layers),
     ``gamma`` LRP-gamma's, ``stabilizer`` the small number the other rules add to their denominators
     (zennit's defaults). ``canonizers``: ``"auto"`` (chosen by the model's block types), names from
     :data:`xai.attribution.canonizers.CANONIZERS` or zennit canonizer instances, or ``()`` for none.
     With ``check`` (the default) a model with an operation outside the rules, on which relevance is
     created or lost outside them, or whose canonized copy computes other logits, is refused; without it
-    the pass runs anyway, to measure what a missing rule does (``unaccounted``)."""
+    the pass runs anyway, to measure what a missing rule does (``unaccounted``). With ``layer`` (a
+    module name) the relevance arriving at that module's output is kept too (``layer_relevance``)."""
+    module, x, t = prepare(model, inputs, target)
+    return _run(model, module, x, t, None, composite, epsilon, gamma, stabilizer, canonizers, check, layer)
+
+
+def propagate_from(model, inputs: torch.Tensor, layer: str, relevance: torch.Tensor, *,
+                   composite: str = "epsilon_plus_flat", epsilon: float = 1e-6, gamma: float = 0.25,
+                   stabilizer: float = 1e-6, canonizers: str | Sequence = "auto", check: bool = True) -> Propagation:
+    """LRP started at the output of ``layer`` with the given ``relevance`` (shaped like that output)
+    instead of at the logit, and carried to the input by the same rules: how CRP (Achtibat et al. 2023)
+    conditions a heatmap on a part of a layer. The rules are linear in the relevance they receive, so
+    the passes from the parts of a layer's relevance sum to the pass from the whole, which for a layer
+    every path from the input to the output runs through is the LRP of the logit. ``logit`` is then
+    the relevance put in, ``relevance.sum()`` per image."""
+    if not isinstance(relevance, torch.Tensor) or relevance.shape[:1] != inputs.shape[:1]:
+        raise XaiError(f"relevance must be a tensor with one entry per image ({inputs.shape[0]}), got "
+                       f"{tuple(relevance.shape) if isinstance(relevance, torch.Tensor) else type(relevance).__name__}")
+    module, x, t = prepare(model, inputs, 0)
+    return _run(model, module, x, t, relevance, composite, epsilon, gamma, stabilizer, canonizers, check, layer)
+
+
+def _run(model, module: nn.Module, x: torch.Tensor, t: torch.Tensor, seeds: torch.Tensor | None, composite: str,
+         epsilon: float, gamma: float, stabilizer: float, canonizers, check: bool, layer: str | None) -> Propagation:
+    from ..layers import resolve
     from .canonizers import canonizers_for  # zennit is imported when LRP is used, not with the package
 
     method = f"lrp_{composite}"
-    module, x, t = prepare(model, inputs, target)
     label = _audit.model_label(model)
     if composite not in COMPOSITES:
         raise UnknownNameError("LRP composite", composite, COMPOSITES)
@@ -219,7 +244,20 @@ def propagate(model, inputs: torch.Tensor, target: Target, *, composite: str = "
         comp.remove()
         raise NotApplicableError(method, label, f"its batch norms cannot be merged into the layers registered "
                                  f"before them ({e}), and LRP has no rule for a batch norm on its own") from None
-    handle = net.register_forward_pre_hook(start)
+    handles = [net.register_forward_pre_hook(start)]
+    at: list[torch.Tensor] = []  # the layer's output, and the relevance that reaches it
+    if layer is not None:
+        # Registered after the composite's hooks: the output read is the one zennit's rule for the
+        # layer wraps, so relevance given to it (or read from it) is what that rule receives.
+        def read(_m, _args, output):
+            if not isinstance(output, torch.Tensor):
+                raise XaiError(f"layer {layer} returns {type(output).__name__}, not one tensor")
+            if not at:
+                at.append(output)
+                if seeds is None and output.requires_grad:
+                    output.register_hook(lambda g: at.append(g.detach()))
+
+        handles.append(resolve(net, layer).register_forward_hook(read))
     try:
         if check:
             _check_merged(net, method, label)
@@ -231,16 +269,29 @@ def propagate(model, inputs: torch.Tensor, target: Target, *, composite: str = "
             raise NotApplicableError(method, label, f"its forward pass computes {audit.summary()} outside any "
                                      f"module LRP has a rule for (a residual add or product no canonizer makes "
                                      f"explicit, or a functional activation)")
-        logit = out.gather(1, t[:, None]).squeeze(1)
-        seed = torch.zeros_like(out).scatter_(1, t[:, None], logit.detach()[:, None])
-        (relevance,) = torch.autograd.grad(out, leaf[0], grad_outputs=seed)
+        if layer is not None and not at:
+            raise XaiError(f"layer {layer} does not run in the model's forward pass")
+        if seeds is None:
+            logit = out.gather(1, t[:, None]).squeeze(1)
+            seed = torch.zeros_like(out).scatter_(1, t[:, None], logit.detach()[:, None])
+            (relevance,) = torch.autograd.grad(out, leaf[0], grad_outputs=seed)
+        else:
+            if tuple(seeds.shape) != tuple(at[0].shape):
+                raise XaiError(f"relevance for {layer} must be shaped like its output {tuple(at[0].shape)}, "
+                               f"got {tuple(seeds.shape)}")
+            seed = seeds.detach().to(at[0].device, at[0].dtype)
+            logit = seed.flatten(1).sum(1)
+            (relevance,) = torch.autograd.grad(at[0], leaf[0], grad_outputs=seed)
     finally:
-        handle.remove()
+        for h in handles:
+            h.remove()
         comp.remove()
     names = {id(m): n for n, m in ruled.items()}
     outer_ids = {id(m) for m in outer}
+    # A layer no path to the target runs through gets no relevance: zero, as LRP gives it.
+    layer_relevance = (at[1] if len(at) > 1 else torch.zeros_like(at[0]).detach()) if at and seeds is None else None
     result = Propagation(relevance.detach(), logit.detach(),
-                         {names[k]: v for k, v in absorbed.items() if k in outer_ids})
+                         {names[k]: v for k, v in absorbed.items() if k in outer_ids}, layer, layer_relevance)
     if check:
         _check_accounts(module, x, out.detach(), result, method, label)
     return result

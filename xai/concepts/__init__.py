@@ -4,7 +4,7 @@
 - :mod:`.sources`: concept images that can be made offline (textures, colours, photo crops, markers);
 - :mod:`.nmf` and :mod:`.discovery`: concepts found by non-negative factorization (DFF, CRAFT);
 - :mod:`.dissection`: network dissection (Bau et al. 2017) on a concept with known pixels;
-- :mod:`.crp`: concept-conditional heatmaps (CRP), for now by gradient x activation;
+- :mod:`.crp`: concept-conditional heatmaps (CRP) by LRP (zennit), or by gradient x activation where LRP has no rules;
 - :mod:`.taps`: a layer's activations and the score's gradient there, batched.
 """
 from . import crp, discovery, dissection, nmf, sources, taps, tcav

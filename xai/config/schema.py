@@ -287,6 +287,12 @@ class ConceptsConfig(StudyConfig):
     imagenet_tcav_concept_images: int = Field(30, ge=2)
     imagenet_tcav_random_images: int = Field(200, ge=2)
     imagenet_tcav_class_images: PositiveInt = 24
+    crp_layer: int = Field(3, ge=0, description="position in the model's layers of interest")
+    crp_top: PositiveInt = Field(4, description="channels conditioned on, most relevant first")
+    crp_composite: Literal["epsilon_plus_flat", "epsilon_gamma_box"] = "epsilon_plus_flat"
+    crp_unit_size: PositiveInt = 64
+    crp_unit_steps: PositiveInt = 128
+    crp_marker_images: PositiveInt = 50
 
 
 class MicroscopeConfig(StudyConfig):

@@ -37,7 +37,7 @@ Artifacts (under ``concepts/``):
     ``discovery`` (``photo``, ``class``, ``name``, ``layer``, ``views``, ``k``, ``error``, ``concepts``:
     list of ``concept``, ``importance``, ``image``, ``heatmaps`` (PNG paths, one per shown view)),
     ``imagenet`` (TCAV of textures, colours and photo crops: :mod:`.concepts_imagenet`), ``marker``
-    (:mod:`.concepts_marker`), ``timing`` (``seconds`` of this run, ``cpu_seconds`` (its process CPU time), ``threads``, ``render_seconds`` of the
+    (:mod:`.concepts_marker`), ``crp`` (concept-conditional heatmaps: :mod:`.concepts_crp`), ``timing`` (``seconds`` of this run, ``cpu_seconds`` (its process CPU time), ``threads``, ``render_seconds`` of the
     renders (cached or not), ``jobs``: list of ``name``, ``images``, ``steps``, ``seconds``, ``cpu_seconds``, ``cached``).
 PNG files: ``blocks/<photo>/photo.png``, ``blocks/<photo>/<layer>/r<i>c<j>.png``,
 ``blocks/channels/<layer>/c<ch>.png``, ``groups/<photo>/g<k>{,_map,_attr}.png``,
@@ -60,6 +60,7 @@ from ..featvis.render import activations
 from ..profiles import Profile
 from ..render import maps as R
 from ..render.store import Store
+from . import concepts_crp as CRP
 from . import concepts_imagenet as CI
 from . import concepts_marker as MK
 from . import _frame as frame
@@ -94,6 +95,7 @@ DEFAULTS = {
     "concept_steps": 64,
     **MK.DEFAULTS,
     **CI.DEFAULTS,
+    **CRP.DEFAULTS,
 }
 
 
@@ -267,7 +269,8 @@ def run(profile: Profile, store: Store) -> dict:
     jobs = Jobs(store, {"model": model_id(entry), "seed": profile.seed})
     photos = labelled_photos(profile, option(profile, "photos"))
     positions = option(profile, "layers")
-    bad = [p for p in positions + [option(profile, "concept_layer")] if not 0 <= p < len(entry.layers)]
+    bad = [p for p in positions + [option(profile, "concept_layer"), option(profile, "crp_layer")]
+           if not 0 <= p < len(entry.layers)]
     if bad:
         raise XaiError(f"layer positions {bad} lie outside {name}'s {len(entry.layers)} layers of interest")
     layers = [entry.layers[p] for p in positions]
@@ -276,10 +279,12 @@ def run(profile: Profile, store: Store) -> dict:
     found = discovered_concepts(entry, option(profile, "concept_photo") or photos[0], profile, jobs)
     human = CI.run(entry, labelled_photos(profile, option(profile, "imagenet_tcav_classes")), profile, jobs)
     marker = MK.run(profile, store, jobs)
+    conditional = CRP.run(entry, photos, profile, jobs, marker)
     settings = {k: option(profile, k) for k in DEFAULTS}
     settings.update(model=name, render_size=option(profile, "size"), seed=profile.seed)
     results = {"settings": settings, "blocks": {k: blocks[k] for k in ("photos", "layers")},
                "grids": blocks["grids"], "groups": groups, "discovery": found, "imagenet": human, "marker": marker,
+               "crp": conditional,
                # CPU seconds beside wall seconds: on a shared machine the wall clock measures the neighbours too.
                "timing": {"seconds": round(time.perf_counter() - start, 2),
                           "cpu_seconds": round(time.process_time() - cpu, 2), "threads": torch.get_num_threads(),

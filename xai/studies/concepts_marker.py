@@ -72,13 +72,19 @@ def _test_row(t: T.ConceptTest) -> dict:
             "accuracy": round(sum(t.accuracies) / len(t.accuracies), 4)}
 
 
-def run(profile: Profile, store: Store, jobs) -> dict:
+def models(profile: Profile) -> tuple[dict, object]:
+    """The square-marker model and its clean control (``{"poisoned", "clean"}``), and the marker's plant."""
     budget = CH.option(profile, "budget")
     spec_all = P.standard_specs(CH.option(profile, "marker_class"), CH.option(profile, "fraction"),
                                 CH.option(profile, "multi_classes"))
     entries = {"poisoned": P.trained(spec_all["square"], budget, seed=profile.seed),
                "clean": P.trained(spec_all["clean"], budget, seed=profile.seed)}
-    plant = spec_all["square"].plants[0]
+    return entries, spec_all["square"].plants[0]
+
+
+def run(profile: Profile, store: Store, jobs) -> dict:
+    budget = CH.option(profile, "budget")
+    entries, plant = models(profile)
     settings = {k: _opt(profile, k) for k in DEFAULTS}
     settings.update(budget=budget, marker=plant.marker.name, marker_class=plant.class_name,
                     class_index=plant.class_index, area_share=round(plant.marker.area_share, 6), layers=list(P.LAYERS))
