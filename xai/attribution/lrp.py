@@ -54,8 +54,7 @@ class Propagation:
     relevance: torch.Tensor  # [B, C, H, W] at the network's input (after its normalisation)
     logit: torch.Tensor  # [B] the relevance put in: the target's logit, or the seeds' sum (propagate_from)
     absorbed: dict[str, torch.Tensor] = field(default_factory=dict)  # per ruled module: in minus out, [B]
-    layer: str | None = None
-    layer_relevance: torch.Tensor | None = None  # [B, ...] at the output of ``layer``, when one was named
+    layer_relevance: torch.Tensor | None = None  # [B, ...] at the output of the ``layer`` named, if one was
 
     @property
     def total_absorbed(self) -> torch.Tensor:
@@ -291,7 +290,7 @@ def _run(model, module: nn.Module, x: torch.Tensor, t: torch.Tensor, seeds: torc
     # A layer no path to the target runs through gets no relevance: zero, as LRP gives it.
     layer_relevance = (at[1] if len(at) > 1 else torch.zeros_like(at[0]).detach()) if at and seeds is None else None
     result = Propagation(relevance.detach(), logit.detach(),
-                         {names[k]: v for k, v in absorbed.items() if k in outer_ids}, layer, layer_relevance)
+                         {names[k]: v for k, v in absorbed.items() if k in outer_ids}, layer_relevance)
     if check:
         _check_accounts(module, x, out.detach(), result, method, label)
     return result

@@ -23,14 +23,13 @@ evidence lies.
 figure's records: ``photo``, ``row`` (heatmap, unit), ``panel``, ``panel_label``, ``image``, ``note``),
 ``max_sum_error``; ``marker``: ``layer``, ``images``, ``area_share``, per role ``poisoned``/``clean``:
 ``whole_mass``, ``top_mass``, ``top_share``, ``mode_channel``, ``mode_share``, ``detector_share``
-(NaN without detectors), ``detectors``; ``figure`` (``concepts/crp/marker.webp``).
+(null without detectors), ``detectors``; ``figure`` (``concepts/crp/marker.webp``).
 """
 from __future__ import annotations
 
 from collections import Counter
 
 import torch
-import torch.nn.functional as F
 
 from ..attribution.lrp import propagate
 from ..concepts import crp
@@ -68,9 +67,7 @@ def _r(v: float, digits: int = 4) -> float:
 
 def _overlay(image: torch.Tensor, heat: torch.Tensor) -> tuple[bytes, float]:
     """A signed heatmap (summed over the input's colours) over the photo, and the range its colours span."""
-    m = heat.sum(0)
-    if m.shape != image.shape[1:]:
-        m = F.interpolate(m[None, None], size=image.shape[1:], mode="bilinear", align_corners=False)[0, 0]
+    m = heat.sum(0)  # LRP's input relevance: already the photo's size
     rgb = torch.from_numpy(R.overlay(image, m.numpy(), True)).permute(2, 0, 1).float()
     return png(rgb), R.clip_limit(m.numpy(), True)
 
@@ -96,7 +93,7 @@ def run(entry, photos: list[str], profile: Profile, jobs, marker: dict) -> dict:
 def _imagenet(entry, photos: list[str], layer: str, profile: Profile, out) -> dict:
     prop = crp.LRP(_opt(profile, "crp_composite"))
     top = _opt(profile, "crp_top")
-    rows, panels, units = [], [], {}
+    rows, panels, units, labels = [], [], {}, {}
     for pid in photos:
         x = entry.prepare(images.load(pid))
         with torch.no_grad():
@@ -116,7 +113,8 @@ def _imagenet(entry, photos: list[str], layer: str, profile: Profile, out) -> di
                      "logit": _r(whole.logit[0], 5), "layer_total": _r(res.layer_relevance.sum(), 6),
                      "layer_magnitude": _r(magnitude, 6), "top": entries, "rest_share": _r(rest_rel / magnitude),
                      "sum_error": float(f"{float((parts - whole.relevance[0]).abs().max()) / scale:.3g}")})
-        maps = [("whole", "All channels", whole.relevance[0], f"all {res.layer_relevance.shape[1]} channels")]
+        labels[pid] = f"{pid} ({entry.class_names[target]})"
+        maps = [("whole", "All channels", whole.relevance[0], f"all {channels} channels")]
         maps += [(f"c{i}", ORDINALS[i], res.heatmaps[0, i], f"channel {c}: {e['share']:+.0%} of the layer's relevance")
                  for i, (c, e) in enumerate(zip(chans, entries))]
         maps.append(("rest", "The rest", res.rest[0], f"the other channels: {rows[-1]['rest_share']:+.0%}"))
@@ -124,7 +122,7 @@ def _imagenet(entry, photos: list[str], layer: str, profile: Profile, out) -> di
             data, lim = _overlay(x, heat)
             rel = f"{ROOT}/{pid}/{key}.png"
             out.write_bytes(rel, data)
-            panels.append({"photo": pid, "photo_label": f"{pid} ({entry.class_names[target]})", "row": "heatmap",
+            panels.append({"photo": pid, "photo_label": labels[pid], "row": "heatmap",
                            "row_label": "Heatmap", "panel": key, "panel_label": label, "image": rel,
                            "note": f"{note}; colours span ±{lim:.2g}"})
         for i, c in enumerate(chans):
@@ -135,8 +133,7 @@ def _imagenet(entry, photos: list[str], layer: str, profile: Profile, out) -> di
         rel = f"{ROOT}/units/{layer}/c{c}.png"
         out.write_bytes(rel, png(img))
         for pid, key, label in units[c]:
-            photo_label = next(p["photo_label"] for p in panels if p["photo"] == pid)
-            panels.append({"photo": pid, "photo_label": photo_label, "row": "unit", "row_label": "The channel",
+            panels.append({"photo": pid, "photo_label": labels[pid], "row": "unit", "row_label": "The channel",
                            "panel": key, "panel_label": label, "image": rel,
                            "note": f"channel {c}"})
     return {"model": entry.name, "layer": layer, "propagation": prop.name, "photos": rows, "panels": panels,
