@@ -127,13 +127,62 @@ def test_an_image_folder_becomes_photos_labelled_by_class_name(tmp_path):
 
 @pytest.mark.parametrize("classes, models, problem", [
     (["tabbby"], "[efficientnet_lite0]", "tabby"),                 # a folder that names no class: close matches
-    (["tabby"], "[fmnist_cnn]", "no model of the config has that label space"),
+    (["tabby"], "[fmnist_cnn]", "no model of the config has class names its folders could name"),
 ])
 def test_a_bad_image_folder_is_one_line_before_any_work(tmp_path, classes, models, problem):
     with pytest.raises(loader.ConfigError) as e:
         profiles.get(str(_folder_config(tmp_path, classes, models)))
     assert e.value.path.startswith("images.folders") and problem in str(e.value)
     assert "\n" not in str(e.value)
+
+
+def _own_config(tmp_path, folder_classes, labels=None):
+    """An ImageNet model beside a model with its own class list (cat, cup, monkey), and one folder set."""
+    from PIL import Image
+
+    for c in folder_classes:
+        (tmp_path / "own" / c).mkdir(parents=True)
+        Image.new("RGB", (40, 30), (90, 40, 200)).save(tmp_path / "own" / c / "0.png")
+    (tmp_path / "classes.txt").write_text("cat\ncup\nmonkey\n")
+    (tmp_path / "w.pt").write_bytes(b"")  # never loaded: the label space comes from the class list
+    extra = "" if labels is None else f", labels: {labels}"
+    path = tmp_path / "c.yaml"
+    path.write_text("name: x\nmodels:\n  - efficientnet_lite0\n"
+                    "  - {id: mine, spec: timm/resnet10t, weights: w.pt, classes: classes.txt}\n"
+                    f"images:\n  photos: {{ids: [chelsea]}}\n  folders: [{{name: own, root: own{extra}}}]\n")
+    return path
+
+
+def test_a_folder_set_in_a_models_own_classes_labels_its_photos_for_that_model(tmp_path):
+    from xai.data import images
+    from xai.studies import _frame
+
+    p = profiles.get(str(_own_config(tmp_path, ["Cat", "monkey"])))  # "cat" and "monkey" are no ImageNet class
+    (src,) = p.folders
+    assert src.label_space == p.label_spaces["mine"] != "imagenet-1k"
+    assert p.photo_models == ("efficientnet_lite0", "mine") and set(p.photo_spaces) == {"imagenet-1k", src.label_space}
+    own = _frame.photo_ids(p, src.label_space)
+    assert own == ["own-cat-0", "own-monkey-0"] and [images.photo(i).label for i in own] == [0, 2]
+    assert {images.photo(i).label_space for i in own} == {src.label_space}
+    assert _frame.photo_ids(p) == ["chelsea"]  # ImageNet-1k's photos do not include the user's own classes
+    assert _frame.all_photo_ids(p) == ["chelsea", *own]
+
+
+def test_a_folder_set_whose_names_fit_two_label_spaces_asks_which(tmp_path):
+    # "cup" is a class of ImageNet-1k and of the user's list: the set must say whose classes label it.
+    with pytest.raises(loader.ConfigError) as e:
+        profiles.get(str(_own_config(tmp_path, ["cup"])))
+    assert "labels: <model id>" in str(e.value) and "\n" not in str(e.value)
+    p = profiles.get(str(_own_config(tmp_path / "b", ["cup"], labels="mine")))
+    assert p.folders[0].label_space == p.label_spaces["mine"]
+    p = profiles.get(str(_own_config(tmp_path / "c", ["cup"], labels="efficientnet_lite0")))
+    assert p.folders[0].label_space == "imagenet-1k"
+
+
+def test_a_folder_sets_unknown_labels_model_is_one_line_with_close_matches(tmp_path):
+    with pytest.raises(loader.ConfigError) as e:
+        profiles.get(str(_own_config(tmp_path, ["cat"], labels="mien")))
+    assert e.value.path == "images.folders.0.labels" and "mine" in str(e.value)
 
 
 def test_a_users_checkpoint_reaches_the_studies_through_the_config(tmp_path):

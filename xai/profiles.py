@@ -43,12 +43,13 @@ class Profile:
     name: str
     imagenet_models: tuple[str, ...] = ALL_IMAGENET
     fmnist_models: tuple[str, ...] = ALL_FMNIST
-    # Models of another label space (a user's classes): listed by the overview, skipped with the reason by
-    # the studies that need the photo manifest or Fashion-MNIST.
+    # Models of another label space (a user's classes): explained on the image folder sets labelled in
+    # their space (see ``photo_models``); a space without such a set is listed by the overview and skipped,
+    # with the reason, by the studies that explain photos.
     other_models: tuple[str, ...] = ()
     fmnist_budget: str = "full"  # training budget of the Fashion-MNIST models (see xai.models.fmnist)
     photos: tuple[str, ...] | None = None  # manifest ids; None: every photo
-    folders: tuple[FolderSource, ...] = ()  # a config's ImageNet-1k image folder sets (shown before the photos)
+    folders: tuple[FolderSource, ...] = ()  # a config's image folder sets, each in one label space
     fmnist_images: int = 10  # test images shown per Fashion-MNIST model
     seed: int = 0
     # Per-study knobs, so a study can grow options without widening this class: {study: {option: value}}.
@@ -57,9 +58,24 @@ class Profile:
     disabled: tuple[str, ...] = ()  # studies the config turns off
     study_models: dict = field(default_factory=dict)  # {study: model ids}: a study restricted to these
     published: bool = True  # False: a build that must never be published (its pages say so)
+    label_spaces: dict = field(default_factory=dict)  # {model id: label space}, as the config resolved them
 
     def option(self, study: str, key: str, default=None):
         return self.options.get(study, {}).get(key, default)
+
+    @property
+    def photo_spaces(self) -> tuple[str, ...]:
+        """The label spaces that have photos: ImageNet-1k's (the manifest) with an ImageNet-1k model, and
+        each folder set's."""
+        spaces = ["imagenet-1k"] if self.imagenet_models else []
+        return tuple(dict.fromkeys(spaces + [f.label_space for f in self.folders]))
+
+    @property
+    def photo_models(self) -> tuple[str, ...]:
+        """The models the studies explain photos with: the ImageNet-1k models, then the models of the other
+        label spaces that have a folder set."""
+        spaces = self.photo_spaces
+        return self.imagenet_models + tuple(m for m in self.other_models if self.label_spaces.get(m) in spaces)
 
     def source(self, model_id: str) -> ModelSource:
         return next((s for s in self.sources if s.id == model_id), ModelSource(model_id, model_id))

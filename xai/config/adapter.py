@@ -46,19 +46,45 @@ def loaded_label_space(source: ModelSource) -> str:
     return load_source(source).label_space
 
 
-def folder_sources(config: ReportConfig, source: str) -> tuple[FolderSource, ...]:
-    """The config's image folder sets, each checked now (folders exist, every folder names an ImageNet-1k
-    class, images are there): a typo in a class folder is one line before any work, not a study failure.
-    Only ImageNet-1k sets: the studies have no part for a user's own label space yet (xai.data.folders)."""
+def folder_sources(config: ReportConfig, source: str, spaces: dict[str, str]) -> tuple[FolderSource, ...]:
+    """The config's image folder sets, each labelled in one label space and checked now (folders exist,
+    every folder names a class of that space, images are there): a typo in a class folder is one line
+    before any work, not a study failure. A set's label space is its ``labels`` model's, else the one
+    whose class names its folders all name: ImageNet-1k's (with an ImageNet-1k model), or a model's own
+    class list. Fashion-MNIST models explain their test set, so their classes are not offered."""
     from ..data import folders
     from ..errors import XaiError
-    from ..models.entry import imagenet_class_names
+    from ..models.entry import read_class_file
 
+    known: dict[str, str] = {}  # model id -> its label space, for models whose class names are known
+    names: dict[str, tuple[str, ...] | None] = {}  # label space -> class names (None: ImageNet-1k's)
+    for m in config.models:
+        space = spaces[m.name]
+        if space == IMAGENET_1K:
+            known[m.name], names[space] = space, None
+        elif m.classes is not None and space != FASHION_MNIST:
+            known[m.name] = space
+            names.setdefault(space, tuple(read_class_file(m.classes)))
     out = []
     for i, f in enumerate(config.images.folders):
-        src = FolderSource(f.name, str(f.root), f.per_class)
         try:
-            folders.match(src, imagenet_class_names())
+            if f.labels is not None:
+                if f.labels not in known:
+                    raise XaiError(f"model {f.labels!r} (label space {spaces[f.labels]}) has no class names the "
+                                   "folders could name: give it a class list (models[].classes)")
+                fits = [known[f.labels]]
+            elif not names:
+                raise XaiError("no model of the config has class names its folders could name: an ImageNet-1k "
+                               "model, or one with a class list (models[].classes)")
+            else:
+                misses = {sp: len(folders.unmatched(_labelled(f, sp, names[sp]))) for sp in names}
+                fits = [sp for sp, n in misses.items() if n == 0]
+                if len(fits) > 1:
+                    raise XaiError(f"its folders name classes of {len(fits)} label spaces ({', '.join(fits)}): "
+                                   "say which model's classes label it (labels: <model id>)")
+                fits = fits or [min(misses, key=misses.get)]  # the space it misses least, for close matches
+            src = _labelled(f, fits[0], names[fits[0]])
+            folders.match(src)
             folders.files([src])
         except XaiError as e:
             raise ConfigError(source, f"images.folders[{i}]", str(e)) from e
@@ -68,19 +94,20 @@ def folder_sources(config: ReportConfig, source: str) -> tuple[FolderSource, ...
     return tuple(out)
 
 
+def _labelled(f, space: str, classes: tuple[str, ...] | None) -> FolderSource:
+    return FolderSource(f.name, str(f.root), f.per_class, space, classes)
+
+
 def to_profile(config: ReportConfig, source: str = "config",
                label_space: Callable[[ModelSource], str] | None = None) -> Profile:
     """The profile ``config`` describes. ``label_space`` tells a model's label space (default: what is
     declared; a caller that may load models passes one that loads those declaring none)."""
     label_space = label_space or declared_label_space
-    folder_sets = folder_sources(config, source)
     sources = tuple(ModelSource(m.name, m.spec, None if m.weights is None else str(m.weights),
                                 None if m.classes is None else str(m.classes),
                                 None if m.layers is None else tuple(m.layers)) for m in config.models)
     spaces = {s.id: label_space(s) for s in sources}
-    if folder_sets and IMAGENET_1K not in spaces.values():
-        raise ConfigError(source, "images.folders", "its images are labelled by ImageNet-1k class names, but "
-                                                      "no model of the config has that label space")
+    folder_sets = folder_sources(config, source, spaces) if config.images.folders else ()
     options: dict[str, dict] = {}
     disabled, restricted = [], {}
     for study, sc in config.studies:
@@ -104,6 +131,7 @@ def to_profile(config: ReportConfig, source: str = "config",
         photos=None if config.images.photos.ids is None else tuple(config.images.photos.ids),
         fmnist_images=config.images.fashion_mnist.images,
         folders=folder_sets,
+        label_spaces=spaces,
         seed=config.seed,
         options=options,
         sources=sources,

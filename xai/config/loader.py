@@ -142,8 +142,11 @@ def check(config: ReportConfig, source: str = "config") -> None:
         if not Path(f.root).is_dir():
             raise ConfigError(source, f"images.folders.{f_i}.root", f"no such folder: {f.root}")
     ids = config.model_ids
+    for f_i, f in enumerate(config.images.folders):
+        if f.labels is not None and f.labels not in ids:
+            raise ConfigError(source, f"images.folders.{f_i}.labels", str(UnknownNameError("model id", f.labels, ids)))
     for study, sc in config.studies:
-        for key in ("models", "imagenet_models", "sanity_models", "class_models"):
+        for key in ("models", "photo_models", "sanity_models", "class_models"):
             for name in getattr(sc, key, None) or []:
                 if name not in ids:
                     raise ConfigError(source, f"studies.{study}.{key}",

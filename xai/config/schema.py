@@ -61,11 +61,14 @@ class FashionMNISTSet(Strict):
 
 class FolderSet(Strict):
     """A user's labelled images in the ImageFolder layout ``root/<class>/<file>``. The folder names are
-    matched to a model's class names (case and ``_``/space insensitive)."""
+    matched to a model's class names (case and ``_``/space insensitive): ImageNet-1k's, or a model's own
+    class list (``models[].classes``)."""
 
     name: str
     root: Path
     per_class: PositiveInt | None = Field(None, description="first N files of each class; null: all")
+    labels: str | None = Field(None, description="id of the model whose class names label the set; null: "
+                                                 "the one label space whose classes its folders all name")
 
 
 class ImageSets(Strict):
@@ -118,15 +121,15 @@ class GradCAMConfig(StudyConfig):
 
 class FaithfulnessConfig(StudyConfig):
     photos: PositiveInt = 8
-    imagenet_models: list[str] | None = Field(None, description="null: the profile's first ImageNet model")
+    photo_models: list[str] | None = Field(None, description="null: the profile's first model with photos")
     fmnist_images: PositiveInt = 50
     steps: PositiveInt = 10
-    imagenet_metrics: list[str] = ["deletion_zero", "insertion_blur"]
+    photo_metrics: list[str] = ["deletion_zero", "insertion_blur"]
     fmnist_metrics: list[str] = ["deletion_zero", "deletion_blur", "insertion_zero", "insertion_blur"]
     internal_batch_size: PositiveInt = 8
     fmnist_internal_batch_size: PositiveInt = 256
     completeness_steps: list[PositiveInt] = [8, 16, 32, 64, 128, 256]
-    completeness_imagenet_steps: list[PositiveInt] = [16, 32, 64, 128]
+    completeness_photo_steps: list[PositiveInt] = [16, 32, 64, 128]
     completeness_target: PositiveFloat = Field(0.01, lt=1, description="relative gap steps='auto' must reach")
     completeness_max_steps: PositiveInt = 512
     completeness_auto_photos: PositiveInt = 8

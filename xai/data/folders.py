@@ -1,14 +1,11 @@
 """A user's labelled images in the ImageFolder layout (``root/<class>/<file>``), as photos of the report.
 
-A folder set is matched to a label space by its folder names: each must name one of the space's
-classes (case, ``_``, ``-`` and spaces ignored), so ``tabby``, ``Tabby`` and ``tabby_cat``-free
-spellings of ImageNet's "tabby" all match, and a folder that names no class is an error with close
-matches, before any work. Its images then join the photo manifest's for every model of that label
-space (:func:`register`), with ids ``<set>-<class>-<file stem>`` and their sha256, so every study that
-explains photos explains them too, cached by content like the manifest's photos.
-
-Only ImageNet-1k folder sets are read by the studies of this version: the attribution studies have an
-ImageNet part and a Fashion-MNIST part, and no part for a user's own label space yet.
+A folder set is labelled in one label space: ImageNet-1k's, or a user's own (the class list file of
+a model of the config). Each folder must name one of the space's classes (case, ``_``, ``-`` and
+spaces ignored), so ``Tabby`` and ``tabby`` both name ImageNet's "tabby", and a folder that names no
+class is an error with close matches, before any work. Its images then become photos of the report
+for every model of that label space, with ids ``<set>-<class>-<file stem>`` and their sha256, so every
+study that explains photos explains them too, cached by content like the manifest's photos.
 """
 from __future__ import annotations
 
@@ -19,6 +16,8 @@ from pathlib import Path
 from ..errors import MissingDataError, UnknownNameError, XaiError
 from .sources import sha256
 
+IMAGENET_1K = "imagenet-1k"  # xai.models.IMAGENET_1K, without importing torch
+
 SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm"}
 
 
@@ -27,6 +26,15 @@ class FolderSource:
     name: str
     root: str
     per_class: int | None = None  # first N files (by name) of each class; None: all
+    label_space: str = IMAGENET_1K
+    classes: tuple[str, ...] | None = None  # the label space's class names; None: ImageNet-1k's
+
+    def class_names(self) -> list[str]:
+        if self.classes is not None:
+            return list(self.classes)
+        from ..models.entry import imagenet_class_names
+
+        return imagenet_class_names()
 
 
 _DIGESTS: dict[tuple, str] = {}
@@ -60,8 +68,16 @@ def class_folders(src: FolderSource) -> list[Path]:
     return folders
 
 
-def match(src: FolderSource, class_names: list[str]) -> dict[str, int]:
-    """``{folder name: class index}``; a folder that names no class raises with close matches."""
+def unmatched(src: FolderSource) -> list[str]:
+    """The set's class folders that name none of its label space's classes."""
+    known = {normalise(c) for c in src.class_names()}
+    return [f.name for f in class_folders(src) if normalise(f.name) not in known]
+
+
+def match(src: FolderSource, class_names: list[str] | None = None) -> dict[str, int]:
+    """``{folder name: class index}`` in ``class_names`` (default: the set's label space's); a folder that
+    names no class raises with close matches."""
+    class_names = src.class_names() if class_names is None else class_names
     index = {}
     for i, c in enumerate(class_names):
         index.setdefault(normalise(c), i)
@@ -74,10 +90,11 @@ def match(src: FolderSource, class_names: list[str]) -> dict[str, int]:
     return out
 
 
-def scan(src: FolderSource, class_names: list[str]):
-    """The set's images as :class:`~xai.data.images.Photo` rows, labelled by ``class_names``."""
+def scan(src: FolderSource):
+    """The set's images as :class:`~xai.data.images.Photo` rows, labelled in the set's label space."""
     from .images import Photo
 
+    class_names = src.class_names()
     labels = match(src, class_names)
     root = str(Path(src.root).expanduser().resolve())
     photos, seen = [], set()
@@ -90,7 +107,7 @@ def scan(src: FolderSource, class_names: list[str]):
             label = labels[folder.name]
             photos.append(Photo(id=pid, source=f"folder:{src.name}", file=f"{folder.name}/{f.name}",
                                 root=root, sha256=digest(f),
-                                label=label, label_name=class_names[label],
+                                label=label, label_name=class_names[label], label_space=src.label_space,
                                 note=f"From the image folder set {src.name!r} ({folder.name}/{f.name}).",
                                 credit=f"the report config's image set {src.name!r}"))
     return photos

@@ -23,11 +23,12 @@ class Photo:
     source: str  # skimage | matplotlib | a Debian package name
     file: str
     sha256: str
-    label: int | None  # ImageNet index; None for an image with no ImageNet class
+    label: int | None  # class index in ``label_space``; None for an image with no class there
     label_name: str | None
     note: str
     credit: str
     root: str | None = None  # a config's image folder set: ``file`` is relative to it
+    label_space: str = "imagenet-1k"  # the manifest's photos: ImageNet-1k; a folder set: its own
 
     @property
     def path(self) -> Path:

@@ -3,7 +3,8 @@ space with their targets and top-1, the model's identity for cache keys, and one
 
 A study computes on these and writes JSON and images through :class:`~xai.render.store.Store`; what the
 book shows is drawn in :mod:`xai.render`. Nothing here branches on a model's name: images come by label
-space (the photos, and a config's image folder sets, for ImageNet-1k; the test set for Fashion-MNIST).
+space (for ImageNet-1k the photo manifest and the config's ImageNet-1k folder sets; for a user's own
+class list the folder sets labelled by it; for Fashion-MNIST the test set).
 """
 from __future__ import annotations
 
@@ -61,11 +62,30 @@ def book_group(entry: models.ModelEntry) -> str:
     return {models.IMAGENET_1K: "imagenet", models.FASHION_MNIST: "fmnist"}.get(entry.label_space, entry.label_space)
 
 
-def photo_ids(profile: Profile) -> list[str]:
-    """The profile's photos: its image folder sets' images first (a study that shows the first N shows the
-    user's own), then its manifest ids (None: all)."""
-    ids = list(profile.photos) if profile.photos is not None else list(images.manifest())
-    return [pid for src in profile.folders for pid in folder_photos(src)] + ids
+def photo_ids(profile: Profile, label_space: str = models.IMAGENET_1K) -> list[str]:
+    """The profile's photos labelled in ``label_space``: its image folder sets' images first (a study that
+    shows the first N shows the user's own), then, for ImageNet-1k, its manifest ids (None: all)."""
+    ids = [pid for src in profile.folders if src.label_space == label_space for pid in folder_photos(src)]
+    if label_space == models.IMAGENET_1K:
+        ids += list(profile.photos) if profile.photos is not None else list(images.manifest())
+    return ids
+
+
+def photos_of(profile: Profile, entry: models.ModelEntry, n: int | None = None) -> list[str]:
+    """The first ``n`` (None: all) photos of the entry's label space."""
+    ids = photo_ids(profile, require_photos(entry, profile).label_space)
+    return ids[:n] if n else ids
+
+
+def labelled_photos(profile: Profile, entry: models.ModelEntry, n: int | None = None) -> list[str]:
+    """The first ``n`` (None: all) photos of the entry's label space that have a label."""
+    ids = [p for p in photos_of(profile, entry) if images.photo(p).label is not None]
+    return ids[:n] if n else ids
+
+
+def all_photo_ids(profile: Profile) -> list[str]:
+    """Every photo of the profile, of every label space, each once."""
+    return list(dict.fromkeys(pid for space in profile.photo_spaces for pid in photo_ids(profile, space)))
 
 
 def folder_photos(src) -> list[str]:
@@ -73,7 +93,7 @@ def folder_photos(src) -> list[str]:
     while it is unchanged, :func:`xai.data.folders.digest`)."""
     from ..data import folders
 
-    return images.register(folders.scan(src, models.imagenet_class_names()))
+    return images.register(folders.scan(src))
 
 
 def small_inputs(entry: models.ModelEntry | None) -> bool:
@@ -133,9 +153,19 @@ def model_id(entry: models.ModelEntry) -> str:
 
 
 @torch.no_grad()
+def probabilities(entry: models.ModelEntry, x: torch.Tensor, chunk: int = 256) -> torch.Tensor:
+    """The model's softmax on a batch, ``chunk`` images at a time (a 10,000-image test set or 300 masked
+    photos do not fit one forward pass), as float32 on the CPU: the one batched prediction of the studies."""
+    return torch.cat([entry.model(c.to(entry.device)).softmax(-1).float().cpu() for c in torch.split(x, chunk)])
+
+
+def predicted(entry: models.ModelEntry, x: torch.Tensor, chunk: int = 256) -> torch.Tensor:
+    """The top-1 class of each image."""
+    return probabilities(entry, x, chunk).argmax(-1)
+
+
 def top1(entry: models.ModelEntry, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    p = entry.model(x.to(entry.device)).softmax(-1).cpu()
-    conf, idx = p.max(-1)
+    conf, idx = probabilities(entry, x).max(-1)
     return idx, conf
 
 
@@ -167,19 +197,23 @@ def fmnist_batch(entry: models.ModelEntry, indices: Sequence[int]) -> Batch:
 
 
 def batch_for(entry: models.ModelEntry, profile: Profile, n_photos: int | None, n_fmnist: int) -> Batch:
-    """The report's images for an entry's label space: the first ``n_photos`` photos (None: all) for
-    ImageNet-1k, ``n_fmnist`` test images for Fashion-MNIST. No other label space has images here."""
-    if entry.label_space == models.IMAGENET_1K:
-        ids = photo_ids(profile)
-        return photo_batch(entry, ids[:n_photos] if n_photos else ids)
+    """The report's images for an entry's label space: ``n_fmnist`` test images for Fashion-MNIST, else the
+    first ``n_photos`` photos (None: all) labelled in its space."""
     if entry.label_space == models.FASHION_MNIST:
         return fmnist_batch(entry, fmnist_indices(n_fmnist))
-    raise XaiError(f"{entry.name}: the report has no images labelled in its label space ({entry.label_space})")
+    return photo_batch(entry, photos_of(profile, entry, n_photos))
+
+
+def require_photos(entry: models.ModelEntry, profile: Profile) -> models.ModelEntry:
+    """The entry, if the report has photos labelled in its label space: a study that fed it another
+    space's photos would explain classes the photos do not have."""
+    if entry.label_space not in profile.photo_spaces:
+        raise XaiError(f"{entry.name}: the report has no photos labelled in its label space ({entry.label_space})")
+    return entry
 
 
 def require_label_space(entry: models.ModelEntry, label_space: str) -> models.ModelEntry:
-    """The entry, if its classes are ``label_space``: a study that feeds it that label space's images
-    would otherwise explain classes the images do not have."""
+    """The entry, if its classes are ``label_space`` (Fashion-MNIST's test set is labelled in one)."""
     if entry.label_space != label_space:
         raise XaiError(f"{entry.name} has the label space {entry.label_space}, but this part of the report "
                        f"explains {label_space} images")
@@ -192,5 +226,6 @@ def skipped(reason: str) -> dict:
     return {"skipped": reason}
 
 
-NO_IMAGENET = "the config of this report has no ImageNet-1k model"
+NO_PHOTOS = ("the config of this report has no model with labelled photos (an ImageNet-1k model, or an image "
+             "folder set in a model's own label space)")
 NO_FMNIST = "the config of this report has no Fashion-MNIST model"

@@ -64,7 +64,7 @@ from . import concepts_crp as CRP
 from . import concepts_imagenet as CI
 from . import concepts_marker as MK
 from . import _frame as frame
-from ._frame import load, model_id, photo_ids
+from ._frame import load, model_id
 from .featvis import png
 
 STUDY = "concepts"
@@ -117,10 +117,10 @@ def _overlay(image: torch.Tensor, m: torch.Tensor, signed: bool) -> bytes:
     return png(torch.from_numpy(R.overlay(image, up.numpy(), signed)).permute(2, 0, 1).float())
 
 
-def labelled_photos(profile: Profile, n: int) -> list[str]:
-    ids = [pid for pid in photo_ids(profile) if images.photo(pid).label is not None][:n]
+def labelled_photos(profile: Profile, entry, n: int) -> list[str]:
+    ids = frame.labelled_photos(profile, entry, n)
     if not ids:
-        raise XaiError("the concepts study needs at least one labelled photo in the profile")
+        raise XaiError(f"the concepts study needs at least one labelled photo of {entry.name}'s label space")
     return ids
 
 
@@ -264,10 +264,10 @@ def discovered_concepts(entry, pid: str, profile: Profile, jobs: Jobs) -> dict:
 # -- the study ---------------------------------------------------------------------------------------------
 def run(profile: Profile, store: Store) -> dict:
     start, cpu = time.perf_counter(), time.process_time()
-    name = option(profile, "model") or profile.imagenet_models[0]
+    name = option(profile, "model") or profile.photo_models[0]
     entry = load(name, profile)
     jobs = Jobs(store, {"model": model_id(entry), "seed": profile.seed})
-    photos = labelled_photos(profile, option(profile, "photos"))
+    photos = labelled_photos(profile, entry, option(profile, "photos"))
     positions = option(profile, "layers")
     bad = [p for p in positions + [option(profile, "concept_layer"), option(profile, "crp_layer")]
            if not 0 <= p < len(entry.layers)]
@@ -277,7 +277,7 @@ def run(profile: Profile, store: Store) -> dict:
     blocks = building_blocks(entry, photos, layers, profile, jobs)
     groups = neuron_groups(entry, photos, layers[-1], blocks.pop("predicted"), profile, jobs)
     found = discovered_concepts(entry, option(profile, "concept_photo") or photos[0], profile, jobs)
-    human = CI.run(entry, labelled_photos(profile, option(profile, "imagenet_tcav_classes")), profile, jobs)
+    human = CI.run(entry, labelled_photos(profile, entry, option(profile, "imagenet_tcav_classes")), profile, jobs)
     marker = MK.run(profile, store, jobs)
     conditional = CRP.run(entry, photos, profile, jobs, marker)
     settings = {k: option(profile, k) for k in DEFAULTS}

@@ -44,8 +44,7 @@ from ..render import maps as R
 from ..render.store import Store, cache_key
 from . import _frame as frame
 from . import saliency as S
-from ._frame import photo_ids
-from .misclassification import confusion_matrix, num, test_probabilities, top_confusions
+from .misclassification import confusion_matrix, num, top_confusions
 
 STUDY = "counterfactual"
 CODE_VERSION = 1
@@ -155,7 +154,7 @@ def fmnist_part(profile: Profile, store: Store, methods) -> dict:
     x, y = fashion_mnist.load("test")
     m = option(profile, "test_images")
     x, y = (x[:m], y[:m]) if m else (x, y)
-    probs = test_probabilities(entry, x)
+    probs = frame.probabilities(entry, x, 500)
     pred = probs.argmax(-1)
     pairs = top_confusions(confusion_matrix(y, pred, entry.num_classes), 3)
     queues = []
@@ -188,13 +187,15 @@ def fmnist_part(profile: Profile, store: Store, methods) -> dict:
 def photos_part(profile: Profile, store: Store, methods) -> dict:
     settings = option(profile, "photos")
     want = option(profile, "photo_cases")
-    labelled = [p for p in photo_ids(profile) if images.photo(p).label is not None]
     picked: list[tuple[str, str]] = []  # (model, photo): each photo once, first model that gets it wrong
     entries = {}
-    for name in profile.imagenet_models:
+    for name in profile.photo_models:
         if len(picked) >= want:
             break
-        entry = entries[name] = frame.require_label_space(frame.load(name, profile), models.IMAGENET_1K)
+        entry = entries[name] = frame.load(name, profile)
+        labelled = frame.labelled_photos(profile, entry)
+        if not labelled:
+            continue
         batch = frame.photo_batch(entry, labelled)
         seen = {p for _, p in picked}
         for i, pid in enumerate(labelled):
@@ -212,8 +213,7 @@ def photos_part(profile: Profile, store: Store, methods) -> dict:
         entry = entries[name]
         ids = [p for m, p in picked if m == name]
         xs = torch.stack([entry.prepare(images.load(p)) for p in ids])
-        with torch.no_grad():
-            probs = entry.model(xs.to(entry.device)).softmax(-1).cpu()
+        probs = frame.probabilities(entry, xs)
         ts = torch.tensor([images.photo(p).label for p in ids])
         ps = probs.argmax(-1)
         res = counterfactual(entry, xs, ts, **settings)
@@ -236,7 +236,7 @@ def run(profile: Profile, store: Store) -> dict:
     for m in methods:
         attribution.get(m)
     fm = fmnist_part(profile, store, methods) if profile.fmnist_models else frame.skipped(frame.NO_FMNIST)
-    ph = photos_part(profile, store, methods) if profile.imagenet_models else frame.skipped(frame.NO_IMAGENET)
+    ph = photos_part(profile, store, methods) if profile.photo_models else frame.skipped(frame.NO_PHOTOS)
     results = {"settings": {k: option(profile, k) for k in ("fmnist", "fmnist_l2", "photos")},
                "compare_methods": methods, "fmnist": fm, "photos": ph,
                "summary": {k: part if "skipped" in part else summary(part["cases"], methods)

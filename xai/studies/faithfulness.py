@@ -12,7 +12,7 @@ Artifacts (under ``faithfulness/``):
 ``results.json``
     ``metrics``: ``["deletion_zero", "deletion_blur", "insertion_zero", "insertion_blur"]`` (lower is
     better for deletion, higher for insertion); ``computed.<model>``: those computed for a model (the
-    ``imagenet_metrics`` / ``fmnist_metrics`` options); ``steps``; ``rows`` (methods, then ``random``,
+    ``photo_metrics`` / ``fmnist_metrics`` options); ``steps``; ``rows`` (methods, then ``random``,
     ``centre``).
     ``images.<model>``: photo ids or Fashion-MNIST test indices (strings).
     ``table.<model>.<row>.<metric>``: ``mean``, ``ci95``, ``n``; a method that does not apply to a
@@ -25,8 +25,8 @@ Artifacts (under ``faithfulness/``):
     of the gallery's Integrated Gradients (logit). The mean is fragile: an image whose score barely
     differs from the baseline's has a tiny denominator; read the median. ``completeness.sweep``: ``model``, ``steps``,
     ``gap_mean``, ``gap_max`` (same images, more and more steps); ``completeness.sweep_imagenet`` likewise on
-    one photo of the first ImageNet model. ``completeness.auto``: IG with ``steps="auto"`` on the first
-    ImageNet model's first ``completeness_auto_photos`` photos: ``model``, ``images``, ``baseline``,
+    one photo of the first photo model. ``completeness.auto``: IG with ``steps="auto"`` on the first
+    photo model's first ``completeness_auto_photos`` photos: ``model``, ``images``, ``baseline``,
     ``target`` (relative gap), ``start_steps``, ``max_steps``, per photo ``steps``, ``gap`` and
     ``reached``; ``seconds`` (the refinement, all photos), ``fixed_steps`` (the most any photo needed)
     and ``fixed_seconds`` (one fixed-step run at that count), ``figure``.
@@ -65,24 +65,24 @@ METRICS = ("deletion_zero", "deletion_blur", "insertion_zero", "insertion_blur")
 BASELINE_ROWS = ("random", "centre")
 
 DEFAULTS = {
-    "photos": 8,  # ImageNet photos (first N of the profile's)
-    "imagenet_models": None,  # None: the profile's first (one keeps the full build in budget); else these
+    "photos": 8,  # photos per photo model (the first N of its label space)
+    "photo_models": None,  # None: the profile's first (one keeps the full build in budget); else these
     "fmnist_images": 50,
     "steps": 10,
     # Petsiuk et al.'s pairing (delete to black, insert from blur) on the 224+ px models, all four on 28 px:
-    "imagenet_metrics": ["deletion_zero", "insertion_blur"],
+    "photo_metrics": ["deletion_zero", "insertion_blur"],
     "fmnist_metrics": list(METRICS),
     # perturbed images per forward pass (ImageNet models). 8, not 32: at 224 px this CPU runs a
     # forward + input-gradient pass of lite0 at 14.9 ms per image with 8 per pass and 23.6 ms with 32
     "internal_batch_size": 8,
     "fmnist_internal_batch_size": 256,
     "completeness_steps": [8, 16, 32, 64, 128, 256],
-    "completeness_imagenet_steps": [16, 32, 64, 128],
-    # steps="auto" on the first ImageNet model's photos: the gap each must reach, and the step budget
+    "completeness_photo_steps": [16, 32, 64, 128],
+    # steps="auto" on the first photo model's photos: the gap each must reach, and the step budget
     "completeness_target": 0.01,
     "completeness_max_steps": 512,
     "completeness_auto_photos": 8,
-    "sanity_models": None,  # None: the first ImageNet model and every Fashion-MNIST model
+    "sanity_models": None,  # None: the first photo model and every Fashion-MNIST model
     "sanity_photos": 2,
     "sanity_fmnist_images": 8,
     "sanity_methods": ["gradient", "gradient_x_input", "smoothgrad", "integrated_gradients", "guided_backprop",
@@ -105,7 +105,7 @@ def ci95(values: np.ndarray) -> dict:
 
 
 def _metrics(profile: Profile, entry: models.ModelEntry) -> list[str]:
-    chosen = option(profile, "fmnist_metrics" if entry.label_space == models.FASHION_MNIST else "imagenet_metrics")
+    chosen = option(profile, "fmnist_metrics" if entry.label_space == models.FASHION_MNIST else "photo_metrics")
     for m in chosen:
         if m not in METRICS:
             raise XaiError(f"unknown faithfulness metric {m!r}; choose from {', '.join(METRICS)}")
@@ -116,11 +116,11 @@ def _ibs(profile: Profile, entry: models.ModelEntry) -> int:
     return option(profile, "fmnist_internal_batch_size" if frame.small_inputs(entry) else "internal_batch_size")
 
 
-def _imagenet_models(profile: Profile) -> list[str]:
-    chosen = option(profile, "imagenet_models")
+def _photo_models(profile: Profile) -> list[str]:
+    chosen = option(profile, "photo_models")
     if chosen is None:
-        return list(profile.imagenet_models[:1])
-    return [m for m in chosen if m in profile.imagenet_models]
+        return list(profile.photo_models[:1])
+    return [m for m in chosen if m in profile.photo_models]
 
 
 def _batch(entry: models.ModelEntry, profile: Profile, n_photos: int, n_fmnist: int) -> Batch:
@@ -326,7 +326,7 @@ def curves_figure(results: dict, model: str, store: Store) -> str:
 def run(profile: Profile, store: Store) -> dict:
     names = saliency.method_names(profile)
     n_photos, n_fmnist = option(profile, "photos"), option(profile, "fmnist_images")
-    entries = {n: frame.load(n, profile) for n in [*_imagenet_models(profile), *profile.fmnist_models]}
+    entries = {n: frame.load(n, profile) for n in [*_photo_models(profile), *profile.fmnist_models]}
     results: dict = {"metrics": list(METRICS), "steps": option(profile, "steps"), "rows": names + list(BASELINE_ROWS),
                      "computed": {}, "images": {}, "table": {}, "curves": {}, "best": {}, "beats_random": {},
                      "completeness": {"models": {}}, "sanity": {}, "timings": {}}
@@ -367,16 +367,16 @@ def run(profile: Profile, store: Store) -> dict:
                                                              lambda: completeness_sweep(e, b, steps, profile))
     else:
         results["completeness"]["sweep"] = frame.skipped(frame.NO_FMNIST)
-    im = [n for n in entries if entries[n].label_space == models.IMAGENET_1K]
+    im = [n for n in entries if entries[n].label_space in profile.photo_spaces]
     if im:
         e = entries[im[0]]
-        b = photo_batch(e, frame.photo_ids(profile)[:1])
-        steps = option(profile, "completeness_imagenet_steps")
+        b = photo_batch(e, frame.photos_of(profile, e, 1))
+        steps = option(profile, "completeness_photo_steps")
         key = cache_key(STUDY, CODE_VERSION, "sweep", model_id(e), b.keys, steps,
                         saliency.method_options(profile, "integrated_gradients", e))
         results["completeness"]["sweep_imagenet"] = store.cached_json(
             f"{STUDY}/parts/sweep_imagenet.json", key, lambda: completeness_sweep(e, b, steps, profile))
-        b = photo_batch(e, frame.photo_ids(profile)[:option(profile, "completeness_auto_photos")])
+        b = photo_batch(e, frame.photos_of(profile, e, option(profile, "completeness_auto_photos")))
         key = cache_key(STUDY, CODE_VERSION, "auto", model_id(e), b.keys, option(profile, "completeness_target"),
                         option(profile, "completeness_max_steps"),
                         saliency.method_options(profile, "integrated_gradients", e))
@@ -388,14 +388,14 @@ def run(profile: Profile, store: Store) -> dict:
             return res
         results["completeness"]["auto"] = store.cached_json(f"{STUDY}/parts/auto.json", key, auto)
     else:
-        results["completeness"]["sweep_imagenet"] = frame.skipped(frame.NO_IMAGENET)
-        results["completeness"]["auto"] = frame.skipped(frame.NO_IMAGENET)
+        results["completeness"]["sweep_imagenet"] = frame.skipped(frame.NO_PHOTOS)
+        results["completeness"]["auto"] = frame.skipped(frame.NO_PHOTOS)
 
     sanity_models = option(profile, "sanity_models")
     if sanity_models is None:
-        sanity_models = list(profile.imagenet_models[:1]) + list(profile.fmnist_models)
+        sanity_models = list(profile.photo_models[:1]) + list(profile.fmnist_models)
     sanity_methods = [n for n in option(profile, "sanity_methods") if n in names]
-    for i, name in enumerate(m for m in sanity_models if m in entries or m in profile.imagenet_models):
+    for i, name in enumerate(m for m in sanity_models if m in entries or m in profile.photo_models):
         entry = entries.get(name) or frame.load(name, profile)
         b = _batch(entry, profile, option(profile, "sanity_photos"), option(profile, "sanity_fmnist_images"))
         key = cache_key(STUDY, CODE_VERSION, "sanity", model_id(entry), b.keys, sanity_methods,

@@ -96,7 +96,7 @@ from ..featvis.schedule import DEFAULT_SCHEDULE
 from ..errors import XaiError
 from ..profiles import Profile
 from ..render.store import Store
-from ._frame import book_group, load, model_id, photo_ids, require_label_space
+from ._frame import book_group, labelled_photos, load, model_id, photos_of, require_label_space
 # The study's settings and shared parts live in featvis_base (re-exported here: DEFAULTS is this study's).
 from .featvis_base import (CODE_VERSION, DEFAULTS, LADDER_PENALTIES, MONTAGE_COLUMNS, QUALITY_BAR, ROOT, STUDY,  # noqa: F401
                            Jobs, _floats, _pngs, _rate, classify, colourfulness, default_transforms, montage,
@@ -110,18 +110,24 @@ def run(profile: Profile, store: Store) -> dict:
     jobs = Jobs(store)
     size = option(profile, "size")
     results: dict = {"settings": _settings(profile)}
-    imagenet = {name: require_label_space(load(name, profile), models.IMAGENET_1K) for name in profile.imagenet_models}
-    class_list = _class_list(profile)
-    render_models = option(profile, "class_models") or list(profile.imagenet_models[:1])
+    with_photos = {name: load(name, profile) for name in profile.photo_models}
+    render_models = option(profile, "class_models") or list(profile.photo_models[:1])
+    for name in render_models:
+        if name not in with_photos:
+            raise XaiError(f"featvis class_models {name!r} is not among the profile's models with photos")
+    primary = with_photos[render_models[0]]
+    # Class visualizations are compared across models (transfer, ladder), so they stay in one label space:
+    # the first render model's.
+    imagenet = {n: e for n, e in with_photos.items() if e.label_space == primary.label_space}
     for name in render_models:
         if name not in imagenet:
-            raise XaiError(f"featvis class_models {name!r} is not among the profile's ImageNet models")
-    primary = imagenet[render_models[0]]
+            raise XaiError(f"featvis class_models {name!r} has the label space {with_photos[name].label_space}, "
+                           f"not {primary.label_space} as {render_models[0]!r}: their classes cannot be compared")
+    class_list = _class_list(profile, primary)
 
     results["grids"] = {}
-    photos = photo_ids(profile)
-    for name, entry in imagenet.items():
-        results["grids"][name] = imagenet_grids(entry, photos, profile, jobs)
+    for name, entry in with_photos.items():
+        results["grids"][name] = imagenet_grids(entry, photos_of(profile, entry), profile, jobs)
     results["classes"] = class_visualizations(imagenet, render_models, class_list, profile, jobs)
     results["transfer"] = transfer(imagenet, results["classes"], store)
     results["ladder"], results["objective"] = ladder(primary, imagenet, class_list, profile, jobs, store)
@@ -160,13 +166,11 @@ def _settings(profile: Profile) -> dict:
                              "profile's photos, ImageNet; over the scanned test images, Fashion-MNIST)")}
 
 
-def _class_list(profile: Profile) -> list[dict]:
-    """The labelled ImageNet classes of the profile's photos, in manifest order, each once."""
+def _class_list(profile: Profile, entry: models.ModelEntry) -> list[dict]:
+    """The classes of the labelled photos of the entry's label space, in their order, each once."""
     seen: dict[int, dict] = {}
-    for pid in photo_ids(profile):
+    for pid in labelled_photos(profile, entry):
         p = images.photo(pid)
-        if p.label is None:
-            continue
         seen.setdefault(p.label, {"index": p.label, "name": p.label_name, "photos": []})["photos"].append(pid)
     classes = list(seen.values())
     limit = option(profile, "max_classes")
@@ -390,7 +394,7 @@ def _quality(results: dict) -> dict:
 
 def _timing(jobs: Jobs, seconds: float, size: int, render_models: list[str], profile: Profile) -> dict:
     per_model = {}
-    for name in profile.imagenet_models:
+    for name in profile.photo_models:
         # Jobs through the whole model at the render size: class visualizations and the ladder.
         sel = [j for j in jobs.log if j["name"].startswith(f"{ROOT}/imagenet/{name}/classes")
                or (name == render_models[0] and j["name"].startswith(f"{ROOT}/ladder"))]

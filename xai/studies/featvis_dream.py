@@ -17,7 +17,7 @@ from ..featvis import objectives as O
 from ..featvis import param as P
 from ..profiles import Profile
 from ..render.store import Store
-from ._frame import model_id, photo_ids
+from ._frame import labelled_photos, model_id
 from .featvis_base import ROOT, Jobs, _pngs, colourfulness, default_transforms, option, pattern_wavelength, png, \
     square_crop
 from .featvis_ladder import _target_p
@@ -27,7 +27,7 @@ STARTS = ("photo", "noise")
 
 def dream_depth(imagenet: dict[str, models.ModelEntry], profile: Profile, jobs: Jobs, store: Store) -> dict:
     size, steps = option(profile, "size"), option(profile, "dream_depth_steps")
-    labelled = [pid for pid in photo_ids(profile) if images.photo(pid).label is not None]
+    labelled = labelled_photos(profile, next(iter(imagenet.values())))
     if not labelled:
         return {"skipped": "the profile has no labelled photo to dream from"}
     pid = labelled[0]

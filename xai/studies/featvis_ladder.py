@@ -14,7 +14,7 @@ from ..featvis import objectives as O
 from ..featvis import param as P
 from ..profiles import Profile
 from ..render.store import Store
-from ._frame import model_id, photo_ids
+from ._frame import labelled_photos, model_id, photos_of
 from .featvis_base import (LADDER_PENALTIES, ROOT, Jobs, _pngs, _rate, default_transforms, option, png,
                            probabilities, square_crop)
 
@@ -51,7 +51,7 @@ def ladder(entry: models.ModelEntry, imagenet: dict, class_list: list[dict], pro
     size, steps = option(profile, "size"), option(profile, "ladder_steps")
     classes = [c["index"] for c in class_list[:option(profile, "ladder_classes")]]
     seeds = [profile.seed + 7 * c + 3 for c in classes]
-    photos = photo_ids(profile)
+    photos = photos_of(profile, entry)
     magnitude = P.natural_magnitude([images.load(pid) for pid in photos], size)
     rung_rows: dict[str, dict] = {}
     for with_transforms in (False, True):
@@ -175,7 +175,7 @@ def progress(entry: models.ModelEntry, class_list: list[dict], profile: Profile,
 # -- (5) noise start vs photo start, DeepDream on a photo ---------------------------------------------------------
 def photo_start(entry: models.ModelEntry, profile: Profile, jobs: Jobs, store: Store) -> dict:
     size, steps = option(profile, "size"), option(profile, "photo_steps")
-    pids = [pid for pid in photo_ids(profile) if images.photo(pid).label is not None][:option(profile, "photo_count")]
+    pids = labelled_photos(profile, entry, option(profile, "photo_count"))
     dream_layers = [entry.layers[i] for i in option(profile, "dream_layers")]
     variants = [("noise_class", "class logit from noise"), ("photo_class", "class logit from the photo")] + \
                [(f"dream_{layer}", f"DeepDream at {layer} from the photo") for layer in dream_layers]

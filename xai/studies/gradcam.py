@@ -38,7 +38,7 @@ from ..render import figures
 from ..render import maps as R
 from ..render.store import Store, cache_key
 from . import _frame as frame
-from ._frame import Batch, batch_for, load, model_id, photo_batch, photo_ids
+from ._frame import Batch, batch_for, load, model_id, photo_batch, photos_of
 from .saliency import cam_layer
 
 STUDY = "gradcam"
@@ -59,13 +59,14 @@ DEFAULTS = {
 option = frame.options(STUDY, DEFAULTS)
 
 
-def _photos(profile: Profile, n: int | None) -> list[str]:
-    ids = photo_ids(profile)
-    return ids[:n] if n else ids
-
-
 def _entries(profile: Profile) -> dict[str, models.ModelEntry]:
-    return {n: load(n, profile) for n in [*profile.imagenet_models, *profile.fmnist_models]}
+    return {n: load(n, profile) for n in [*profile.photo_models, *profile.fmnist_models]}
+
+
+def _with_photos(entries: dict, profile: Profile) -> dict[str, models.ModelEntry]:
+    """The entries the report has photos for (the segmentation and the counterfactual maps are judged on
+    photos; Fashion-MNIST's test images are too small for either)."""
+    return {n: e for n, e in entries.items() if e.label_space in profile.photo_spaces}
 
 
 def _batch(entry: models.ModelEntry, profile: Profile, n: int) -> Batch:
@@ -122,23 +123,24 @@ def _native_grid(entry: models.ModelEntry, x: torch.Tensor, layer: str) -> list[
 
 def segmentation_part(entries: dict, profile: Profile, store: Store) -> dict:
     thresholds = [float(t) for t in option(profile, "thresholds")]
-    photos = _photos(profile, option(profile, "segmentation_photos"))
-    out = {"thresholds": thresholds, "photos": photos, "models": {}, "mean": {},
+    n = option(profile, "segmentation_photos")
+    own = {name: photos_of(profile, e, n) for name, e in _with_photos(entries, profile).items()}
+    out = {"thresholds": thresholds, "photos": list(dict.fromkeys(p for ids in own.values() for p in ids)),
+           "models": {}, "mean": {},
            "rule": "kept region: pixels where the upsampled Grad-CAM map is at least the threshold times its "
                    "maximum; outside it the image is black (confidence_black) or blurred (confidence_blur)"}
-    for name, entry in entries.items():
-        if entry.label_space != models.IMAGENET_1K:  # photos only: the segmentation is judged on them
-            continue
+    for name, photos in own.items():
+        entry = entries[name]
         key = cache_key(STUDY, CODE_VERSION, "segmentation", model_id(entry), photos, thresholds)
         out["models"][name] = store.cached_json(f"{STUDY}/parts/segmentation_{name}.json", key,
-                                                lambda e=entry: _segmentation_of(e, photos, thresholds, store))
+                                                lambda e=entry, p=photos: _segmentation_of(e, p, thresholds, store))
         per = out["models"][name].values()
         out["mean"][name] = {k: [round(float(np.mean(v)), 4) for v in zip(*[r[k] for r in per])]
                              for k in ("area", "confidence_black", "confidence_blur")}
     if out["models"]:
         out["figure"] = _segmentation_curves(out, store)
         first = next(iter(out["models"]))
-        out["strip"] = _segmentation_strip(out, first, photos[0], store)
+        out["strip"] = _segmentation_strip(out, first, own[first][0], store)
     return out
 
 
@@ -153,9 +155,7 @@ def _segmentation_of(entry: models.ModelEntry, photos: list[str], thresholds: li
     for sub in ("zero", "blur"):
         fill = substrate(b.x, sub)
         masked[sub] = torch.where(keep[:, :, None], b.x[:, None], fill[:, None])  # [N, T, C, H, W]
-        with torch.no_grad():
-            flat = masked[sub].flatten(0, 1).to(entry.device)
-            p = torch.cat([entry.model(flat[i:i + 32]).softmax(-1).cpu() for i in range(0, len(flat), 32)])
+        p = frame.probabilities(entry, masked[sub].flatten(0, 1), 32)
         probs[sub] = p.view(len(photos), len(thresholds), -1)
     rows = {}
     for i, pid in enumerate(photos):
@@ -218,15 +218,13 @@ def _segmentation_strip(out: dict, model: str, photo: str, store: Store) -> str:
 # -- counterfactual -------------------------------------------------------------------------------------------
 
 def counterfactual_part(entries: dict, profile: Profile, store: Store) -> dict:
-    photos = _photos(profile, option(profile, "counterfactual_photos"))
     chosen = option(profile, "counterfactual_layers")
     out = {}
-    for name, entry in entries.items():
-        if entry.label_space != models.IMAGENET_1K:
-            continue
+    for name, entry in _with_photos(entries, profile).items():
+        photos = photos_of(profile, entry, option(profile, "counterfactual_photos"))
         key = cache_key(STUDY, CODE_VERSION, "counterfactual", model_id(entry), photos, chosen)
         out[name] = store.cached_json(f"{STUDY}/parts/counterfactual_{name}.json", key,
-                                      lambda e=entry: _counterfactual_of(e, photos, chosen, store))
+                                      lambda e=entry, p=photos: _counterfactual_of(e, p, chosen, store))
     return out
 
 
@@ -236,8 +234,7 @@ def _counterfactual_of(entry: models.ModelEntry, photos: list[str], layers: list
         last = cam_layer(entry, b.x)
         before = entry.layers[:entry.layers.index(last)] if last in entry.layers else []
         layers = [last] + before[-1:]
-    with torch.no_grad():
-        top = entry.model(b.x.to(entry.device)).softmax(-1).cpu().topk(2, dim=-1)
+    top = frame.probabilities(entry, b.x).topk(2, dim=-1)
     out = {"layers": list(layers)}
     for layer in layers:
         out[layer] = _counterfactual_at(entry, b, top, layer, store)

@@ -56,14 +56,14 @@ from ..featvis.render import activations
 from ..profiles import Profile
 from ..render.store import Store
 from . import _frame as frame
-from ._frame import load, model_id, photo_ids, require_label_space
+from ._frame import load, model_id, photos_of, require_label_space
 from .featvis_base import montage, png
 
 STUDY = "microscope"
 CODE_VERSION = 1
 
 DEFAULTS = {
-    "model": None,  # ImageNet model id; None: the profile's first
+    "model": None,  # a model with photos (its label space's are the exemplars); None: the profile's first
     # Positions in its layers of interest; None: the three before the last (on efficientnet_lite0 blocks.2,
     # blocks.4 and blocks.6: 40, 112 and 320 channels on 28, 14 and 7 px maps; the last is the 1280-channel
     # head). At 64 px the render costs about 2.2 ms per image-step on one 2-core Xeon whatever the layer
@@ -198,7 +198,7 @@ def _beats(reduce: str, values: list[float], exemplar_values: list[list[float]])
 
 
 def imagenet_part(entry: models.ModelEntry, profile: Profile, jobs: frame.TimedJobs) -> list[dict]:
-    ids = photo_ids(profile)
+    ids = photos_of(profile, entry)
     if not ids:
         raise XaiError("the microscope study needs at least one photo in the profile for the exemplars")
     pool = torch.stack([entry.prepare(images.load(pid)) for pid in ids])
@@ -231,11 +231,11 @@ def _pick(profile: Profile, key: str, available: tuple[str, ...], what: str) -> 
 
 def run(profile: Profile, store: Store) -> dict:
     start, cpu = time.perf_counter(), time.process_time()
-    imagenet = _pick(profile, "model", profile.imagenet_models, "ImageNet")
+    imagenet = _pick(profile, "model", profile.photo_models, "photo")
     fmnist = _pick(profile, "fmnist_model", profile.fmnist_models, "Fashion-MNIST")
     entries = {}
     if imagenet:
-        entries["imagenet"] = require_label_space(load(imagenet, profile), models.IMAGENET_1K)
+        entries["imagenet"] = load(imagenet, profile)
     if fmnist:
         entries["fmnist"] = require_label_space(load(fmnist, profile), models.FASHION_MNIST)
     jobs = frame.TimedJobs(store, STUDY, CODE_VERSION, {"seed": profile.seed})
@@ -243,7 +243,7 @@ def run(profile: Profile, store: Store) -> dict:
     if imagenet:
         rows += imagenet_part(entries["imagenet"], profile, jobs)
     else:
-        skipped["imagenet"] = frame.NO_IMAGENET
+        skipped["imagenet"] = frame.NO_PHOTOS
     if fmnist:
         rows += fmnist_part(entries["fmnist"], profile, jobs)
     else:
@@ -257,7 +257,7 @@ def run(profile: Profile, store: Store) -> dict:
     summary = {"units": sum(r["units"] for r in rows), "layers": len(rows),
                "render_seconds": round(sum(j["seconds"] for j in jobs.log), 2), "seconds": seconds}
     # With neither model there is nothing to browse: the page shows why in place of the figure.
-    layers = rows or frame.skipped(f"{frame.NO_IMAGENET}, and no Fashion-MNIST model either")
+    layers = rows or frame.skipped(f"{frame.NO_PHOTOS}, and no Fashion-MNIST model either")
     results = {"settings": settings, "layers": layers, "skipped": skipped, "summary": summary,
                "timing": {"seconds": seconds, "cpu_seconds": round(time.process_time() - cpu, 2),
                           "threads": torch.get_num_threads(), "jobs": jobs.log}}

@@ -52,7 +52,7 @@ from ..render import maps as R
 from ..render.store import Store, cache_key
 from . import _frame as frame
 from . import saliency as S
-from ._frame import photo_ids
+from ._frame import labelled_photos
 
 STUDY = "misclassification"
 CODE_VERSION = 1  # bump when what is computed or drawn changes meaning
@@ -170,11 +170,11 @@ def photo_figure(image: torch.Tensor, record: dict, rows: list):
 
 
 def photos_part(profile: Profile, store: Store, methods, opts: dict) -> tuple[list[dict], dict]:
-    labelled = [p for p in photo_ids(profile) if images.photo(p).label is not None]
     records, counts = [], {}
-    for name in profile.imagenet_models:
-        entry = frame.require_label_space(frame.load(name, profile), models.IMAGENET_1K)
-        batch = frame.photo_batch(entry, labelled)
+    for name in profile.photo_models:
+        entry = frame.load(name, profile)
+        labelled = labelled_photos(profile, entry)
+        batch = frame.photo_batch(entry, labelled) if labelled else None
         wrong = [i for i, p in enumerate(labelled) if int(batch.targets[i]) != images.photo(p).label]
         counts[name] = {"labelled": len(labelled), "misclassified": len(wrong)}
         if not wrong:
@@ -196,10 +196,6 @@ def photos_part(profile: Profile, store: Store, methods, opts: dict) -> tuple[li
 
 # -- Fashion-MNIST ------------------------------------------------------------------------------------------------
 
-@torch.no_grad()
-def test_probabilities(entry: models.ModelEntry, x: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
-    return torch.cat([entry.model(x[i:i + batch_size].to(entry.device)).softmax(-1).cpu()
-                      for i in range(0, len(x), batch_size)])
 
 
 def _try_margin(entry, x, pred, true, method, options) -> tuple[torch.Tensor | None, str | None]:
@@ -213,7 +209,7 @@ def fmnist_model(entry: models.ModelEntry, profile: Profile, store: Store, metho
     x, y = fashion_mnist.load("test")
     n = option(profile, "test_images")
     x, y = (x[:n], y[:n]) if n else (x, y)
-    probs = test_probabilities(entry, x)
+    probs = frame.probabilities(entry, x, 500)
     pred = probs.argmax(-1)
     classes = entry.class_names
     cm = confusion_matrix(y, pred, len(classes))
@@ -348,7 +344,7 @@ def run(profile: Profile, store: Store) -> dict:
     if len(methods) < 3:
         raise XaiError(f"the chapter compares at least 3 contrastive methods, got {len(methods)}")
     opts = _method_options(profile, [*methods, "grad_cam"])
-    photos, counts = photos_part(profile, store, methods, opts) if profile.imagenet_models else ([], {})
+    photos, counts = photos_part(profile, store, methods, opts) if profile.photo_models else ([], {})
     fm = fmnist_part(profile, store, methods, opts) if profile.fmnist_models else frame.skipped(frame.NO_FMNIST)
     results = {"methods": methods, "cam_method": "grad_cam", "options": opts, "photos": photos,
                "photo_counts": counts, "fmnist": fm}

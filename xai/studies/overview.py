@@ -5,16 +5,15 @@ import torch
 
 from .. import models
 from ..data import fashion_mnist, images
-from ..errors import XaiError
 from ..profiles import Profile
 from ..render.store import Store, cache_key
-from ._frame import book_group, load, photo_ids
+from ._frame import all_photo_ids, book_group, load, photos_of
 
 
 def run(profile: Profile, store: Store) -> dict:
     from ..render import figures
 
-    photos = photo_ids(profile)
+    photos = all_photo_ids(profile)
     rows = []
     for pid in photos:
         p = images.photo(pid)
@@ -23,23 +22,29 @@ def run(profile: Profile, store: Store) -> dict:
         key = cache_key("thumb", p.sha256, 1)
         if not store.fresh(rel, key):
             store.write_bytes(rel, figures.thumbnail_webp(img, 320), key)
-        rows.append({"id": pid, "label": p.label, "label_name": p.label_name, "note": p.note,
+        rows.append({"id": pid, "label": p.label, "label_name": p.label_name, "label_space": p.label_space,
+                     "note": p.note,
                      "credit": p.credit, "source": p.source, "file": p.file, "thumbnail": rel,
                      "size": list(img.shape[1:]), "predictions": {}})
 
     model_rows = []
 
-    for name in profile.imagenet_models:
+    by_id = {r["id"]: r for r in rows}
+    top1: dict = {}
+    # Each model predicts the photos of its own label space only: another space's label is not its class.
+    for name in profile.photo_models:
         entry = load(name, profile)
-        if entry.label_space != models.IMAGENET_1K:
-            raise XaiError(f"{name} has the label space {entry.label_space}: the photos' labels are ImageNet-1k")
         model_rows.append(_model_row(entry))
-        batch = torch.stack([entry.prepare(images.load(pid)) for pid in photos])
-        for row, top5 in zip(rows, entry.predict(batch, k=5)):
+        own = photos_of(profile, entry)
+        batch = torch.stack([entry.prepare(images.load(pid)) for pid in own])
+        for pid, top5 in zip(own, entry.predict(batch, k=5)):
+            row = by_id[pid]
             row["predictions"][name] = [{"index": i, "name": n, "p": round(q, 4)} for i, n, q in top5]
             row.setdefault("correct", {})[name] = row["label"] is not None and top5[0][0] == row["label"]
+        labelled = [by_id[pid] for pid in own if by_id[pid]["label"] is not None]
+        top1[name] = {"correct": sum(r["correct"][name] for r in labelled), "labelled": len(labelled)}
 
-    for name in (*profile.fmnist_models, *profile.other_models):
+    for name in (*profile.fmnist_models, *(m for m in profile.other_models if m not in profile.photo_models)):
         model_rows.append(_model_row(load(name, profile)))
 
     x, y = fashion_mnist.load("test")
@@ -50,7 +55,7 @@ def run(profile: Profile, store: Store) -> dict:
     return {
         "photos": len(rows),
         "models": [m["name"] for m in model_rows],
-        "top1_correct": {n: sum(r["correct"][n] for r in labelled) for n in profile.imagenet_models},
+        "top1_correct": {n: t["correct"] for n, t in top1.items()},
         "labelled_photos": len(labelled),
     }
 

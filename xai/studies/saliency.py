@@ -12,11 +12,14 @@ Artifacts (under ``saliency/``):
 
 ``results.json``
     ``methods.<method>``: ``label``, ``kind``, ``family``, ``cite``, ``options`` (as run, per family).
-    ``imagenet.models``, ``imagenet.photos``: what was computed.
+    ``imagenet``: the photos part, on every model with labelled photos (the ImageNet-1k models, and a
+    model of a user's own classes on its folder sets; the key keeps its first name). ``imagenet.models``,
+    ``imagenet.photos`` (of every label space), ``imagenet.model_photos.<model>`` (its space's photos).
     ``imagenet.cam_layer.<model>``: the CAM layer used.
     ``imagenet.targets.<model>.<photo>``: ``index``, ``name``, ``p`` (the explained top-1 class) and
-    ``correct`` (null for a photo without an ImageNet label).
-    ``imagenet.gallery.<photo>``: figure path (rows: methods, columns: models).
+    ``correct`` (null for a photo without a label).
+    ``imagenet.gallery.<photo>``: figure path (rows: methods, columns: models);
+    ``imagenet.gallery_models.<photo>``: its columns (the models of the photo's label space).
     ``imagenet.not_applicable.<model>.<method>``: the reason a method gave no map (absent if it did).
     ``imagenet.cam_agreement.<model>.<method>``: mean Spearman ρ of a CAM variant's maps with Grad-CAM's
     over the photos (same layer; not the counterfactual and guided maps), None where they are constant.
@@ -30,7 +33,7 @@ Artifacts (under ``saliency/``):
     of the max-|gradient| maps of the softmax probability and of the logit); figure path in
     ``logit_vs_softmax.figure``. The log-softmax gradient is the softmax's divided by p, the same map.
     ``choices``: ``figure``, ``model``, ``photo``: sign, channel aggregation and smoothing side by side.
-    ``sensitivity``: one free parameter per method, varied on the first photo of the first ImageNet
+    ``sensitivity``: one free parameter per method, varied on the first photo of the first photo
     model: ``figure``, ``model``, ``photos``, ``targets`` (class names), ``seconds``, ``parameters.<id>``
     (``ig_baseline``, ``smoothgrad_noise``, ``occlusion_window``): ``method``, ``parameter``, ``reference``
     (the value the others are compared with: the study's baseline, no noise, the study's window in px),
@@ -38,6 +41,8 @@ Artifacts (under ``saliency/``):
     with the reference's, null where a map is constant); IG variants also have ``score_difference``
     (f(x) - f(x'), the target's logit) and ``attribution_sum`` per photo, occlusion variants ``stride``
     (px); ``steps`` (IG), ``samples`` (SmoothGrad), ``side`` (occlusion, px).
+    ``logit_vs_softmax``, ``choices``, ``sensitivity`` and ``lrp`` are computed on the models of the first
+    model's label space.
     ``lrp``: where LRP's relevance goes, on the first two photos: ``photos``, ``models.<model>.<composite>``
     (``epsilon_plus_flat``, ``epsilon_gamma_box``) ``.canonized`` (the gallery's pass) and ``.plain`` (no
     canonizer, unchecked): ``logit``, and ``input``, ``biases``, ``unaccounted`` as shares of the logit,
@@ -65,7 +70,7 @@ from ..render import maps as R
 from ..render.gallery import gallery_figure
 from ..render.store import Store, cache_key
 from . import _frame as frame
-from ._frame import (Batch, fmnist_batch, fmnist_indices, load, model_id, photo_batch, photo_ids, require_label_space,
+from ._frame import (Batch, fmnist_batch, fmnist_indices, load, model_id, photo_batch, photos_of, require_label_space,
                      small_inputs)
 
 STUDY = "saliency"
@@ -290,13 +295,13 @@ def timing_row(entry: models.ModelEntry, maps: Maps, n: int) -> dict:
 # -- figures ---------------------------------------------------------------------------------------------------
 
 def imagenet_part(profile: Profile, store: Store, names: list[str], timings: dict) -> dict:
-    photos = photo_ids(profile)
     n = option(profile, "photos")
-    photos = photos[:n] if n else photos
-    entries = {name: require_label_space(load(name, profile), models.IMAGENET_1K) for name in profile.imagenet_models}
-    batches = {name: photo_batch(e, photos) for name, e in entries.items()}
-    results = {"models": list(entries), "photos": photos, "cam_layer": {}, "targets": {}, "gallery": {},
-               "not_applicable": {}}
+    entries = {name: load(name, profile) for name in profile.photo_models}
+    own = {name: photos_of(profile, e, n) for name, e in entries.items()}  # each model's label space's photos
+    photos = list(dict.fromkeys(p for ids in own.values() for p in ids))
+    batches = {name: photo_batch(e, own[name]) for name, e in entries.items()}
+    results = {"models": list(entries), "photos": photos, "model_photos": own, "cam_layer": {}, "targets": {},
+               "gallery": {}, "gallery_models": {}, "not_applicable": {}}
     maps = {}
     for name, entry in entries.items():
         b = batches[name]
@@ -305,24 +310,32 @@ def imagenet_part(profile: Profile, store: Store, names: list[str], timings: dic
             pid: {"index": int(t), "name": entry.class_names[int(t)], "p": round(float(p), 4),
                   "correct": None if images.photo(pid).label is None else int(t) == images.photo(pid).label}
             for pid, t, p in zip(b.ids, b.targets, b.probs)}
-        timings[name] = {m: timing_row(entry, mp, len(photos)) for m, mp in maps[name].items()}
+        timings[name] = {m: timing_row(entry, mp, len(own[name])) for m, mp in maps[name].items()}
         results["not_applicable"][name] = {m: mp.error for m, mp in maps[name].items() if mp.error}
     results["cam_agreement"] = cam_agreement(maps)
-    for i, pid in enumerate(photos):
+    for pid in photos:
+        here = {m: own[m].index(pid) for m in entries if pid in own[m]}  # the models of the photo's space
         rel = f"{STUDY}/gallery/{pid}.webp"
         key = cache_key(STUDY, CODE_VERSION, "gallery", pid, names,
-                        {m: [model_id(e), results["cam_layer"][m]] for m, e in entries.items()},
+                        {m: [model_id(entries[m]), results["cam_layer"][m]] for m in here},
                         {n_: method_options(profile, n_) for n_ in names})
         if not store.fresh(rel, key):
             columns = [(m, batches[m].x[i], f"{results['targets'][m][pid]['name']} "
-                        f"({results['targets'][m][pid]['p']:.2f})") for m in entries]
+                        f"({results['targets'][m][pid]['p']:.2f})") for m, i in here.items()]
             cells = {(r, c): ((None, maps[m][meth].refusal) if maps[m][meth].maps is None
                               else (maps[m][meth].maps[i].numpy(), None))
-                     for r, meth in enumerate(names) for c, m in enumerate(entries)}
+                     for r, meth in enumerate(names) for c, (m, i) in enumerate(here.items())}
             store.write_figure(rel, gallery_figure(columns, names, cells), key, dpi=110)
         results["gallery"][pid] = rel
-    # The figures about the choices behind a map: saliency_choices, on this part's models and photos.
+        results["gallery_models"][pid] = list(here)
+    # The figures about the choices behind a map: saliency_choices, on the models of the first model's
+    # label space (they share its photos) and on those photos.
     from .saliency_choices import choices, logit_vs_softmax, lrp_accounts, sensitivity
+
+    first = next(iter(entries))
+    photos = own[first]
+    entries = {m: e for m, e in entries.items() if e.label_space == entries[first].label_space}
+    batches = {m: batches[m] for m in entries}
 
     key = cache_key(STUDY, CODE_VERSION, "logit_vs_softmax", [model_id(e) for e in entries.values()], photos[:2])
     results["logit_vs_softmax"] = store.cached_json(f"{STUDY}/parts/logit_vs_softmax.json", key,
@@ -331,7 +344,6 @@ def imagenet_part(profile: Profile, store: Store, names: list[str], timings: dic
                     attribution.get("lrp_epsilon_plus_flat").version)
     results["lrp"] = store.cached_json(f"{STUDY}/parts/lrp.json", key,
                                        lambda: lrp_accounts(entries, batches, photos[:2]))
-    first = next(iter(entries))
     key = cache_key(STUDY, CODE_VERSION, "choices", model_id(entries[first]), photos[0],
                     method_options(profile, "integrated_gradients"), method_options(profile, "smoothgrad"))
     results["choices"] = store.cached_json(f"{STUDY}/parts/choices.json", key,
@@ -382,9 +394,9 @@ def run(profile: Profile, store: Store) -> dict:
     results: dict = {"methods": {n: {"label": attribution.get(n).label, "kind": attribution.get(n).kind,
                                      "family": attribution.get(n).family, "cite": attribution.get(n).cite,
                                      "options": method_options(profile, n)} for n in names}}
-    results["imagenet"] = (imagenet_part(profile, store, names, timings) if profile.imagenet_models
-                           else frame.skipped(frame.NO_IMAGENET))
-    if profile.imagenet_models:
+    results["imagenet"] = (imagenet_part(profile, store, names, timings) if profile.photo_models
+                           else frame.skipped(frame.NO_PHOTOS))
+    if profile.photo_models:
         results["logit_vs_softmax"] = results["imagenet"].pop("logit_vs_softmax")
         results["choices"] = results["imagenet"].pop("choices")
         results["sensitivity"] = results["imagenet"].pop("sensitivity")

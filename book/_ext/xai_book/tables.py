@@ -70,10 +70,13 @@ def overview_photos(gen: Generated, options: dict) -> Table:
     for r in rows:
         cells = []
         for m in model_names:
+            if m not in r["predictions"]:  # a photo of another label space than the model's
+                cells.append([("text", "—")])
+                continue
             top = r["predictions"][m][0]
             mark = "" if r["label"] is None else (" ✓" if r["correct"][m] else " ✗")
             cells.append([("text", f"{one_line(top['name'])} {top['p']:.2f}{mark}")])
-        label = text(r["label_name"]) if r["label_name"] else text("— (no ImageNet class)")
+        label = text(r["label_name"]) if r["label_name"] else text("— (no class)")
         t.add(text(r["id"]), label, *cells, text(r["credit"]))
     return t
 
