@@ -119,9 +119,6 @@ def _numbers(test: dict) -> dict:
             else num(v) if isinstance(v, float) else v for k, v in test.items()}
 
 
-@torch.no_grad()
-def _predict(entry, x: torch.Tensor) -> torch.Tensor:
-    return torch.cat([entry.model(x[i:i + 1000].to(entry.device)).argmax(-1).cpu() for i in range(0, len(x), 1000)])
 
 
 def evaluate_plant(entry, plant: P.Plant, x: torch.Tensor, y: torch.Tensor, profile: Profile,
@@ -248,8 +245,7 @@ def maps_figure(entries: dict, spec: P.PoisonSpec, x: torch.Tensor, y: torch.Ten
     fig, axes = plt.subplots(n, 1 + 2 * len(names), figsize=((1 + 2 * len(names)) * 1.2, n * 1.3), squeeze=False)
     for role_k, role in enumerate(("clean", "poisoned")):
         entry = entries["clean" if role == "clean" else spec.name]
-        with torch.no_grad():
-            pred = entry.model(xs.to(entry.device)).argmax(-1).cpu()
+        pred = frame.predicted(entry, xs)
         for mk, m in enumerate(names):
             opts = dict(methods[m])
             if attribution.get(m).needs_layer:
@@ -353,7 +349,7 @@ def run(profile: Profile, store: Store) -> dict:
         measured["clean"] = next(iter(sets.values()))["plants"][0]["clean"]["accuracy"]
     models_ = {}
     for n, e in entries.items():
-        acc = measured[n] if n in measured else num(float((_predict(e, x) == y).float().mean()))
+        acc = measured[n] if n in measured else num(float((frame.predicted(e, x, 1000) == y).float().mean()))
         models_[n] = {"clean_accuracy": acc, "train_seconds": e.info.get("train_seconds"),
                       "train_images": e.info.get("train_images"), "checkpoint": e.info["key"]}
 

@@ -203,10 +203,7 @@ def probabilities(entry: models.ModelEntry, x: torch.Tensor, at_input_size: bool
     """Softmax of ``entry`` on images ``x`` at their own size, or resized to the model's input size."""
     if at_input_size:
         x = F.interpolate(x.float(), size=entry.input_size[1:], mode="bilinear", antialias=True, align_corners=False)
-    out = []
-    for chunk in torch.split(x, 32):
-        out.append(entry.model(chunk.to(entry.device)).softmax(-1).float().cpu())
-    return torch.cat(out)
+    return frame.probabilities(entry, x, 32)
 
 
 def classify(entry: models.ModelEntry, x: torch.Tensor, targets: Sequence[int]) -> list[dict]:

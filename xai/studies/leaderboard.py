@@ -118,9 +118,6 @@ def _with_layer(name: str, opts: dict) -> dict:
     return {**opts, "layer": P.CAM_LAYER} if attribution.get(name).needs_layer and "layer" not in opts else opts
 
 
-@torch.no_grad()
-def _predict(entry, x: torch.Tensor) -> torch.Tensor:
-    return torch.cat([entry.model(x[i:i + 1000].to(entry.device)).argmax(-1).cpu() for i in range(0, len(x), 1000)])
 
 
 def flipped_images(entry, plant: P.Plant, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -129,7 +126,7 @@ def flipped_images(entry, plant: P.Plant, x: torch.Tensor, y: torch.Tensor) -> t
     c = plant.class_index
     other = x[y != c]
     marked = plant.marker.apply(other)
-    before, after = _predict(entry, other), _predict(entry, marked)
+    before, after = frame.predicted(entry, other, 1000), frame.predicted(entry, marked, 1000)
     return marked[(before != c) & (after == c)], len(other)
 
 
