@@ -129,8 +129,7 @@ def building_blocks(entry, photos: list[str], layers: list[str], profile: Profil
     size, cells, top = option(profile, "size"), option(profile, "cells"), option(profile, "dictionary_top")
     model = entry.model
     x = {pid: entry.prepare(images.load(pid)) for pid in photos}
-    with torch.no_grad():
-        pred = {pid: int(model(x[pid][None].to(entry.device)).argmax(-1)) for pid in photos}
+    pred = dict(zip(photos, frame.predicted(entry, torch.stack([x[pid] for pid in photos])).tolist()))
     out_photos, out_layers, grids = [], [], []
 
     def write_photos(out):

@@ -41,6 +41,7 @@ from ..profiles import Profile
 from ..render import maps as R
 from ..shortcuts import poisoned as P
 from . import concepts_marker as MK
+from . import _frame as frame
 from ._frame import skipped
 from .featvis import png
 
@@ -96,8 +97,7 @@ def _imagenet(entry, photos: list[str], layer: str, profile: Profile, out) -> di
     rows, panels, units, labels = [], [], {}, {}
     for pid in photos:
         x = entry.prepare(images.load(pid))
-        with torch.no_grad():
-            target = int(entry.model(x[None].to(entry.device)).argmax(-1))
+        target = int(frame.predicted(entry, x[None]))
         res = crp.conditional_heatmaps(entry.model, x[None], target, layer, top=top, propagation=prop, rest=True)
         whole = propagate(entry.model, x[None], target, composite=prop.composite)
         parts = res.heatmaps[0].sum(0) + res.rest[0]

@@ -223,9 +223,8 @@ def _warm_up(entry: models.ModelEntry, x: torch.Tensor) -> None:
     for captum's import and oneDNN's kernel set-up (on lite0: 0.084 s per image, then 0.028)."""
     if entry.model in _WARMED:
         return
+    target = frame.predicted(entry, x).to(entry.device)
     x = x.to(entry.device)
-    with torch.no_grad():
-        target = entry.model(x).argmax(1)
     attribution.gradient(entry, x, target)
     _WARMED.add(entry.model)
 
