@@ -208,7 +208,9 @@ def test_studies_take_images_only_for_a_label_space_they_have(tmp_path):
 
     _random_timm("resnet10t", tmp_path / "w.safetensors", num_classes=3)
     entry = models.load("timm/resnet10t", weights=tmp_path / "w.safetensors", device="cpu")
-    with pytest.raises(XaiError, match="no images labelled in its label space \\(3 classes\\)"):
+    with pytest.raises(XaiError, match="no photos labelled in its label space \\(3 classes\\)"):
         _frame.batch_for(entry, profiles.get("smoke"), 1, 1)
-    with pytest.raises(XaiError, match="explains imagenet-1k images"):
-        _frame.require_label_space(entry, models.IMAGENET_1K)
+    with pytest.raises(XaiError, match="no photos labelled in its label space"):
+        _frame.photos_of(profiles.get("smoke"), entry)
+    with pytest.raises(XaiError, match="explains fashion-mnist images"):
+        _frame.require_label_space(entry, models.FASHION_MNIST)
