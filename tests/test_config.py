@@ -13,6 +13,7 @@ import yaml
 
 from xai import profiles, studies
 from xai.config import adapter, loader
+from xai.errors import XaiError
 from xai.config.schema import Studies
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -183,6 +184,18 @@ def test_a_folder_sets_unknown_labels_model_is_one_line_with_close_matches(tmp_p
     with pytest.raises(loader.ConfigError) as e:
         profiles.get(str(_own_config(tmp_path, ["cat"], labels="mien")))
     assert e.value.path == "images.folders.0.labels" and "mine" in str(e.value)
+
+
+def test_a_model_without_photos_of_its_label_space_is_refused_not_fed_an_empty_batch(tmp_path):
+    from xai import models
+    from xai.studies import _frame
+
+    path = tmp_path / "c.yaml"
+    path.write_text("name: x\nmodels: [efficientnet_lite0]\nimages:\n  photos: {ids: []}\n")
+    p = profiles.get(str(path))
+    assert p.photo_spaces == () and p.photo_models == () and p.imagenet_models == ("efficientnet_lite0",)
+    with pytest.raises(XaiError, match="no photos labelled in its label space"):
+        _frame.photos_of(p, models.load("efficientnet_lite0", device="cpu"))
 
 
 def test_a_users_checkpoint_reaches_the_studies_through_the_config(tmp_path):

@@ -65,17 +65,18 @@ class Profile:
 
     @property
     def photo_spaces(self) -> tuple[str, ...]:
-        """The label spaces that have photos: ImageNet-1k's (the manifest) with an ImageNet-1k model, and
-        each folder set's."""
-        spaces = ["imagenet-1k"] if self.imagenet_models else []
-        return tuple(dict.fromkeys(spaces + [f.label_space for f in self.folders]))
+        """The label spaces that have photos: ImageNet-1k's (the manifest, unless the config names no
+        photo of it) with an ImageNet-1k model, and each folder set's."""
+        manifest = self.imagenet_models and (self.photos is None or len(self.photos) > 0)
+        return tuple(dict.fromkeys((["imagenet-1k"] if manifest else []) + [f.label_space for f in self.folders]))
 
     @property
     def photo_models(self) -> tuple[str, ...]:
         """The models the studies explain photos with: the ImageNet-1k models, then the models of the other
         label spaces that have a folder set."""
         spaces = self.photo_spaces
-        return self.imagenet_models + tuple(m for m in self.other_models if self.label_spaces.get(m) in spaces)
+        inet = self.imagenet_models if "imagenet-1k" in spaces else ()
+        return inet + tuple(m for m in self.other_models if self.label_spaces.get(m) in spaces)
 
     def source(self, model_id: str) -> ModelSource:
         return next((s for s in self.sources if s.id == model_id), ModelSource(model_id, model_id))

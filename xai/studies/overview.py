@@ -44,7 +44,9 @@ def run(profile: Profile, store: Store) -> dict:
         labelled = [by_id[pid] for pid in own if by_id[pid]["label"] is not None]
         top1[name] = {"correct": sum(r["correct"][name] for r in labelled), "labelled": len(labelled)}
 
-    for name in (*profile.fmnist_models, *(m for m in profile.other_models if m not in profile.photo_models)):
+    for name in (*profile.imagenet_models, *profile.fmnist_models, *profile.other_models):
+        if name in profile.photo_models:
+            continue
         model_rows.append(_model_row(load(name, profile)))
 
     x, y = fashion_mnist.load("test")
