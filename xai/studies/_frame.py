@@ -83,6 +83,12 @@ def labelled_photos(profile: Profile, entry: models.ModelEntry, n: int | None = 
     return ids[:n] if n else ids
 
 
+def photos_by_model(profile: Profile, entries: dict, n: int | None = None) -> tuple[dict[str, list[str]], list[str]]:
+    """Each entry's first ``n`` photos of its label space, and every one of them once, in that order."""
+    own = {name: photos_of(profile, e, n) for name, e in entries.items()}
+    return own, list(dict.fromkeys(p for ids in own.values() for p in ids))
+
+
 def all_photo_ids(profile: Profile) -> list[str]:
     """Every photo of the profile, of every label space, each once."""
     return list(dict.fromkeys(pid for space in profile.photo_spaces for pid in photo_ids(profile, space)))

@@ -124,16 +124,15 @@ def _native_grid(entry: models.ModelEntry, x: torch.Tensor, layer: str) -> list[
 def segmentation_part(entries: dict, profile: Profile, store: Store) -> dict:
     thresholds = [float(t) for t in option(profile, "thresholds")]
     n = option(profile, "segmentation_photos")
-    own = {name: photos_of(profile, e, n) for name, e in _with_photos(entries, profile).items()}
-    out = {"thresholds": thresholds, "photos": list(dict.fromkeys(p for ids in own.values() for p in ids)),
-           "models": {}, "mean": {},
+    own, photos = frame.photos_by_model(profile, _with_photos(entries, profile), n)
+    out = {"thresholds": thresholds, "photos": photos, "models": {}, "mean": {},
            "rule": "kept region: pixels where the upsampled Grad-CAM map is at least the threshold times its "
                    "maximum; outside it the image is black (confidence_black) or blurred (confidence_blur)"}
-    for name, photos in own.items():
+    for name, ids in own.items():
         entry = entries[name]
-        key = cache_key(STUDY, CODE_VERSION, "segmentation", model_id(entry), photos, thresholds)
+        key = cache_key(STUDY, CODE_VERSION, "segmentation", model_id(entry), ids, thresholds)
         out["models"][name] = store.cached_json(f"{STUDY}/parts/segmentation_{name}.json", key,
-                                                lambda e=entry, p=photos: _segmentation_of(e, p, thresholds, store))
+                                                lambda e=entry, p=ids: _segmentation_of(e, p, thresholds, store))
         per = out["models"][name].values()
         out["mean"][name] = {k: [round(float(np.mean(v)), 4) for v in zip(*[r[k] for r in per])]
                              for k in ("area", "confidence_black", "confidence_blur")}

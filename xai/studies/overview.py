@@ -41,8 +41,7 @@ def run(profile: Profile, store: Store) -> dict:
             row = by_id[pid]
             row["predictions"][name] = [{"index": i, "name": n, "p": round(q, 4)} for i, n, q in top5]
             row.setdefault("correct", {})[name] = row["label"] is not None and top5[0][0] == row["label"]
-        labelled = [by_id[pid] for pid in own if by_id[pid]["label"] is not None]
-        top1[name] = {"correct": sum(r["correct"][name] for r in labelled), "labelled": len(labelled)}
+        top1[name] = sum(by_id[pid]["correct"][name] for pid in own)  # False for an unlabelled photo
 
     for name in (*profile.imagenet_models, *profile.fmnist_models, *profile.other_models):
         if name in profile.photo_models:
@@ -57,7 +56,7 @@ def run(profile: Profile, store: Store) -> dict:
     return {
         "photos": len(rows),
         "models": [m["name"] for m in model_rows],
-        "top1_correct": {n: t["correct"] for n, t in top1.items()},
+        "top1_correct": top1,
         "labelled_photos": len(labelled),
     }
 

@@ -70,7 +70,7 @@ from ..render import maps as R
 from ..render.gallery import gallery_figure
 from ..render.store import Store, cache_key
 from . import _frame as frame
-from ._frame import (Batch, fmnist_batch, fmnist_indices, load, model_id, photo_batch, photos_of, require_label_space,
+from ._frame import (Batch, fmnist_batch, fmnist_indices, load, model_id, photo_batch, require_label_space,
                      small_inputs)
 
 STUDY = "saliency"
@@ -296,8 +296,7 @@ def timing_row(entry: models.ModelEntry, maps: Maps, n: int) -> dict:
 def imagenet_part(profile: Profile, store: Store, names: list[str], timings: dict) -> dict:
     n = option(profile, "photos")
     entries = {name: load(name, profile) for name in profile.photo_models}
-    own = {name: photos_of(profile, e, n) for name, e in entries.items()}  # each model's label space's photos
-    photos = list(dict.fromkeys(p for ids in own.values() for p in ids))
+    own, photos = frame.photos_by_model(profile, entries, n)  # each model's label space's photos
     batches = {name: photo_batch(e, own[name]) for name, e in entries.items()}
     results = {"models": list(entries), "photos": photos, "model_photos": own, "cam_layer": {}, "targets": {},
                "gallery": {}, "gallery_models": {}, "not_applicable": {}}
